@@ -1,0 +1,42 @@
+# segops: `make run` (the main job) and `make test` (lint + tests) set everything up first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.segops-installed
+PARAMS ?= params.yaml
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup run test lint format bench clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install segops with pinned dependencies
+
+run: setup  ## build the shapes dataset, train, evaluate (embedded defaults)
+	$(VENV)/bin/segops data shapes --params $(PARAMS)
+	$(VENV)/bin/segops train --params $(PARAMS)
+	$(VENV)/bin/segops evaluate --params $(PARAMS)
+
+lint: setup  ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup  ## apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint  ## lint, then the whole test suite (slow tests included)
+	$(PY) -m pytest
+
+bench: setup  ## benchmarks; results go in bench/RESULTS.md
+	$(PY) bench/train_overhead.py
+
+clean:  ## remove outputs (keeps .venv)
+	rm -rf runs data/shapes .pytest_cache

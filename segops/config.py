@@ -1,0 +1,181 @@
+"""Typed configuration: `params.yaml` (one section per step) plus `--set key=value` overrides.
+
+The resolved config is what every checkpoint, metrics file and run carries; `config_hash`
+identifies it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from segops.errors import ConfigError
+
+IGNORE_INDEX = 255
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    root: Path = Path("data/shapes")
+    format: Literal["folder", "voc"] = "folder"
+    image_size: int = Field(96, ge=8, description="side of the square images the model sees")
+    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    split_seed: int = 0
+    cache: bool = Field(True, description="keep decoded images in memory (small datasets)")
+    num_workers: int = Field(0, ge=0)
+
+
+class ShapesConfig(_Section):
+    n: int = Field(1200, ge=4)
+    size: int = Field(96, ge=32)
+    seed: int = 0
+
+
+class AugmentConfig(_Section):
+    scale: tuple[float, float] = (0.6, 1.0)
+    hflip: float = Field(0.5, ge=0.0, le=1.0)
+    vflip: float = Field(0.5, ge=0.0, le=1.0)
+    rotation: float = Field(0.0, ge=0.0, le=180.0, description="max degrees; 0 disables")
+    color_jitter: float = Field(0.2, ge=0.0, le=1.0)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+class ModelConfig(_Section):
+    name: str = "unet"
+    pretrained: str | None = Field(
+        None, description="'torchvision' for torchvision's weights, or a path to a state dict"
+    )
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"
+    loss: Literal["ce", "dice", "ce_dice"] = "ce"
+    class_weights: Literal["none", "balanced"] | list[float] = "none"
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    deterministic: bool = False
+    seed: int = 0
+    early_stopping_patience: int | None = Field(None, ge=1)
+    grad_clip: float | None = Field(None, gt=0)
+    out_dir: Path = Path("runs/latest")
+
+    @model_validator(mode="after")
+    def _weights_positive(self) -> TrainConfig:
+        if isinstance(self.class_weights, list) and any(w < 0 for w in self.class_weights):
+            raise ValueError("class_weights must be non-negative")
+        return self
+
+
+class EvaluateConfig(_Section):
+    split: Literal["train", "val", "test"] = "val"
+    batch_size: int = Field(32, ge=1)
+    worst_k: int = Field(8, ge=1, description="images shown in the overlay grid, worst IoU first")
+
+
+class Config(_Section):
+    data: DataConfig = DataConfig()
+    shapes: ShapesConfig = ShapesConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (paths as strings, tuples as lists)."""
+        return self.model_dump(mode="json")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `train.epochs=3` into (["train", "epochs"], 3); the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({exc})") from exc
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `raw` with each `a.b.c=value` override set (sections created if absent)."""
+    merged = json.loads(json.dumps(raw, default=str))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = merged
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return merged
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        got = f" (got {err['input']!r})" if err["type"] != "missing" else ""
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{key}': remove it or check its spelling")
+        else:
+            lines.append(f"{source}: {key}: {err['msg']}{got}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def build_config(raw: dict[str, Any] | None, source: str = "params") -> Config:
+    """Validate a raw dict into a `Config`; errors name the key and the source."""
+    try:
+        return Config.model_validate(raw or {})
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read `params.yaml` (if given and present), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such params file (pass --params or create it)")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        source = str(path)
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+        source += " + --set"
+    return build_config(raw, source)
+
+
+def config_hash(config: Config) -> str:
+    """sha256 of the canonical JSON of the resolved config."""
+    blob = json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (readable, and loadable with `load_config`)."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

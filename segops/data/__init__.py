@@ -1,0 +1,1 @@
+"""Datasets: the built-in `shapes` generator, folder and VOC layouts, manifests, transforms."""

@@ -1,0 +1,108 @@
+"""The built-in `shapes` dataset: a seeded generator of hard-enough segmentation scenes.
+
+Each image holds 2-6 shapes (ellipse, rectangle, triangle, cross) of varied size, aspect and
+rotation that overlap and occlude each other, on a blotchy textured background. Object and
+background colours come from the same distribution, so colour alone does not solve it; the class
+mix is imbalanced on purpose. Image i depends only on (seed, i): the same seed gives
+byte-identical files, and a larger `n` extends a smaller one.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+CLASSES = ("background", "ellipse", "rectangle", "triangle", "cross")
+# Drawing probabilities of the foreground classes: imbalanced on purpose.
+CLASS_PROBS = (0.40, 0.30, 0.20, 0.10)
+
+
+def _rotate(points: np.ndarray, angle: float, center: tuple[float, float]) -> list[tuple]:
+    c, s = math.cos(angle), math.sin(angle)
+    rot = points @ np.array([[c, s], [-s, c]])
+    return [(float(x + center[0]), float(y + center[1])) for x, y in rot]
+
+
+def _polygons(cls: int, radius: float, aspect: float, rng: np.random.Generator) -> list:
+    """Polygons (centred at the origin, unrotated) whose union draws one object of class `cls`."""
+    rx, ry = radius, radius * aspect
+    if cls == 1:  # ellipse
+        t = np.linspace(0, 2 * math.pi, 48, endpoint=False)
+        return [np.stack([rx * np.cos(t), ry * np.sin(t)], 1)]
+    if cls == 2:  # rectangle
+        return [np.array([[-rx, -ry], [rx, -ry], [rx, ry], [-rx, ry]])]
+    if cls == 3:  # triangle, vertices jittered around an equilateral one
+        angles = np.array([0, 2 * math.pi / 3, 4 * math.pi / 3]) + rng.uniform(-0.3, 0.3, 3)
+        radii = radius * rng.uniform(0.85, 1.15, 3)
+        return [np.stack([radii * np.cos(angles), radii * np.sin(angles)], 1)]
+    arm = radius * rng.uniform(0.25, 0.4)  # cross: two bars
+    return [
+        np.array([[-rx, -arm], [rx, -arm], [rx, arm], [-rx, arm]]),
+        np.array([[-arm, -rx], [arm, -rx], [arm, rx], [-arm, rx]]),
+    ]
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int, channels: int) -> np.ndarray:
+    """Low-frequency noise: a random `cells`x`cells` grid upsampled bicubically, float in 0..255."""
+    grid = rng.uniform(0, 255, (cells, cells, channels)).astype(np.uint8)
+    img = Image.fromarray(grid.squeeze(-1) if channels == 1 else grid)
+    return np.asarray(img.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    base = _smooth_noise(rng, size, int(rng.integers(3, 7)), 3)
+    if rng.random() < 0.5:  # stripes: edges that are not object edges
+        period, phase = rng.uniform(6, 16), rng.uniform(0, 2 * math.pi)
+        angle = rng.uniform(0, math.pi)
+        yy, xx = np.mgrid[0:size, 0:size]
+        wave = np.sin((xx * math.cos(angle) + yy * math.sin(angle)) * 2 * math.pi / period + phase)
+        base += (wave * rng.uniform(15, 35))[..., None]
+    return base
+
+
+def render_sample(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image (HxWx3 uint8) and mask (HxW uint8, pixel = class id) of sample `index`."""
+    rng = np.random.default_rng([seed, index])
+    image = _background(rng, size)
+    mask = np.zeros((size, size), np.uint8)
+    for _ in range(int(rng.integers(2, 7))):
+        cls = int(rng.choice(4, p=CLASS_PROBS)) + 1
+        radius = size * rng.uniform(0.08, 0.24)
+        aspect = rng.uniform(0.45, 1.0)
+        center = (rng.uniform(0.1, 0.9) * size, rng.uniform(0.1, 0.9) * size)
+        angle = rng.uniform(0, 2 * math.pi)
+        layer = Image.new("L", (size, size), 0)
+        draw = ImageDraw.Draw(layer)
+        for poly in _polygons(cls, radius, aspect, rng):
+            draw.polygon(_rotate(poly, angle, center), fill=255)
+        inside = np.asarray(layer) > 0
+        colour = rng.uniform(0, 255, 3).astype(np.float32)
+        texture = (_smooth_noise(rng, size, 4, 1) - 127.5)[..., None] * rng.uniform(0.1, 0.4)
+        image[inside] = (colour + texture)[inside]
+        mask[inside] = cls
+    image += rng.normal(0, rng.uniform(4, 14), image.shape)
+    return np.clip(image, 0, 255).round().astype(np.uint8), mask
+
+
+def generate_shapes(out: str | Path, n: int = 1200, size: int = 96, seed: int = 0,
+                    progress=None) -> Path:
+    """Write `n` samples in the folder layout (images/, masks/, classes.txt) under `out`.
+
+    `progress`, if given, is called with the number of samples written so far.
+    Returns `out`. Existing files with the same names are overwritten.
+    """
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    (out / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    for i in range(n):
+        image, mask = render_sample(seed, i, size)
+        name = f"{i:05d}.png"
+        Image.fromarray(image).save(out / "images" / name)
+        Image.fromarray(mask).save(out / "masks" / name)
+        if progress is not None:
+            progress(i + 1)
+    return out
