@@ -87,8 +87,9 @@ def render_sample(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndar
     return np.clip(image, 0, 255).round().astype(np.uint8), mask
 
 
-def generate_shapes(out: str | Path, n: int = 1200, size: int = 96, seed: int = 0,
-                    progress=None) -> Path:
+def generate_shapes(
+    out: str | Path, n: int = 1200, size: int = 96, seed: int = 0, progress=None
+) -> Path:
     """Write `n` samples in the folder layout (images/, masks/, classes.txt) under `out`.
 
     `progress`, if given, is called with the number of samples written so far.

@@ -1,0 +1,205 @@
+"""The manifest: one row per sample, with sizes, content hashes and per-class pixel counts.
+
+`load_dataset` reads a layout, decodes every image and mask once, checks them (missing mask,
+size mismatch, values that are not class ids, unreadable files, empty splits, classes.txt that
+does not match the masks) and raises one `DatasetError` listing every problem, before anything
+is written or trained. Without split files it makes a seeded split and writes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from segops.config import IGNORE_INDEX, DataConfig
+from segops.data.formats import SPLITS, Layout, SampleRef, read_layout
+from segops.data.io import ReadError, read_image, read_mask
+from segops.errors import DatasetError
+
+MANIFEST_COLUMNS = [
+    "id",
+    "split",
+    "image",
+    "mask",
+    "height",
+    "width",
+    "image_sha256",
+    "mask_sha256",
+]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    root: Path
+    classes: tuple[str, ...]
+    manifest: pd.DataFrame  # MANIFEST_COLUMNS + px_<id> per class + px_ignore
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def split(self, name: str) -> pd.DataFrame:
+        return self.manifest[self.manifest["split"] == name].reset_index(drop=True)
+
+    def class_pixels(self, split: str | None = None) -> np.ndarray:
+        """Pixel count per class id, summed over `split` (or all samples)."""
+        frame = self.manifest if split is None else self.split(split)
+        return frame[[f"px_{i}" for i in range(self.num_classes)]].to_numpy().sum(0)
+
+
+def _scan_one(root: Path, ref: SampleRef, num_classes: int) -> tuple[dict | None, list[str]]:
+    """Row for one sample and the problems found in it."""
+    image_path, mask_path = root / ref.image, root / ref.mask
+    if not mask_path.is_file():
+        return None, [f"{mask_path}: missing mask for image {image_path.name}"]
+    problems = []
+    try:
+        image_bytes = image_path.read_bytes()
+        image = read_image(image_path)
+    except (ReadError, OSError) as exc:
+        problems.append(f"{image_path}: {exc}")
+    try:
+        mask_bytes = mask_path.read_bytes()
+        mask = read_mask(mask_path)
+    except (ReadError, OSError) as exc:
+        problems.append(f"{mask_path}: {exc}")
+    if problems:
+        return None, problems
+    if image.shape[:2] != mask.shape:
+        h, w = image.shape[:2]
+        return None, [
+            f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but image {image_path.name} "
+            f"is {w}x{h}; they must have the same size"
+        ]
+    counts = np.bincount(mask.ravel(), minlength=256)
+    bad = [v for v in np.flatnonzero(counts) if v >= num_classes and v != IGNORE_INDEX]
+    if bad and num_classes:
+        problems.append(
+            f"{mask_path}: values {[int(v) for v in bad[:8]]} are not class ids "
+            f"(classes.txt defines 0..{num_classes - 1}) nor {IGNORE_INDEX} (ignore)"
+        )
+    row = {
+        "id": ref.id,
+        "split": ref.split,
+        "image": ref.image.as_posix(),
+        "mask": ref.mask.as_posix(),
+        "height": mask.shape[0],
+        "width": mask.shape[1],
+        "image_sha256": hashlib.sha256(image_bytes).hexdigest(),
+        "mask_sha256": hashlib.sha256(mask_bytes).hexdigest(),
+        **{f"px_{i}": int(counts[i]) for i in range(num_classes)},
+        "px_ignore": int(counts[IGNORE_INDEX]),
+        "max_value": int(max((v for v in np.flatnonzero(counts) if v != IGNORE_INDEX), default=0)),
+    }
+    return row, problems
+
+
+def _classes_mismatch(layout: Layout, frame: pd.DataFrame) -> list[str]:
+    """One dataset-level line when the masks use more ids than classes.txt names."""
+    if frame.empty or not layout.classes:
+        return []
+    over = frame[frame["max_value"] >= len(layout.classes)]
+    if over.empty:
+        return []
+    return [
+        f"{layout.root}/classes.txt: names {len(layout.classes)} classes (ids 0.."
+        f"{len(layout.classes) - 1}) but {len(over)} masks use ids up to "
+        f"{int(over['max_value'].max())} (e.g. {over['mask'].iloc[0]}); add the missing names "
+        f"or fix the masks"
+    ]
+
+
+def assign_splits(ids: list[str], val_fraction: float, test_fraction: float, seed: int) -> dict:
+    """Seeded split of `ids` into train/val/test; deterministic for the same sorted ids."""
+    order = np.random.default_rng(seed).permutation(sorted(ids))
+    n = len(order)
+    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 and n > 1 else 0
+    n_test = max(1, round(n * test_fraction)) if test_fraction > 0 and n > 2 else 0
+    split = {str(i): "val" for i in order[:n_val]}
+    split |= {str(i): "test" for i in order[n_val : n_val + n_test]}
+    split |= {str(i): "train" for i in order[n_val + n_test :]}
+    return split
+
+
+def _write_splits(root: Path, frame: pd.DataFrame) -> None:
+    """Write splits/<name>.txt atomically (temp file, then rename)."""
+    split_dir = root / "splits"
+    split_dir.mkdir(exist_ok=True)
+    for name in SPLITS:
+        ids = sorted(frame.loc[frame["split"] == name, "id"])
+        if not ids:
+            continue
+        tmp = split_dir / f".{name}.txt.tmp"
+        tmp.write_text("\n".join(ids) + "\n")
+        tmp.replace(split_dir / f"{name}.txt")
+
+
+def _check_splits(frame: pd.DataFrame, root: Path, eval_split: str | None) -> list[str]:
+    problems = []
+    needed = {"train"} | ({eval_split} if eval_split else set())
+    for name in sorted(needed):
+        if frame.empty or not (frame["split"] == name).any():
+            problems.append(
+                f"{root}: split '{name}' is empty; add ids to splits/{name}.txt or change "
+                f"data.val_fraction/test_fraction"
+            )
+    return problems
+
+
+def load_dataset(
+    cfg: DataConfig,
+    eval_split: str | None = "val",
+    write_splits: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> DatasetInfo:
+    """Read, decode and check every sample of the dataset at `cfg.root`; see module docstring.
+
+    Raises DatasetError listing every problem; nothing is written when it raises.
+    `progress(done, total)` is called as samples are scanned.
+    """
+    try:
+        layout = read_layout(cfg.root, cfg.format)
+    except (FileNotFoundError, ValueError) as exc:
+        raise DatasetError(f"cannot read dataset at {cfg.root}: {exc}") from None
+    rows, problems = [], list(layout.problems)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        jobs = [pool.submit(_scan_one, layout.root, r, len(layout.classes)) for r in layout.samples]
+        for done, job in enumerate(jobs, 1):
+            row, found = job.result()
+            problems += found
+            if row is not None:
+                rows.append(row)
+            if progress:
+                progress(done, len(jobs))
+    frame = pd.DataFrame(rows)
+    problems += _classes_mismatch(layout, frame)
+    if not layout.splits_given and not frame.empty:
+        mapping = assign_splits(
+            list(frame["id"]), cfg.val_fraction, cfg.test_fraction, cfg.split_seed
+        )
+        frame["split"] = frame["id"].map(mapping)
+    problems += _check_splits(frame, layout.root, eval_split)
+    if problems:
+        raise DatasetError(f"dataset {layout.root} has {len(problems)} problem(s):", problems)
+    if not layout.splits_given and write_splits:
+        _write_splits(layout.root, frame)
+    frame = frame.drop(columns="max_value").sort_values(["split", "id"], ignore_index=True)
+    return DatasetInfo(layout.root, tuple(layout.classes), frame)
+
+
+def dataset_fingerprint(info: DatasetInfo) -> str:
+    """sha256 over class names and every sample's (id, split, image hash, mask hash).
+
+    Identifies the exact data a model was trained on, independent of where it lies on disk.
+    """
+    digest = hashlib.sha256("\n".join(info.classes).encode())
+    cols = ["id", "split", "image_sha256", "mask_sha256"]
+    for row in info.manifest.sort_values("id")[cols].itertuples(index=False):
+        digest.update("|".join(map(str, row)).encode())
+    return digest.hexdigest()

@@ -1,0 +1,50 @@
+"""Paired image/mask transforms (torchvision.transforms.v2).
+
+Masks travel as `tv_tensors.Mask`, so geometric transforms resize them with nearest neighbour
+and fill new pixels with 255 (ignore); photometric transforms leave them alone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from segops.config import IGNORE_INDEX, AugmentConfig
+
+_FILL = {tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}
+
+
+def _finish(aug: AugmentConfig) -> list:
+    return [
+        v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64}, scale=True),
+        v2.Normalize(mean=list(aug.mean), std=list(aug.std)),
+    ]
+
+
+def train_transform(aug: AugmentConfig, size: int) -> v2.Compose:
+    """Random resized crop, flips, optional rotation, colour jitter, then normalise."""
+    steps: list = [v2.RandomResizedCrop((size, size), scale=aug.scale, antialias=True)]
+    if aug.hflip:
+        steps.append(v2.RandomHorizontalFlip(aug.hflip))
+    if aug.vflip:
+        steps.append(v2.RandomVerticalFlip(aug.vflip))
+    if aug.rotation:
+        steps.append(v2.RandomRotation(aug.rotation, fill=_FILL))
+    if aug.color_jitter:
+        j = aug.color_jitter
+        steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(j, 0.5) / 4))
+    return v2.Compose(steps + _finish(aug))
+
+
+def eval_transform(aug: AugmentConfig, size: int) -> v2.Compose:
+    """Resize to the model's input size, then normalise (no randomness)."""
+    return v2.Compose([v2.Resize((size, size), antialias=True), *_finish(aug)])
+
+
+def to_tv(image, mask=None) -> tuple:
+    """numpy HxWx3 uint8 image (and HxW mask) as tv_tensors."""
+    img = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1).contiguous())
+    if mask is None:
+        return (img,)
+    return img, tv_tensors.Mask(torch.from_numpy(mask))

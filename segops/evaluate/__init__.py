@@ -1,0 +1,1 @@
+"""Evaluation: confusion matrix, metrics as pure functions, per-image scores, reports, plots."""

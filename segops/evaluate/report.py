@@ -1,0 +1,197 @@
+"""Evaluate a checkpoint on a dataset split: metrics.json, per-class and per-image tables, plots.
+
+Metrics are computed at the model's input resolution (masks resized with nearest neighbour by
+the evaluation preset), over every non-ignored pixel of the split.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from segops.config import Config
+from segops.data.dataset import SegmentationDataset
+from segops.data.manifest import DatasetInfo, dataset_fingerprint, load_dataset
+from segops.errors import DatasetError
+from segops.evaluate import plots
+from segops.evaluate.confusion import ConfusionMatrix
+from segops.evaluate.metrics import per_image_scores, summarize
+from segops.inference import TrainedModel, load_trained, predict_image
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    out_dir: str
+    split: str
+    checkpoint: str
+    dataset_hash: str
+    mean_iou: float
+    mean_dice: float
+    pixel_accuracy: float
+    metrics_json: str
+    per_image_csv: str
+    per_class_csv: str
+    plots: tuple[str, ...]
+
+
+@torch.inference_mode()
+def score_split(
+    trained: TrainedModel,
+    ds: SegmentationDataset,
+    batch_size: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple:
+    """Dataset confusion matrix `[C, C]` and per-image matrices `[N, C, C]` (numpy int64)."""
+    matrix, per_image = ConfusionMatrix(len(trained.classes)), []
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
+    done = 0
+    for images, masks in loader:
+        logits = trained.model(images.to(trained.device))
+        per_image.append(matrix.update(logits.argmax(1), masks.to(trained.device)).cpu())
+        done += len(images)
+        if progress:
+            progress(done, len(ds))
+    return matrix.compute(), torch.cat(per_image).numpy()
+
+
+def _per_class_table(summary: dict, mat: np.ndarray) -> pd.DataFrame:
+    rows = [
+        {
+            "class": name,
+            **values,
+            "true_pixels": int(mat[i].sum()),
+            "predicted_pixels": int(mat[:, i].sum()),
+        }
+        for i, (name, values) in enumerate(summary["per_class"].items())
+    ]
+    return pd.DataFrame(rows).astype({"iou": float, "dice": float})
+
+
+def _worst_samples(
+    trained: TrainedModel, ds: SegmentationDataset, scores: pd.DataFrame, k: int
+) -> list[dict]:
+    """Original-size image, truth and prediction of the `k` lowest-IoU images."""
+    out = []
+    for index in scores.sort_values("iou").index[:k]:
+        image, truth = ds.load(int(index))
+        pred, _ = predict_image(trained, image)
+        out.append(
+            {
+                "id": ds.ids[index],
+                "image": image,
+                "truth": truth,
+                "pred": pred,
+                "iou": float(scores.loc[index, "iou"]),
+            }
+        )
+    return out
+
+
+def _check_classes(trained: TrainedModel, info: DatasetInfo) -> None:
+    if tuple(trained.classes) != tuple(info.classes):
+        raise DatasetError(
+            f"{trained.checkpoint} was trained on classes {list(trained.classes)} but "
+            f"{info.root} declares {list(info.classes)}; evaluate on data with the same classes"
+        )
+
+
+def evaluate_checkpoint(
+    cfg: Config,
+    checkpoint: str | Path | None = None,
+    split: str | None = None,
+    out_dir: str | Path | None = None,
+    dataset: DatasetInfo | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> EvalReport:
+    """Evaluate `checkpoint` (default: best of `cfg.train.out_dir`) on `split` of `cfg.data`.
+
+    Writes metrics.json, per_class.csv, per_image.csv and plots/ under `out_dir`
+    (default: `<train.out_dir>/eval`). Returns the report's paths and headline numbers.
+    """
+    split = split or cfg.evaluate.split
+    run_dir = Path(cfg.train.out_dir)
+    checkpoint = Path(checkpoint or run_dir / "checkpoints" / "best.pt")
+    out = Path(out_dir or run_dir / "eval")
+    trained = load_trained(checkpoint, "cuda" if torch.cuda.is_available() else "cpu")
+    info = dataset or load_dataset(cfg.data, eval_split=split)
+    _check_classes(trained, info)
+    ds = SegmentationDataset(info.root, info.split(split), trained.transform())
+    mat, per_image = score_split(trained, ds, cfg.evaluate.batch_size, progress)
+    summary = summarize(mat, info.classes)
+    ious, dices = per_image_scores(per_image)
+    correct = np.trace(per_image, axis1=1, axis2=2) / np.maximum(per_image.sum((1, 2)), 1)
+    scores = pd.DataFrame({"id": ds.ids, "iou": ious, "dice": dices, "pixel_accuracy": correct})
+    per_class = _per_class_table(summary, mat)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    files = _write_tables(out, summary, scores, per_class, mat, split, checkpoint, info)
+    figures = _write_plots(
+        out / "plots",
+        run_dir,
+        per_class,
+        mat,
+        info,
+        _worst_samples(trained, ds, scores, cfg.evaluate.worst_k),
+    )
+    return EvalReport(
+        str(out),
+        split,
+        str(checkpoint),
+        dataset_fingerprint(info),
+        summary["mean_iou"],
+        summary["mean_dice"],
+        summary["pixel_accuracy"],
+        *files,
+        tuple(figures),
+    )
+
+
+def _write_tables(
+    out: Path,
+    summary: dict,
+    scores: pd.DataFrame,
+    per_class: pd.DataFrame,
+    mat: np.ndarray,
+    split: str,
+    checkpoint: Path,
+    info: DatasetInfo,
+) -> tuple:
+    metrics = {
+        **summary,
+        "split": split,
+        "images": len(scores),
+        "checkpoint": str(checkpoint),
+        "dataset_hash": dataset_fingerprint(info),
+        "classes": list(info.classes),
+        "confusion_matrix": mat.tolist(),
+    }
+    paths = (out / "metrics.json", out / "per_image.csv", out / "per_class.csv")
+    paths[0].write_text(json.dumps(metrics, indent=2) + "\n")
+    scores.to_csv(paths[1], index=False)
+    per_class.to_csv(paths[2], index=False)
+    return tuple(str(p) for p in paths)
+
+
+def _write_plots(
+    plot_dir: Path,
+    run_dir: Path,
+    per_class: pd.DataFrame,
+    mat: np.ndarray,
+    info: DatasetInfo,
+    worst: list[dict],
+) -> list[str]:
+    figures = [
+        plots.plot_per_class(per_class, plot_dir / "per_class_iou.png"),
+        plots.plot_confusion(mat, list(info.classes), plot_dir / "confusion_matrix.png"),
+        plots.plot_overlays(worst, plot_dir / "worst_overlays.png"),
+    ]
+    history = run_dir / "history.csv"
+    if history.is_file():
+        figures.insert(0, plots.plot_curves(pd.read_csv(history), plot_dir / "curves.png"))
+    return [str(f) for f in figures]

@@ -1,0 +1,1 @@
+"""Training: the loop, losses, schedules, checkpoints, device and mixed precision."""

@@ -1,0 +1,70 @@
+"""Device, mixed-precision and determinism choices, resolved once from the train config."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from segops.config import TrainConfig
+from segops.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    amp_dtype: torch.dtype | None  # None: full precision
+    use_scaler: bool  # fp16 needs loss scaling; bf16 does not
+    channels_last: bool
+    pin_memory: bool
+    deterministic: bool
+
+    def describe(self) -> dict[str, str]:
+        amp = str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype else "off"
+        return {"device": str(self.device), "amp": amp, "channels_last": str(self.channels_last)}
+
+
+def select_device(spec: str) -> torch.device:
+    """`auto` picks CUDA when present, else CPU; `cuda` without a GPU is an error."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={spec!r} but no CUDA GPU is visible; use auto or cpu")
+    return device
+
+
+def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    if mode == "off":
+        return None
+    if mode == "bf16":
+        return torch.bfloat16
+    if mode == "fp16":
+        return torch.float16
+    if device.type != "cuda":  # auto on CPU: full precision (bf16 is slower on most CPUs)
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def resolve_runtime(cfg: TrainConfig) -> Runtime:
+    """Pick device, autocast dtype, channels-last and pinned memory for `cfg`."""
+    device = select_device(cfg.device)
+    dtype = _amp_dtype(cfg.amp, device)
+    on_cuda = device.type == "cuda"
+    channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and on_cuda)
+    return Runtime(device, dtype, dtype == torch.float16, channels_last, on_cuda, cfg.deterministic)
+
+
+def configure_determinism(runtime: Runtime) -> None:
+    """Deterministic kernels where asked. On CUDA some segmentation ops have no deterministic
+    kernel (bilinear upsample backward, NLL loss), so there it warns instead of raising."""
+    on_cuda = runtime.device.type == "cuda"
+    if runtime.deterministic:
+        if on_cuda:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=on_cuda)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = on_cuda
