@@ -1,0 +1,1 @@
+"""The `segops` command. Imports stay lazy so `segops --help` is fast."""

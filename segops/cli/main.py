@@ -1,0 +1,181 @@
+"""`segops`: build datasets, train, evaluate, predict. Run `segops COMMAND --help` for details.
+
+Every command reads `params.yaml` (or `--params FILE`) and accepts `--set section.key=value`
+overrides; the resolved config is saved with what the command writes.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from segops.errors import SegopsError
+
+app = typer.Typer(
+    help="segops: image segmentation as a repeatable, auditable production process.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Build and inspect datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+ParamsOpt = Annotated[
+    Path, typer.Option("--params", "-p", help="params file (one section per step)")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="override, e.g. --set train.epochs=3 (repeatable)"),
+]
+DatasetOpt = Annotated[
+    Path | None, typer.Option("--dataset", "-d", help="dataset root (overrides data.root)")
+]
+
+
+def _config(params: Path, overrides: list[str] | None, dataset: Path | None = None):
+    from segops.config import load_config
+
+    extra = [f"data.root={dataset}"] if dataset else []
+    path = params if params.exists() or params != Path("params.yaml") else None
+    return load_config(path, [*(overrides or []), *extra])
+
+
+def _echo(text: str) -> None:
+    from segops.cli.progress import console
+
+    console.print(text, highlight=False)
+
+
+@data_app.command("shapes")
+def data_shapes(
+    out: Annotated[Path | None, typer.Argument(help="output folder (default: data.root)")] = None,
+    n: Annotated[int | None, typer.Option(help="number of samples (default: shapes.n)")] = None,
+    size: Annotated[int | None, typer.Option(help="image side in pixels (shapes.size)")] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed (shapes.seed)")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+) -> None:
+    """Generate the built-in `shapes` dataset (folder layout); same seed, same bytes."""
+    from segops.cli.progress import counter
+    from segops.data.shapes import generate_shapes
+
+    cfg = _config(params, overrides)
+    out = out or cfg.data.root
+    n, size = n or cfg.shapes.n, size or cfg.shapes.size
+    seed = cfg.shapes.seed if seed is None else seed
+    with counter(f"shapes -> {out}") as update:
+        generate_shapes(out, n=n, size=size, seed=seed, progress=lambda i: update(i, n))
+    _echo(f"wrote {n} samples ({size}x{size}, seed {seed}) to {out}")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+    dataset: DatasetOpt = None,
+) -> None:
+    """Check a dataset and show split counts, class frequencies and image sizes."""
+    from segops.cli.report import print_dataset_summary
+    from segops.data.manifest import load_dataset
+
+    cfg = _config(params, overrides, dataset)
+    info = load_dataset(cfg.data, eval_split=None, write_splits=False)
+    print_dataset_summary(info)
+
+
+@app.command()
+def train(
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+    dataset: DatasetOpt = None,
+    resume: Annotated[
+        bool, typer.Option(help="continue from <train.out_dir>/checkpoints/last.pt")
+    ] = False,
+) -> None:
+    """Check the dataset, then train; checkpoints every epoch, keeps the best by val mean IoU."""
+    from segops.cli.progress import RichTrainProgress, counter
+    from segops.data.manifest import load_dataset
+    from segops.train.loop import train as run_training
+
+    cfg = _config(params, overrides, dataset)
+    with counter("checking dataset") as update:
+        info = load_dataset(cfg.data, eval_split="val", progress=update)
+    bars = RichTrainProgress()
+    try:
+        result = run_training(cfg, resume=resume, callbacks=[bars], dataset=info)
+    finally:
+        bars.close()
+    _echo(
+        f"best val mean IoU {result.best_miou:.4f} at epoch {result.best_epoch} "
+        f"({result.epochs_run} epochs{', stopped early' if result.stopped_early else ''})\n"
+        f"best checkpoint: {result.best_checkpoint}\nhistory: {result.history_csv}"
+    )
+
+
+@app.command()
+def evaluate(
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+    dataset: DatasetOpt = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="default: <train.out_dir>/checkpoints/best.pt")
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="train, val or test (evaluate.split)")] = None,
+    out: Annotated[Path | None, typer.Option(help="default: <train.out_dir>/eval")] = None,
+) -> None:
+    """Evaluate a checkpoint: metrics.json, per-class and per-image CSVs, plots."""
+    from segops.cli.progress import counter
+    from segops.cli.report import print_eval_report
+    from segops.evaluate.report import evaluate_checkpoint
+
+    cfg = _config(params, overrides, dataset)
+    with counter("evaluating") as update:
+        report = evaluate_checkpoint(cfg, checkpoint, split, out, progress=update)
+    print_eval_report(report)
+
+
+@app.command()
+def predict(
+    src: Annotated[Path, typer.Argument(help="an image file or a folder of images")],
+    out: Annotated[Path, typer.Argument(help="output folder for masks and overlays")],
+    checkpoint: Annotated[Path, typer.Option(help="trained checkpoint")] = Path(
+        "runs/latest/checkpoints/best.pt"
+    ),
+) -> None:
+    """Predict masks: writes <id>_mask.png (class ids) and <id>_overlay.png at original size."""
+    from segops.cli.progress import counter
+    from segops.predict import predict_folder
+
+    with counter(f"predicting -> {out}") as update:
+        written = predict_folder(checkpoint, src, out, progress=update)
+    _echo(f"wrote {len(written)} masks and overlays to {out}")
+
+
+@app.command()
+def models() -> None:
+    """List the models that `model.name` can take."""
+    from rich.table import Column, Table
+
+    from segops.cli.progress import console
+    from segops.models import list_models
+
+    table = Table(Column("name", no_wrap=True), "description", "pretrained (model.pretrained)")
+    for entry in list_models():
+        table.add_row(entry.name, entry.summary, entry.pretrained)
+    console.print(table)
+
+
+def main() -> None:
+    """Console entry point: user errors print one clear message and exit with status 2."""
+    try:
+        app()
+    except SegopsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

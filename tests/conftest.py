@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny datasets the tests make themselves, and an isolated environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Keep every tool's state out of the user's home and off the network (set before imports).
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+os.environ.setdefault("TORCH_HOME", str(Path(__file__).parent / ".torch-home-unused"))
+
+from segops.config import Config, load_config  # noqa: E402
+from segops.data.shapes import generate_shapes  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory) -> Path:
+    """A 40-sample, 32x32 `shapes` dataset (read-only: copy it before changing it)."""
+    return generate_shapes(tmp_path_factory.mktemp("shapes"), n=40, size=32, seed=3)
+
+
+def tiny_config(root: Path, out: Path, *extra: str) -> Config:
+    """A config that trains a small U-Net on `root` in a few seconds."""
+    return load_config(
+        None,
+        [
+            f"data.root={root}", "data.image_size=32", "data.val_fraction=0.25",
+            "model.options={width: 4, depth: 2}", "train.epochs=2", "train.batch_size=8",
+            "train.warmup_epochs=0.5", f"train.out_dir={out}", "evaluate.worst_k=3",
+            *extra,
+        ],
+    )
+
+
+def write_sample(root: Path, sid: str, image: np.ndarray, mask: np.ndarray | None) -> None:
+    """Write images/<sid>.png and (unless None) masks/<sid>.png under `root`."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(root / "images" / f"{sid}.png")
+    if mask is not None:
+        Image.fromarray(mask).save(root / "masks" / f"{sid}.png")
+
+
+@pytest.fixture
+def folder_dataset(tmp_path) -> Path:
+    """A valid 8-sample folder dataset with classes bg/a/b (16x12 images), no split files."""
+    root = tmp_path / "ds"
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        mask = np.zeros((12, 16), np.uint8)
+        mask[2:6, 3:9] = 1
+        mask[7:11, 9:15] = 2 if i % 2 else 1
+        write_sample(root, f"s{i}", rng.integers(0, 255, (12, 16, 3), dtype=np.uint8), mask)
+    (root / "classes.txt").write_text("bg\na\nb\n")
+    return root
