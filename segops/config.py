@@ -69,7 +69,7 @@ class TrainConfig(_Section):
     class_weights: Literal["none", "balanced"] | list[float] = "none"
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
-    channels_last: Literal["auto", "on", "off"] = "auto"
+    channels_last: Literal["auto"] | bool = "auto"
     deterministic: bool = False
     seed: int = 0
     early_stopping_patience: int | None = Field(None, ge=1)
@@ -170,9 +170,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return build_config(raw, source)
 
 
+# Keys that say where things live or how fast they load, not what is trained: a run moved to
+# another folder, or restored into a fresh workspace, keeps its config hash.
+LOCATION_KEYS = (("data", "root"), ("data", "cache"), ("train", "out_dir"))
+
+
 def config_hash(config: Config) -> str:
-    """sha256 of the canonical JSON of the resolved config."""
-    blob = json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"))
+    """sha256 of the canonical JSON of the resolved config, without `LOCATION_KEYS`."""
+    data = config.to_dict()
+    for section, key in LOCATION_KEYS:
+        data[section].pop(key)
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

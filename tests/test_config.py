@@ -71,3 +71,9 @@ def test_negative_class_weight_rejected():
 
 def test_defaults_are_a_config():
     assert isinstance(load_config(), Config)
+
+
+def test_config_hash_ignores_where_files_live():
+    a = load_config(None, ["data.root=/a", "train.out_dir=/x", "data.cache=false"])
+    b = load_config(None, ["data.root=/b", "train.out_dir=/y"])
+    assert config_hash(a) == config_hash(b)

@@ -52,7 +52,7 @@ def resolve_runtime(cfg: TrainConfig) -> Runtime:
     device = select_device(cfg.device)
     dtype = _amp_dtype(cfg.amp, device)
     on_cuda = device.type == "cuda"
-    channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and on_cuda)
+    channels_last = on_cuda if cfg.channels_last == "auto" else cfg.channels_last
     return Runtime(device, dtype, dtype == torch.float16, channels_last, on_cuda, cfg.deterministic)
 
 

@@ -224,7 +224,7 @@ def _checkpoint_state(
         "dataset_hash": hashes[1],
         "classes": list(info.classes),
         "model_name": cfg.model.name,
-        "versions": {"segops": segops.__version__, "torch": torch.__version__},
+        "versions": {"segops": segops.__version__, "torch": str(torch.__version__)},
     }
 
 

@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from segops.errors import ConfigError
+from segops.models import build_model, list_models, model_info
+
+NAMES = [entry.name for entry in list_models()]
+
+
+def test_zoo_has_the_issue_models():
+    assert set(NAMES) >= {
+        "unet", "fcn_resnet50", "deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large",
+        "lraspp_mobilenet_v3_large",
+    }
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_model_maps_images_to_logits_and_learns(name):
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=3)
+    x, y = torch.randn(2, 3, 40, 56), torch.randint(0, 3, (2, 40, 56))
+    out = model(x)
+    assert out.shape == (2, 3, 40, 56)
+    loss = torch.nn.functional.cross_entropy(out, y)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_unet_width_depth_and_odd_sizes():
+    model = build_model("unet", num_classes=7, width=4, depth=3)
+    assert model(torch.randn(1, 3, 37, 29)).shape == (1, 7, 37, 29)
+    assert model.stem[0].out_channels == 4 and len(model.down) == 3
+
+
+def test_unknown_model_lists_the_valid_names():
+    with pytest.raises(ConfigError, match=r"unknown model 'unet3'.*'deeplabv3_resnet50'.*'unet'"):
+        build_model("unet3", num_classes=2)
+
+
+def test_bad_option_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"model 'unet': bad model.options"):
+        build_model("unet", num_classes=2, widht=3)
+
+
+@pytest.mark.parametrize("name", ["unet", "lraspp_mobilenet_v3_large"])
+def test_pretrained_from_local_file_skips_the_mismatched_head(tmp_path, name):
+    source = build_model(name, num_classes=5)
+    torch.save(source.state_dict(), tmp_path / "w.pt")
+    target = build_model(name, num_classes=2, pretrained=str(tmp_path / "w.pt"))
+    src, dst = source.state_dict(), target.state_dict()
+    same = [k for k in dst if dst[k].shape == src[k].shape]
+    assert all(torch.equal(dst[k], src[k]) for k in same)
+    assert len(same) < len(dst)  # the classifier head differs in shape and was skipped
+
+
+def test_pretrained_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_model("unet", num_classes=2, pretrained=str(tmp_path / "missing.pt"))
+    torch.save({"unrelated": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(ConfigError, match="no tensor in .* fits model 'unet'"):
+        build_model("unet", num_classes=2, pretrained=str(tmp_path / "other.pt"))
+    with pytest.raises(ConfigError, match="has no torchvision weights"):
+        build_model("unet", num_classes=2, pretrained="torchvision")
+
+
+def test_torchvision_models_offer_torchvision_weights():
+    assert "torchvision" in model_info("deeplabv3_resnet50").pretrained
+    assert "torchvision" not in model_info("unet").pretrained
