@@ -89,6 +89,46 @@ class EvaluateConfig(_Section):
     worst_k: int = Field(8, ge=1, description="images shown in the overlay grid, worst IoU first")
 
 
+class ValidationConfig(_Section):
+    """Great Expectations checks run before training (segops.validation)."""
+
+    foreground_fraction: tuple[float, float] = Field(
+        (0.0, 1.0), description="bounds on each image's fraction of non-background pixels"
+    )
+    required_splits: tuple[str, ...] = ("train", "val")
+    report_dir: Path = Path("runs/latest/validation")
+
+
+class VersioningConfig(_Section):
+    """DVC versioning of the dataset directory (segops.versioning)."""
+
+    path: Path = Field(Path("data"), description="directory DVC tracks; <path>.dvc beside it")
+    remote: str = Field("local", description="name of the DVC remote to push to")
+    remote_url: str | None = Field(
+        None, description="if set, (re)configures `remote` with this URL (local dir, s3://...)"
+    )
+    push: bool = True
+
+
+class TrackingConfig(_Section):
+    """MLflow tracking (segops.tracking). MLFLOW_TRACKING_URI, when set, wins over `uri`."""
+
+    uri: str = "sqlite:///mlflow/mlflow.db"
+    artifact_root: str = "mlflow/artifacts"
+    experiment: str = "segops"
+
+
+class PromotionConfig(_Section):
+    """Registry and promotion gate (segops.promotion)."""
+
+    model_name: str = "segops-shapes"
+    min_delta: float = Field(0.005, ge=0, description="mean IoU gain needed over the champion")
+    confidence: float = Field(0.95, gt=0, lt=1, description="paired bootstrap confidence")
+    max_class_drop: float = Field(0.02, ge=0, description="largest per-class IoU drop allowed")
+    bootstrap_samples: int = Field(2000, ge=100)
+    seed: int = 0
+
+
 class Config(_Section):
     data: DataConfig = DataConfig()
     shapes: ShapesConfig = ShapesConfig()
@@ -96,6 +136,10 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    validation: ValidationConfig = ValidationConfig()
+    versioning: VersioningConfig = VersioningConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    promotion: PromotionConfig = PromotionConfig()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (paths as strings, tuples as lists)."""
@@ -172,12 +216,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 # Keys that say where things live or how fast they load, not what is trained: a run moved to
 # another folder, or restored into a fresh workspace, keeps its config hash.
-LOCATION_KEYS = (("data", "root"), ("data", "cache"), ("train", "out_dir"))
+LOCATION_KEYS = (
+    ("data", "root"), ("data", "cache"), ("train", "out_dir"), ("validation", "report_dir"),
+    ("versioning", "path"), ("versioning", "remote"), ("versioning", "remote_url"),
+    ("versioning", "push"), ("tracking", "uri"), ("tracking", "artifact_root"),
+    ("tracking", "experiment"),
+)  # fmt: skip
 
 
 def config_hash(config: Config) -> str:
     """sha256 of the canonical JSON of the resolved config, without `LOCATION_KEYS`."""
     data = config.to_dict()
+    data.pop("promotion")  # the gate decides about a model; it does not shape it
     for section, key in LOCATION_KEYS:
         data[section].pop(key)
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"))

@@ -53,35 +53,47 @@ class DatasetInfo:
         return frame[[f"px_{i}" for i in range(self.num_classes)]].to_numpy().sum(0)
 
 
-def _scan_one(root: Path, ref: SampleRef, num_classes: int) -> tuple[dict | None, list[str]]:
-    """Row for one sample and the problems found in it."""
+FLAG_COLUMNS = ["image_readable", "mask_readable", "size_match", "invalid_values", "max_value"]
+
+
+def _read(path: Path, reader) -> tuple[str, object, str | None]:
+    """(sha256 of the bytes or "", decoded array or None, problem or None)."""
+    if not path.is_file():
+        return "", None, "file does not exist"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return "", None, f"cannot be read ({exc.strerror})"
+    try:
+        return hashlib.sha256(data).hexdigest(), reader(path), None
+    except ReadError as exc:
+        return hashlib.sha256(data).hexdigest(), None, str(exc)
+
+
+def _scan_one(root: Path, ref: SampleRef, num_classes: int) -> tuple[dict, list[str]]:
+    """Row for one sample (always, with flag columns saying what is wrong) and its problems."""
     image_path, mask_path = root / ref.image, root / ref.mask
-    if not mask_path.is_file():
-        return None, [f"{mask_path}: missing mask for image {image_path.name}"]
-    problems = []
-    try:
-        image_bytes = image_path.read_bytes()
-        image = read_image(image_path)
-    except (ReadError, OSError) as exc:
-        problems.append(f"{image_path}: {exc}")
-    try:
-        mask_bytes = mask_path.read_bytes()
-        mask = read_mask(mask_path)
-    except (ReadError, OSError) as exc:
-        problems.append(f"{mask_path}: {exc}")
-    if problems:
-        return None, problems
-    if image.shape[:2] != mask.shape:
+    image_sha, image, image_err = _read(image_path, read_image)
+    mask_sha, mask, mask_err = _read(mask_path, read_mask)
+    problems = [f"{image_path}: {image_err}"] if image_err else []
+    if mask_err == "file does not exist":
+        problems.append(f"{mask_path}: missing mask for image {image_path.name}")
+    elif mask_err:
+        problems.append(f"{mask_path}: {mask_err}")
+    shape = mask.shape if mask is not None else image.shape[:2] if image is not None else (0, 0)
+    size_match = image is not None and mask is not None and image.shape[:2] == mask.shape
+    if image is not None and mask is not None and not size_match:
         h, w = image.shape[:2]
-        return None, [
+        problems.append(
             f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but image {image_path.name} "
             f"is {w}x{h}; they must have the same size"
-        ]
-    counts = np.bincount(mask.ravel(), minlength=256)
-    bad = [v for v in np.flatnonzero(counts) if v >= num_classes and v != IGNORE_INDEX]
+        )
+    counts = np.bincount(mask.ravel(), minlength=256) if mask is not None else np.zeros(256, int)
+    used = [int(v) for v in np.flatnonzero(counts) if v != IGNORE_INDEX]
+    bad = [v for v in used if v >= num_classes]
     if bad and num_classes:
         problems.append(
-            f"{mask_path}: values {[int(v) for v in bad[:8]]} are not class ids "
+            f"{mask_path}: values {bad[:8]} are not class ids "
             f"(classes.txt defines 0..{num_classes - 1}) nor {IGNORE_INDEX} (ignore)"
         )
     row = {
@@ -89,13 +101,17 @@ def _scan_one(root: Path, ref: SampleRef, num_classes: int) -> tuple[dict | None
         "split": ref.split,
         "image": ref.image.as_posix(),
         "mask": ref.mask.as_posix(),
-        "height": mask.shape[0],
-        "width": mask.shape[1],
-        "image_sha256": hashlib.sha256(image_bytes).hexdigest(),
-        "mask_sha256": hashlib.sha256(mask_bytes).hexdigest(),
+        "height": shape[0],
+        "width": shape[1],
+        "image_sha256": image_sha,
+        "mask_sha256": mask_sha,
         **{f"px_{i}": int(counts[i]) for i in range(num_classes)},
         "px_ignore": int(counts[IGNORE_INDEX]),
-        "max_value": int(max((v for v in np.flatnonzero(counts) if v != IGNORE_INDEX), default=0)),
+        "image_readable": image is not None,
+        "mask_readable": mask is not None,
+        "size_match": size_match,
+        "invalid_values": len(bad),
+        "max_value": max(used, default=0),
     }
     return row, problems
 
@@ -152,6 +168,49 @@ def _check_splits(frame: pd.DataFrame, root: Path, eval_split: str | None) -> li
     return problems
 
 
+@dataclass(frozen=True)
+class Scan:
+    """Every sample, readable or not: the manifest plus FLAG_COLUMNS, and the problems found."""
+
+    layout: Layout
+    frame: pd.DataFrame
+    problems: list[str]
+
+
+def scan_dataset(
+    cfg: DataConfig,
+    eval_split: str | None = "val",
+    progress: Callable[[int, int], None] | None = None,
+) -> Scan:
+    """Read the layout and decode every sample once; never raises for bad samples.
+
+    Without split files, a seeded split is assigned (not written). Raises DatasetError only
+    when the layout itself cannot be read (no images/ folder, unknown format).
+    """
+    try:
+        layout = read_layout(cfg.root, cfg.format)
+    except (FileNotFoundError, ValueError) as exc:
+        raise DatasetError(f"cannot read dataset at {cfg.root}: {exc}") from None
+    rows, problems = [], list(layout.problems)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        jobs = [pool.submit(_scan_one, layout.root, r, len(layout.classes)) for r in layout.samples]
+        for done, job in enumerate(jobs, 1):
+            row, found = job.result()
+            rows.append(row)
+            problems += found
+            if progress:
+                progress(done, len(jobs))
+    frame = pd.DataFrame(rows)
+    problems += _classes_mismatch(layout, frame)
+    if not layout.splits_given and not frame.empty:
+        mapping = assign_splits(
+            list(frame["id"]), cfg.val_fraction, cfg.test_fraction, cfg.split_seed
+        )
+        frame["split"] = frame["id"].map(mapping)
+    problems += _check_splits(frame, layout.root, eval_split)
+    return Scan(layout, frame, problems)
+
+
 def load_dataset(
     cfg: DataConfig,
     eval_split: str | None = "val",
@@ -163,34 +222,14 @@ def load_dataset(
     Raises DatasetError listing every problem; nothing is written when it raises.
     `progress(done, total)` is called as samples are scanned.
     """
-    try:
-        layout = read_layout(cfg.root, cfg.format)
-    except (FileNotFoundError, ValueError) as exc:
-        raise DatasetError(f"cannot read dataset at {cfg.root}: {exc}") from None
-    rows, problems = [], list(layout.problems)
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        jobs = [pool.submit(_scan_one, layout.root, r, len(layout.classes)) for r in layout.samples]
-        for done, job in enumerate(jobs, 1):
-            row, found = job.result()
-            problems += found
-            if row is not None:
-                rows.append(row)
-            if progress:
-                progress(done, len(jobs))
-    frame = pd.DataFrame(rows)
-    problems += _classes_mismatch(layout, frame)
-    if not layout.splits_given and not frame.empty:
-        mapping = assign_splits(
-            list(frame["id"]), cfg.val_fraction, cfg.test_fraction, cfg.split_seed
-        )
-        frame["split"] = frame["id"].map(mapping)
-    problems += _check_splits(frame, layout.root, eval_split)
-    if problems:
-        raise DatasetError(f"dataset {layout.root} has {len(problems)} problem(s):", problems)
-    if not layout.splits_given and write_splits:
-        _write_splits(layout.root, frame)
-    frame = frame.drop(columns="max_value").sort_values(["split", "id"], ignore_index=True)
-    return DatasetInfo(layout.root, tuple(layout.classes), frame)
+    scan = scan_dataset(cfg, eval_split, progress)
+    root = scan.layout.root
+    if scan.problems:
+        raise DatasetError(f"dataset {root} has {len(scan.problems)} problem(s):", scan.problems)
+    if not scan.layout.splits_given and write_splits:
+        _write_splits(root, scan.frame)
+    frame = scan.frame.drop(columns=FLAG_COLUMNS).sort_values(["split", "id"], ignore_index=True)
+    return DatasetInfo(root, tuple(scan.layout.classes), frame)
 
 
 def dataset_fingerprint(info: DatasetInfo) -> str:
