@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,16 +29,33 @@ class TrainedModel:
         return eval_transform(self.config.augment, self.config.data.image_size)
 
 
+def _assemble(
+    state: dict, config: dict, classes: list[str], source: Path, device: str | torch.device
+) -> TrainedModel:
+    cfg = build_config(config, f"{source} (embedded config)")
+    model = build_model(cfg.model.name, num_classes=len(classes), **cfg.model.options)
+    model.load_state_dict(state)
+    device = torch.device(device)
+    return TrainedModel(model.to(device).eval(), cfg, tuple(classes), source, device)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_trained(checkpoint: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
     """Rebuild the model a checkpoint describes and load its weights (weights_only)."""
     ckpt = load_checkpoint(checkpoint)
-    cfg = build_config(ckpt["config"], f"{checkpoint} (embedded config)")
-    model = build_model(cfg.model.name, num_classes=len(ckpt["classes"]), **cfg.model.options)
-    model.load_state_dict(ckpt["model"])
-    device = torch.device(device)
-    return TrainedModel(
-        model.to(device).eval(), cfg, tuple(ckpt["classes"]), Path(checkpoint), device
-    )
+    return _assemble(ckpt["model"], ckpt["config"], ckpt["classes"], Path(checkpoint), device)
+
+
+def load_model_files(
+    weights: str | Path, meta: str | Path, device: str | torch.device = "cpu"
+) -> TrainedModel:
+    """Rebuild a model from a logged model's `weights.pt` (state dict) and `model.json`."""
+    info = json.loads(Path(meta).read_text())
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    return _assemble(state, info["config"], info["classes"], Path(weights), device)
 
 
 @torch.inference_mode()

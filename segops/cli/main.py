@@ -154,9 +154,18 @@ def predict(
     _echo(f"wrote {len(written)} masks and overlays to {out}")
 
 
-@app.command()
-def models() -> None:
-    """List the models that `model.name` can take."""
+models_app = typer.Typer(
+    help="The model zoo (no subcommand) and the registry (subcommands).",
+    invoke_without_command=True,
+)
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback()
+def models(ctx: typer.Context) -> None:
+    """List the models that `model.name` can take (see subcommands for the registry)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from rich.table import Column, Table
 
     from segops.cli.progress import console
@@ -166,6 +175,96 @@ def models() -> None:
     for entry in list_models():
         table.add_row(entry.name, entry.summary, entry.pretrained)
     console.print(table)
+
+
+@models_app.command("registered")
+def models_registered(
+    name: Annotated[
+        str | None, typer.Argument(help="registered model (promotion.model_name)")
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+) -> None:
+    """Registered versions: aliases, key metrics, data version and promotion decision."""
+    from segops import tracking
+    from segops.cli.report import print_registered
+
+    cfg = _config(params, overrides)
+    tracking.connect(cfg.tracking)
+    print_registered(name or cfg.promotion.model_name)
+
+
+@app.command()
+def validate(
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+    dataset: DatasetOpt = None,
+) -> None:
+    """Run the Great Expectations suite on a dataset; writes validation.json and .md."""
+    from segops.validation import validate_dataset
+
+    cfg = _config(params, overrides, dataset)
+    report = validate_dataset(cfg)
+    _echo(report.to_markdown())
+    if not report.success:
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+    dataset: DatasetOpt = None,
+    workspace: Annotated[Path, typer.Option(help="DVC workspace (repository root)")] = Path("."),
+) -> None:
+    """Run the `retrain` Prefect flow: validate, version (DVC), train, evaluate, register,
+    promote. Uses PREFECT_API_URL and MLFLOW_TRACKING_URI when set, else local stores."""
+    import importlib
+
+    from segops.cli.report import print_run_result
+
+    _config(params, overrides, dataset)  # fail fast on a bad config, before Prefect starts
+    retrain = importlib.import_module("flows.retrain").retrain
+    path = str(params) if params.exists() or params != Path("params.yaml") else None
+    result = retrain(
+        params=path,
+        overrides=list(overrides or []),
+        dataset=str(dataset) if dataset else None,
+        workspace=str(workspace),
+    )
+    print_run_result(result)
+
+
+@app.command()
+def promote(
+    model: Annotated[
+        str | None, typer.Argument(help="models:/NAME/VERSION to put through the gate")
+    ] = None,
+    rollback: Annotated[bool, typer.Option(help="move champion back to the previous one")] = False,
+    reason: Annotated[str, typer.Option(help="why (recorded with a rollback)")] = "manual rollback",
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+) -> None:
+    """Put a registered version through the promotion gate, or roll the champion back."""
+    from segops import tracking
+    from segops.promotion import registry
+
+    cfg = _config(params, overrides)
+    tracking.connect(cfg.tracking)
+    name = cfg.promotion.model_name
+    if rollback:
+        ref = registry.rollback(name, reason)
+        _echo(f"champion of {name} is now version {ref.version} ({reason})")
+        return
+    if model is None:
+        raise typer.BadParameter("give a models:/NAME/VERSION, or --rollback")
+    from segops.pipeline import promote_step
+
+    ref = registry.resolve(model)
+    model_ref = {"name": ref.name, "version": ref.version, "run_id": ref.run_id}
+    decision = promote_step(cfg.to_dict(), model_ref)
+    verdict = "promoted to champion" if decision["promote"] else "not promoted"
+    _echo(f"{ref.uri}: {verdict}\n" + "\n".join(f"- {r}" for r in decision["reasons"]))
 
 
 def main() -> None:

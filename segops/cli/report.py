@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from rich.table import Table
 
 from segops.cli.progress import console
@@ -35,3 +37,46 @@ def print_eval_report(report) -> None:
     )
     console.print(f"metrics: {report.metrics_json}\nper image: {report.per_image_csv}")
     console.print("plots: " + ", ".join(report.plots))
+
+
+def print_registered(name: str) -> None:
+    """Versions of registered model `name`: aliases, mean IoU, data md5, decision."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    versions = sorted(
+        client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version)
+    )
+    if not versions:
+        console.print(f"no registered versions of {name!r}")
+        return
+    table = Table("version", "aliases", "mean IoU", "data md5", "promoted", "decision", "created")
+    for v in versions:
+        tags = v.tags
+        table.add_row(
+            v.version,
+            ", ".join(v.aliases),
+            tags.get("metrics.mean_iou", ""),
+            tags.get("segops.data.md5", "")[:12],
+            tags.get("promotion.promote", ""),
+            tags.get("promotion.reasons", "")[:80],
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(v.creation_timestamp / 1000)),
+        )
+    console.print(table)
+
+
+def print_run_result(result: dict) -> None:
+    """What `segops run` made, and how to look at it in the UIs."""
+    model, decision, metrics = result["model"], result["decision"], result["metrics"]
+    alias = "champion" if decision["promote"] else "challenger"
+    console.print(
+        f"registered [bold]{model['uri']}[/] (alias {alias}); mean IoU {metrics['mean_iou']:.4f} "
+        f"on data {result['data']['md5']}"
+    )
+    for reason in decision["reasons"]:
+        console.print(f"  - {reason}")
+    console.print(
+        "open the UIs:\n  mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db "
+        "--port 5000   -> http://127.0.0.1:5000\n  prefect server start   -> http://127.0.0.1:4200"
+        " (then `segops run` with PREFECT_API_URL=http://127.0.0.1:4200/api to record runs there)"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ class ReadError(ValueError):
     """A file could not be decoded; the message says why."""
 
 
-def _open(path: Path) -> Image.Image:
+def _open(path: Path | io.BytesIO) -> Image.Image:
     try:
         img = Image.open(path)
         img.load()  # decode now: truncated files fail here, not later in a worker
@@ -45,6 +46,11 @@ def image_to_rgb(img: Image.Image) -> np.ndarray:
 def read_image(path: str | Path) -> np.ndarray:
     """Decode an image file as HxWx3 uint8 (see `image_to_rgb`); raises ReadError."""
     return image_to_rgb(_open(Path(path)))
+
+
+def image_from_bytes(data: bytes) -> np.ndarray:
+    """Decode encoded image bytes (PNG, JPEG, TIFF) as HxWx3 uint8; raises ReadError."""
+    return image_to_rgb(_open(io.BytesIO(data)))
 
 
 def read_mask(path: str | Path) -> np.ndarray:

@@ -23,7 +23,7 @@ from segops.errors import DatasetError
 from segops.evaluate import plots
 from segops.evaluate.confusion import ConfusionMatrix
 from segops.evaluate.metrics import per_image_scores, summarize
-from segops.inference import TrainedModel, load_trained, predict_image
+from segops.inference import TrainedModel, default_device, load_trained, predict_image
 
 
 @dataclass(frozen=True)
@@ -112,14 +112,27 @@ def evaluate_checkpoint(
 ) -> EvalReport:
     """Evaluate `checkpoint` (default: best of `cfg.train.out_dir`) on `split` of `cfg.data`.
 
-    Writes metrics.json, per_class.csv, per_image.csv and plots/ under `out_dir`
-    (default: `<train.out_dir>/eval`). Returns the report's paths and headline numbers.
+    Writes under `out_dir` (default: `<train.out_dir>/eval`); see `evaluate_model`.
     """
-    split = split or cfg.evaluate.split
     run_dir = Path(cfg.train.out_dir)
     checkpoint = Path(checkpoint or run_dir / "checkpoints" / "best.pt")
+    trained = load_trained(checkpoint, default_device())
     out = Path(out_dir or run_dir / "eval")
-    trained = load_trained(checkpoint, "cuda" if torch.cuda.is_available() else "cpu")
+    return evaluate_model(trained, cfg, split, out, dataset, progress, run_dir / "history.csv")
+
+
+def evaluate_model(
+    trained: TrainedModel,
+    cfg: Config,
+    split: str | None,
+    out: Path,
+    dataset: DatasetInfo | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    history: Path | None = None,
+) -> EvalReport:
+    """Score `trained` on `split` of `cfg.data`: metrics.json, per_class.csv, per_image.csv and
+    plots/ (curves too when a `history` CSV exists) under `out`. Returns the EvalReport."""
+    split = split or cfg.evaluate.split
     info = dataset or load_dataset(cfg.data, eval_split=split)
     _check_classes(trained, info)
     ds = SegmentationDataset(info.root, info.split(split), trained.transform())
@@ -130,19 +143,13 @@ def evaluate_checkpoint(
     scores = pd.DataFrame({"id": ds.ids, "iou": ious, "dice": dices, "pixel_accuracy": correct})
     per_class = _per_class_table(summary, mat)
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    files = _write_tables(out, summary, scores, per_class, mat, split, checkpoint, info)
-    figures = _write_plots(
-        out / "plots",
-        run_dir,
-        per_class,
-        mat,
-        info,
-        _worst_samples(trained, ds, scores, cfg.evaluate.worst_k),
-    )
+    files = _write_tables(out, summary, scores, per_class, mat, split, trained.checkpoint, info)
+    worst = _worst_samples(trained, ds, scores, cfg.evaluate.worst_k)
+    figures = _write_plots(out / "plots", history, per_class, mat, info, worst)
     return EvalReport(
         str(out),
         split,
-        str(checkpoint),
+        str(trained.checkpoint),
         dataset_fingerprint(info),
         summary["mean_iou"],
         summary["mean_dice"],
@@ -180,7 +187,7 @@ def _write_tables(
 
 def _write_plots(
     plot_dir: Path,
-    run_dir: Path,
+    history: Path | None,
     per_class: pd.DataFrame,
     mat: np.ndarray,
     info: DatasetInfo,
@@ -191,7 +198,6 @@ def _write_plots(
         plots.plot_confusion(mat, list(info.classes), plot_dir / "confusion_matrix.png"),
         plots.plot_overlays(worst, plot_dir / "worst_overlays.png"),
     ]
-    history = run_dir / "history.csv"
-    if history.is_file():
+    if history is not None and history.is_file():
         figures.insert(0, plots.plot_curves(pd.read_csv(history), plot_dir / "curves.png"))
     return [str(f) for f in figures]

@@ -1,0 +1,92 @@
+"""The `retrain` flow: validate -> version (DVC) -> train -> evaluate -> register -> promote.
+
+Every task calls one `segops.pipeline` function and passes small references (dicts of paths,
+hashes, run ids and `models:/` URIs). Validation runs before versioning so that data failing
+its checks is never pushed as a dataset version.
+
+    python -m flows.retrain --help        (or: segops run)
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from segops import pipeline
+from segops.config import load_config
+from segops.errors import SegopsError
+
+
+class ValidationFailed(SegopsError):
+    """The dataset failed its Great Expectations suite; nothing was trained or registered."""
+
+
+@task(name="validate-data", cache_policy=NO_CACHE)
+def validate_data(config: dict) -> dict:
+    return pipeline.validate_step(config)
+
+
+@task(name="version-data", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def version_data(config: dict, workspace: str) -> dict:
+    return pipeline.version_step(config, workspace)
+
+
+@task(name="train", retries=1, retry_delay_seconds=1, cache_policy=NO_CACHE)
+def train_model(config: dict, attempt_key: str, tags: dict, artifacts: dict) -> dict:
+    return pipeline.train_step(config, attempt_key, tags, artifacts)
+
+
+@task(name="evaluate", retries=1, cache_policy=NO_CACHE)
+def evaluate_model(config: dict, run_id: str, checkpoint: str) -> dict:
+    return pipeline.evaluate_step(config, run_id, checkpoint)
+
+
+@task(name="register", retries=1, cache_policy=NO_CACHE)
+def register_model(config: dict, run_id: str, checkpoint: str, attempt_key: str) -> dict:
+    return pipeline.register_step(config, run_id, checkpoint, attempt_key)
+
+
+@task(name="promote", retries=1, cache_policy=NO_CACHE)
+def promote_model(config: dict, model: dict) -> dict:
+    return pipeline.promote_step(config, model)
+
+
+def _decision_markdown(model: dict, decision: dict) -> str:
+    verdict = "promoted to **champion**" if decision["promote"] else "kept as **challenger**"
+    reasons = "\n".join(f"- {r}" for r in decision["reasons"])
+    return f"## {model['uri']} {verdict}\n\n{reasons}\n"
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(
+    params: str | None = "params.yaml",
+    overrides: list[str] | None = None,
+    dataset: str | None = None,
+    workspace: str = ".",
+) -> dict[str, Any]:
+    """Take a dataset to a registered, gated model; returns model ref, metrics and decision."""
+    extra = [f"data.root={dataset}"] if dataset else []
+    key = str(flow_run.id or uuid.uuid4())
+    cfg = load_config(params, [*(overrides or []), *extra])
+    config = pipeline.attempt_config(cfg.to_dict(), key)
+    report = validate_data(config)
+    if not report["success"]:
+        create_markdown_artifact(report["markdown"], key="validation-report")
+        raise ValidationFailed(
+            f"dataset {cfg.data.root} failed validation ({', '.join(report['failures'])}); "
+            f"nothing was trained or registered. Report: {report['json']}"
+        )
+    data = version_data(config, workspace)
+    tags = pipeline.lineage_tags(data, report, key, workspace)
+    artifacts = {"lineage/data.dvc": data["dvc_text"], "lineage/validation.json": report["json"]}
+    trained = train_model(config, key, tags, artifacts)
+    metrics = evaluate_model(config, trained["run_id"], trained["checkpoint"])
+    model = register_model(config, trained["run_id"], trained["checkpoint"], key)
+    decision = promote_model(config, model)
+    create_markdown_artifact(_decision_markdown(model, decision), key="promotion-decision")
+    return {"model": model, "metrics": metrics, "decision": decision, "data": data}

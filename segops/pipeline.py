@@ -1,0 +1,184 @@
+"""The retraining pipeline's steps: one function each, over small serialisable references.
+
+`flows/retrain.py` runs each as one Prefect task; `segops run` runs the flow. Inputs and
+outputs are JSON-able dicts (resolved config, paths, hashes, run ids, `models:/` URIs): never
+models or tensors. A step retried with the same `attempt_key` continues the same MLflow run,
+checkpoint folder and registry version instead of making new ones.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from segops.config import Config, build_config
+
+LINEAGE = "segops."
+
+
+def _cfg(config: dict[str, Any]) -> Config:
+    return build_config(config, "pipeline config")
+
+
+def attempt_config(config: dict[str, Any], attempt_key: str) -> dict[str, Any]:
+    """`config` with outputs under `runs/<attempt_key>/` (checkpoints, eval, validation)."""
+    cfg = _cfg(config)
+    out = Path(cfg.train.out_dir).parent / attempt_key
+    updated = config | {
+        "train": {**config["train"], "out_dir": str(out)},
+        "validation": {**config["validation"], "report_dir": str(out / "validation")},
+    }
+    return _cfg(updated).to_dict()
+
+
+def version_step(config: dict[str, Any], workspace: str = ".") -> dict[str, Any]:
+    """DVC: add and push the dataset directory; returns the DataVersion as a dict."""
+    from segops.versioning import version_dataset
+
+    return version_dataset(workspace, _cfg(config).versioning).to_dict()
+
+
+def validate_step(config: dict[str, Any]) -> dict[str, Any]:
+    """Great Expectations suite on the dataset; returns success, report paths and markdown."""
+    from segops.validation import validate_dataset
+
+    cfg = _cfg(config)
+    report = validate_dataset(cfg)
+    out = Path(cfg.validation.report_dir)
+    return {
+        "success": report.success,
+        "json": str(out / "validation.json"),
+        "markdown": report.to_markdown(),
+        "failures": [c.expectation for c in report.failures()],
+    }
+
+
+def lineage_tags(
+    data_version: dict[str, Any], validation: dict[str, Any], flow_run_id: str, workspace: str = "."
+) -> dict[str, str]:
+    """The lineage tags every run and registered version carries (see ARCHITECTURE.md)."""
+    from segops.tracking import git_state
+
+    git = git_state(workspace)
+    return {
+        LINEAGE + "data.md5": data_version["md5"],
+        LINEAGE + "data.path": data_version["path"],
+        LINEAGE + "data.dvc_file": data_version["dvc_file"],
+        LINEAGE + "data.remote_url": data_version["remote_url"],
+        LINEAGE + "git.commit": git["commit"],
+        LINEAGE + "git.dirty": git["dirty"],
+        LINEAGE + "validation.passed": str(validation["success"]).lower(),
+        LINEAGE + "prefect.flow_run_id": flow_run_id or "none",
+    }
+
+
+def train_step(
+    config: dict[str, Any], attempt_key: str, tags: dict[str, str], artifacts: dict[str, str]
+) -> dict[str, Any]:
+    """Train inside the MLflow run of `attempt_key` (resuming its checkpoint on a retry).
+
+    `artifacts` maps artifact paths to text (the `.dvc` file) or local files (the validation
+    report) to attach as lineage. Returns run id, best checkpoint and best val mean IoU.
+    """
+    from mlflow import MlflowClient
+
+    from segops import tracking
+    from segops.train.loop import train
+
+    cfg = _cfg(config)
+    store = tracking.connect(cfg.tracking)
+    run_id = tracking.open_run(store, cfg, attempt_key, tags)
+    for name, value in artifacts.items():
+        if Path(value).is_file():
+            tracking.log_file(run_id, value, str(Path(name).parent))
+        else:
+            tracking.log_text(run_id, value, name)
+    callback = tracking.MlflowMetrics(MlflowClient(store.tracking_uri), run_id)
+    try:
+        result = train(cfg, resume=True, callbacks=[callback])
+    except Exception:
+        tracking.finish_run(run_id, failed=True)
+        raise
+    tracking.log_file(run_id, result.history_csv)
+    tracking.log_file(run_id, Path(result.out_dir) / "config.yaml")
+    tracking.set_tags(run_id, {LINEAGE + "dataset_hash": result.dataset_hash})
+    return {
+        "run_id": run_id,
+        "checkpoint": result.best_checkpoint,
+        "out_dir": result.out_dir,
+        "best_miou": result.best_miou,
+        "best_epoch": result.best_epoch,
+    }
+
+
+def evaluate_step(config: dict[str, Any], run_id: str, checkpoint: str) -> dict[str, Any]:
+    """Evaluate the checkpoint; log metrics, per-class IoU, tables and plots to the run."""
+    from segops import tracking
+    from segops.evaluate.report import evaluate_checkpoint
+
+    cfg = _cfg(config)
+    tracking.connect(cfg.tracking)
+    report = evaluate_checkpoint(cfg, checkpoint)
+    summary = json.loads(Path(report.metrics_json).read_text())
+    metrics = {
+        k: summary[k]
+        for k in (
+            "mean_iou",
+            "mean_dice",
+            "pixel_accuracy",
+            "mean_precision",
+            "mean_recall",
+            "mean_f1",
+        )
+    }
+    metrics |= {f"iou.{name}": v["iou"] for name, v in summary["per_class"].items()}
+    tracking.log_metrics(run_id, metrics)
+    tracking.log_file(run_id, report.out_dir, "eval")
+    return {
+        "mean_iou": report.mean_iou,
+        "dataset_hash": report.dataset_hash,
+        "metrics_json": report.metrics_json,
+        "plots": list(report.plots),
+    }
+
+
+def register_step(
+    config: dict[str, Any], run_id: str, checkpoint: str, attempt_key: str
+) -> dict[str, Any]:
+    """Log the pyfunc model (once per run) and register it as a new version, alias challenger."""
+    from segops import tracking
+    from segops.promotion.registry import register
+    from segops.serving.logging import log_pyfunc
+
+    cfg = _cfg(config)
+    tracking.connect(cfg.tracking)
+    summary = tracking.run_summary(run_id)
+    model_uri = summary["tags"].get(LINEAGE + "model_uri")
+    if model_uri is None:
+        model_uri = log_pyfunc(run_id, checkpoint)
+        tracking.set_tags(run_id, {LINEAGE + "model_uri": model_uri})
+    tags = {k: v for k, v in summary["tags"].items() if k.startswith(LINEAGE)}
+    tags |= {"metrics.mean_iou": str(summary["metrics"].get("mean_iou"))}
+    ref = register(model_uri, cfg.promotion.model_name, run_id, attempt_key, tags)
+    return {"name": ref.name, "version": ref.version, "run_id": ref.run_id, "uri": ref.uri}
+
+
+def _lock_dir(cfg: Config) -> Path:
+    """Where concurrent promotions of a local store serialise (beside its artifacts)."""
+    root = cfg.tracking.artifact_root
+    return Path(root).parent if "://" not in root else Path.home() / ".cache" / "segops"
+
+
+def promote_step(config: dict[str, Any], model: dict[str, str]) -> dict[str, Any]:
+    """Decide challenger vs champion, record the decision, move `champion` only on a pass."""
+    from segops import tracking
+    from segops.promotion.gate import promote
+    from segops.promotion.registry import ModelRef
+
+    cfg = _cfg(config)
+    tracking.connect(cfg.tracking)
+    ref = ModelRef(model["name"], model["version"], model["run_id"])
+    decision = promote(ref, cfg, _lock_dir(cfg))
+    tracking.finish_run(model["run_id"])
+    return decision.to_dict()

@@ -1,0 +1,78 @@
+"""The promotion step: gather both models' scores on the same data version, decide, record.
+
+Scores come from each run's `eval/` artifacts. When the champion was evaluated on another data
+version, it is re-evaluated on the challenger's data first (its weights come from the registry).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from segops.promotion.decide import PromotionDecision, Scores, decide
+
+from segops.config import Config
+from segops.data.manifest import DatasetInfo
+from segops.evaluate.report import EvalReport, evaluate_model
+from segops.inference import default_device, load_model_files
+from segops.promotion.registry import ModelRef, champion, promotion_lock, record_decision
+
+
+def scores_from_files(metrics_json: str | Path, per_image_csv: str | Path) -> Scores:
+    """Scores from an evaluation's metrics.json and per_image.csv."""
+    metrics = json.loads(Path(metrics_json).read_text())
+    frame = pd.read_csv(per_image_csv, dtype={"id": str})
+    return Scores(
+        data_version=metrics["dataset_hash"],
+        per_image=dict(zip(frame["id"], frame["iou"].astype(float), strict=True)),
+        per_class={name: v["iou"] for name, v in metrics["per_class"].items()},
+        mean=float(metrics["mean_iou"]),
+    )
+
+
+def run_scores(run_id: str) -> Scores:
+    """Scores logged by the evaluation step of run `run_id`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path="eval", dst_path=tmp
+        )
+        return scores_from_files(Path(local) / "metrics.json", Path(local) / "per_image.csv")
+
+
+def reevaluate(ref: ModelRef, cfg: Config, dataset: DatasetInfo | None = None) -> EvalReport:
+    """Evaluate registered version `ref` on `cfg`'s data (a fresh temporary output folder)."""
+    tmp = Path(tempfile.mkdtemp(prefix="segops-reeval-"))
+    local = Path(mlflow.artifacts.download_artifacts(f"{ref.uri}", dst_path=str(tmp / "model")))
+    weights = next(local.rglob("weights.pt"))
+    trained = load_model_files(weights, weights.with_name("model.json"), default_device())
+    return evaluate_model(trained, cfg, cfg.evaluate.split, tmp / "eval", dataset)
+
+
+def _champion_scores(current: ModelRef, cfg: Config, data_version: str) -> Scores:
+    scores = run_scores(current.run_id)
+    if scores.data_version == data_version:
+        return scores
+    report = reevaluate(current, cfg)
+    return scores_from_files(report.metrics_json, report.per_image_csv)
+
+
+def promote(ref: ModelRef, cfg: Config, lock_dir: str | Path) -> PromotionDecision:
+    """Decide whether `ref` (the challenger) replaces the champion, record it, move the alias.
+
+    Serialised by a lock in `lock_dir` so that concurrent flows decide one after the other.
+    """
+    challenger = run_scores(ref.run_id)
+    with promotion_lock(lock_dir):
+        current = champion(ref.name)
+        # A retried step may find `ref` already champion: then there is nothing to beat.
+        same = current is not None and current.version == ref.version
+        holder = None if same else current
+        base = _champion_scores(holder, cfg, challenger.data_version) if holder else None
+        decision = decide(challenger, base, cfg.promotion)
+        tags = decision.to_tags()
+        tags["promotion.champion_version"] = holder.version if holder else "none"
+        record_decision(ref, tags, decision.promote, "; ".join(decision.reasons))
+    return decision

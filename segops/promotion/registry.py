@@ -1,0 +1,167 @@
+"""Registry side effects: register a version (alias challenger), apply a promotion decision,
+roll back. The decision itself is the pure `segops.promotion.decide.decide`.
+
+MLflow keeps no alias history (moving an alias overwrites it), so every move is also appended
+to our own log: the registered-model tag `segops.champion_history`, a JSON list of
+`{"version", "action", "at", "reason"}`. Rollback replays it. Versions are found again by an
+attempt key, so a retried registration does not create a second version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from segops.errors import SegopsError
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+HISTORY_TAG = "segops.champion_history"
+ATTEMPT_TAG = "segops.attempt_key"
+HISTORY_KEEP = 40  # entries kept in the tag (MLflow caps tag values at a few KB)
+
+
+class RegistryError(SegopsError):
+    """The registry does not hold what was asked for."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    version: str
+    run_id: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def _ensure_model(client: MlflowClient, name: str) -> None:
+    with contextlib.suppress(MlflowException):  # already exists (possibly made concurrently)
+        client.create_registered_model(name, description="segops segmentation model")
+
+
+def register(
+    model_uri: str, name: str, run_id: str, attempt_key: str, tags: dict[str, str]
+) -> ModelRef:
+    """Register `model_uri` as a new version of `name` with alias `challenger`.
+
+    Idempotent per `attempt_key`: a retry returns the version made by the first try.
+    """
+    client = MlflowClient()
+    _ensure_model(client, name)
+    query = f"name = '{name}' and tags.`{ATTEMPT_TAG}` = '{attempt_key}'"
+    found = client.search_model_versions(query)
+    if found:
+        version = found[0]
+    else:
+        tags = {ATTEMPT_TAG: attempt_key, **tags}
+        version = client.create_model_version(name, model_uri, run_id=run_id, tags=tags)
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    return ModelRef(name, str(version.version), run_id)
+
+
+def resolve(uri_or_name: str) -> ModelRef:
+    """`models:/name/3`, `models:/name@alias` (or without `models:/`) as a ModelRef."""
+    text = uri_or_name.removeprefix("models:/")
+    client = MlflowClient()
+    try:
+        if "@" in text:
+            name, alias = text.split("@", 1)
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            name, _, version = text.partition("/")
+            if not version:
+                raise RegistryError(
+                    f"{uri_or_name}: give a version or alias (name/3, name@champion)"
+                )
+            mv = client.get_model_version(name, version)
+    except MlflowException as exc:
+        raise RegistryError(f"{uri_or_name}: not in the registry ({exc.message})") from None
+    return ModelRef(mv.name, str(mv.version), mv.run_id)
+
+
+def champion(name: str) -> ModelRef | None:
+    """The version holding alias `champion`, or None."""
+    try:
+        return resolve(f"models:/{name}@{CHAMPION}")
+    except RegistryError:
+        return None
+
+
+def history(name: str) -> list[dict]:
+    """Our append-only log of champion moves, oldest first."""
+    try:
+        tags = MlflowClient().get_registered_model(name).tags
+    except MlflowException:
+        return []
+    return json.loads(tags.get(HISTORY_TAG, "[]"))
+
+
+def _append_history(name: str, version: str, action: str, reason: str) -> None:
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    entry = {"version": version, "action": action, "reason": reason, "at": now}
+    entries = [*history(name), entry][-HISTORY_KEEP:]
+    MlflowClient().set_registered_model_tag(name, HISTORY_TAG, json.dumps(entries))
+
+
+def champion_stack(entries: list[dict]) -> list[str]:
+    """Replay the log: promotions push a version, rollbacks pop it; the top is the champion."""
+    stack: list[str] = []
+    for entry in entries:
+        if entry["action"] == "promoted":
+            stack.append(entry["version"])
+        elif entry["action"] == "rolled_back" and stack and stack[-1] == entry["version"]:
+            stack.pop()
+    return stack
+
+
+@contextlib.contextmanager
+def promotion_lock(lock_dir: str | Path) -> Iterator[None]:
+    """Serialise decide-and-move between processes sharing `lock_dir` (a local store).
+
+    Two flows that finish together must not both promote against the same stale champion.
+    """
+    path = Path(lock_dir) / ".promotion.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def record_decision(ref: ModelRef, tags: dict[str, str], promote: bool, reason: str) -> None:
+    """Write the decision's tags on the version; move `champion` to it only when `promote`."""
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(ref.name, ref.version, key, value)
+    if promote:
+        client.set_registered_model_alias(ref.name, CHAMPION, ref.version)
+        _append_history(ref.name, ref.version, "promoted", reason)
+
+
+def rollback(name: str, reason: str) -> ModelRef:
+    """Move `champion` back to the champion before the current one; records why."""
+    current = champion(name)
+    if current is None:
+        raise RegistryError(f"model {name!r} has no champion to roll back")
+    stack = champion_stack(history(name))
+    if len(stack) < 2 or stack[-1] != current.version:
+        raise RegistryError(
+            f"model {name!r}: no earlier champion to return to from version {current.version}"
+        )
+    previous = stack[-2]
+    client = MlflowClient()
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    client.set_model_version_tag(name, current.version, "segops.rolled_back", reason)
+    _append_history(name, current.version, "rolled_back", reason)
+    return resolve(f"models:/{name}/{previous}")

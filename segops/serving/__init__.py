@@ -1,0 +1,1 @@
+"""Deployable models: the MLflow pyfunc wrapper with its own pre- and post-processing."""

@@ -1,0 +1,62 @@
+"""Log a trained checkpoint as an MLflow pyfunc model (weights + code, no pickles)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+import torchvision
+
+import segops
+from segops.serving.pyfunc import MODEL_CODE, encode_png, signature, write_model_files
+from segops.train.checkpoint import load_checkpoint
+
+
+def _requirements() -> list[str]:
+    import PIL
+    import pydantic
+    import yaml
+
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"torch=={str(torch.__version__).split('+')[0]}",
+        f"torchvision=={torchvision.__version__.split('+')[0]}",
+        f"numpy=={np.__version__}",
+        f"pandas=={pd.__version__}",
+        f"pillow=={PIL.__version__}",
+        f"pydantic=={pydantic.__version__}",
+        f"pyyaml=={yaml.__version__}",
+    ]
+
+
+def input_example(size: int, n: int = 2) -> pd.DataFrame:
+    """`n` (>= 2, see STACK.md) random RGB images as base64 PNG, the model's input example."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
+    return pd.DataFrame({"image": [encode_png(im) for im in images]})
+
+
+def log_pyfunc(run_id: str, checkpoint: str | Path, name: str = "model") -> str:
+    """Log `checkpoint` into run `run_id` as a pyfunc model; returns its `models:/` URI.
+
+    The segops package travels with the model (code_paths), so serving needs only the pinned
+    pip requirements, not a segops install.
+    """
+    ckpt = load_checkpoint(checkpoint)
+    size = int(ckpt["config"]["data"]["image_size"])
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
+        artifacts = write_model_files(ckpt, Path(tmp))
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(MODEL_CODE),
+            artifacts=artifacts,
+            code_paths=[str(Path(segops.__file__).parent)],
+            signature=signature(ckpt["classes"]),
+            input_example=input_example(size),
+            pip_requirements=_requirements(),
+        )
+    return info.model_uri
