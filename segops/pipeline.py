@@ -81,8 +81,6 @@ def train_step(
     `artifacts` maps artifact paths to text (the `.dvc` file) or local files (the validation
     report) to attach as lineage. Returns run id, best checkpoint and best val mean IoU.
     """
-    from mlflow import MlflowClient
-
     from segops import tracking
     from segops.train.loop import train
 
@@ -94,7 +92,7 @@ def train_step(
             tracking.log_file(run_id, value, str(Path(name).parent))
         else:
             tracking.log_text(run_id, value, name)
-    callback = tracking.MlflowMetrics(MlflowClient(store.tracking_uri), run_id)
+    callback = tracking.MlflowMetrics(store, run_id)
     try:
         result = train(cfg, resume=True, callbacks=[callback])
     except Exception:

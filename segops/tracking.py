@@ -103,8 +103,8 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
 class MlflowMetrics(Callback):
     """Logs each epoch's history row as MLflow metrics (step = epoch)."""
 
-    def __init__(self, client: MlflowClient, run_id: str) -> None:
-        self.client, self.run_id = client, run_id
+    def __init__(self, store: Store, run_id: str) -> None:
+        self.client, self.run_id = MlflowClient(store.tracking_uri), run_id
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:
         import time

@@ -16,22 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from segops.config import IGNORE_INDEX, Config, ValidationConfig
+from segops.config import Config, ValidationConfig
 from segops.data.manifest import FLAG_COLUMNS, MANIFEST_COLUMNS, Scan, scan_dataset
 
 if TYPE_CHECKING:
     from great_expectations.data_context import AbstractDataContext
     from great_expectations.expectations import Expectation
 
-CHECK_NAMES = (
-    "files_readable",
-    "sizes_match",
-    "mask_values_valid",
-    "no_leakage_across_splits",
-    "required_splits_present",
-    "classes_in_train",
-    "foreground_fraction_in_bounds",
-)
 MAX_LISTED = 50  # rows and files kept per check: enough to act on, few enough to read
 
 
@@ -122,13 +113,8 @@ def class_statistics(scan: Scan, samples: pd.DataFrame) -> pd.DataFrame:
     train = samples[samples["split"] == "train"]
     names = list(scan.layout.classes)
     pixels = [int(train[f"px_{i}"].sum()) for i in range(len(names))]
-    return pd.DataFrame(
-        {
-            "id": pd.Series(names, dtype="str"),
-            "class_id": pd.Series(range(len(names)), dtype="int64"),
-            "train_pixels": pd.Series(pixels, dtype="int64"),
-        }
-    )
+    frame = pd.DataFrame({"id": names, "class_id": range(len(names)), "train_pixels": pixels})
+    return frame.astype({"id": "str", "class_id": "int64", "train_pixels": "int64"})
 
 
 def _paths(*columns: str) -> Callable[[pd.DataFrame], list[str]]:
@@ -138,105 +124,100 @@ def _paths(*columns: str) -> Callable[[pd.DataFrame], list[str]]:
 
 def _unreadable_paths(failed: pd.DataFrame) -> list[str]:
     """Only the file of each pair that could not be read (a missing mask counts)."""
-    return [
-        str(row[c])
-        for _, row in failed.iterrows()
-        for c in ("image", "mask")
-        if not row[f"{c}_readable"]
-    ]
+    pairs = [(c, row) for _, row in failed.iterrows() for c in ("image", "mask")]
+    return [str(row[c]) for c, row in pairs if not row[f"{c}_readable"]]
 
 
 @dataclass(frozen=True)
-class _Check:
-    name: str  # our name, one of CHECK_NAMES
-    expectation: Expectation
+class _Wording:
     ok: str  # the reason when it passes
-    fail: str  # format string: {n} failing items, {items} the first few of them
+    fail: str  # when it fails; formatted with n, items (the first few) and the run's params
     files: Callable[[pd.DataFrame], list[str]] = lambda failed: []
 
 
-def _sample_checks(cfg: ValidationConfig, num_classes: int) -> list[_Check]:
-    """The checks on the per-sample frame, in CHECK_NAMES order."""
+_WORDING = {
+    "files_readable": _Wording(
+        "Every image and mask exists and decodes.",
+        "{n} sample(s) have a missing or unreadable image or mask ({items}): restore or "
+        "re-export the files listed, or delete those samples.",
+        _unreadable_paths,
+    ),
+    "sizes_match": _Wording(
+        "Every mask has the size of its image.",
+        "{n} sample(s) have a mask whose size differs from its image ({items}): re-export "
+        "those masks at their image's size.",
+        _paths("image", "mask"),
+    ),
+    "mask_values_valid": _Wording(
+        "Every mask holds only {class_ids} or 255 (ignore).",
+        "{n} mask(s) hold values that are neither {class_ids} nor 255 ({items}): fix those "
+        "masks, or name the missing classes in classes.txt.",
+        _paths("mask"),
+    ),
+    "no_leakage_across_splits": _Wording(
+        "No image appears in more than one split.",
+        "{n} sample(s) have the same image bytes as a sample in another split ({items}): keep "
+        "each image in one split only.",
+        _paths("image"),
+    ),
+    "required_splits_present": _Wording(
+        "The required splits ({splits}) all have samples.",
+        "{n} required split(s) have no samples ({items}): list ids in splits/<split>.txt, or "
+        "change data.val_fraction/test_fraction or validation.required_splits.",
+    ),
+    "classes_in_train": _Wording(
+        "Every class has pixels in the train split.",
+        "{n} class(es) have no pixels in the train split ({items}): add training samples that "
+        "contain them, or remove them from classes.txt.",
+    ),
+    "foreground_fraction_in_bounds": _Wording(
+        "Every mask's foreground fraction is within [{lo}, {hi}].",
+        "{n} mask(s) have a foreground fraction outside [{lo}, {hi}] ({items}): check those "
+        "masks, or widen validation.foreground_fraction.",
+        _paths("mask"),
+    ),
+}
+CHECK_NAMES = tuple(_WORDING)  # the report's order
+
+
+def _sample_expectations(cfg: ValidationConfig) -> dict[str, Expectation]:
+    """The expectations on the per-sample frame, by check name."""
     import great_expectations.expectations as gxe
     from great_expectations.expectations.row_conditions import Column
 
     # A size is only known for files that decoded; unreadable ones fail files_readable alone.
     # `==` builds a GX condition here (its `is_in` refuses booleans), hence the noqa.
     both_read = (Column("image_readable") == True) & (Column("mask_readable") == True)  # noqa: E712
-    ids = f"class ids 0..{num_classes - 1}" if num_classes else "class ids (classes.txt has none)"
     lo, hi = cfg.foreground_fraction
-    return [
-        _Check(
-            "files_readable",
-            gxe.ExpectColumnPairValuesToBeInSet(
-                column_A="image_readable", column_B="mask_readable", value_pairs_set=[(True, True)]
-            ),
-            "every image and mask exists and decodes",
-            "{n} sample(s) have a missing or unreadable image or mask ({items}): restore or "
-            "re-export the files listed, or delete those samples",
-            _unreadable_paths,
+    return {
+        "files_readable": gxe.ExpectColumnPairValuesToBeInSet(
+            column_A="image_readable", column_B="mask_readable", value_pairs_set=[(True, True)]
         ),
-        _Check(
-            "sizes_match",
-            gxe.ExpectColumnValuesToBeInSet(
-                column="size_match", value_set=[True], row_condition=both_read
-            ),
-            "every mask has the size of its image",
-            "{n} sample(s) have a mask whose size differs from its image ({items}): re-export "
-            "those masks at their image's size",
-            _paths("image", "mask"),
+        "sizes_match": gxe.ExpectColumnValuesToBeInSet(
+            column="size_match", value_set=[True], row_condition=both_read
         ),
-        _Check(
-            "mask_values_valid",
-            gxe.ExpectColumnValuesToBeBetween(column="invalid_values", min_value=0, max_value=0),
-            f"every mask holds only {ids} or {IGNORE_INDEX} (ignore)",
-            f"{{n}} mask(s) hold values that are neither {ids} nor {IGNORE_INDEX} ({{items}}): "
-            "fix those masks or name the missing classes in classes.txt",
-            _paths("mask"),
+        "mask_values_valid": gxe.ExpectColumnValuesToBeBetween(
+            column="invalid_values", min_value=0, max_value=0
         ),
-        _Check(
-            "no_leakage_across_splits",
-            gxe.ExpectColumnValuesToBeInSet(column="duplicate_across_splits", value_set=[False]),
-            "no image appears in more than one split",
-            "{n} sample(s) have the same image bytes as a sample in another split ({items}): "
-            "keep each image in one split only",
-            _paths("image"),
+        "no_leakage_across_splits": gxe.ExpectColumnValuesToBeInSet(
+            column="duplicate_across_splits", value_set=[False]
         ),
-        _Check(
-            "required_splits_present",
-            gxe.ExpectColumnDistinctValuesToContainSet(
-                column="split", value_set=list(cfg.required_splits)
-            ),
-            f"the required splits {', '.join(cfg.required_splits)} all have samples",
-            "{n} required split(s) have no samples ({items}): list ids in splits/<split>.txt, "
-            "or change data.val_fraction/test_fraction or validation.required_splits",
+        "required_splits_present": gxe.ExpectColumnDistinctValuesToContainSet(
+            column="split", value_set=list(cfg.required_splits)
         ),
-        _Check(
-            "foreground_fraction_in_bounds",
-            gxe.ExpectColumnValuesToBeBetween(
-                column="foreground_fraction", min_value=lo, max_value=hi
-            ),
-            f"every mask's foreground fraction is within [{lo}, {hi}]",
-            f"{{n}} mask(s) have a foreground fraction outside [{lo}, {hi}] ({{items}}): check "
-            "those masks, or widen validation.foreground_fraction",
-            _paths("mask"),
+        "foreground_fraction_in_bounds": gxe.ExpectColumnValuesToBeBetween(
+            column="foreground_fraction", min_value=lo, max_value=hi
         ),
-    ]
+    }
 
 
-def _class_checks() -> list[_Check]:
-    """The check on the per-class frame."""
+def _class_expectations() -> dict[str, Expectation]:
+    """The expectation on the per-class frame, by check name."""
     import great_expectations.expectations as gxe
 
-    return [
-        _Check(
-            "classes_in_train",
-            gxe.ExpectColumnValuesToBeBetween(column="train_pixels", min_value=1),
-            "every class has pixels in the train split",
-            "{n} class(es) have no pixels in the train split ({items}): add training samples "
-            "that contain them, or remove them from classes.txt",
-        )
-    ]
+    return {
+        "classes_in_train": gxe.ExpectColumnValuesToBeBetween(column="train_pixels", min_value=1)
+    }
 
 
 def _new_context() -> AbstractDataContext:
@@ -260,41 +241,46 @@ def _raised(exception_info: dict | None) -> str | None:
     return None
 
 
-def _check_result(check: _Check, result: Any, frame: pd.DataFrame) -> CheckResult:
+def _check_result(
+    name: str, gx_type: str, result: Any, frame: pd.DataFrame, params: dict[str, Any]
+) -> CheckResult:
     """Our verdict from one ExpectationValidationResult; failing indices become ids and files."""
-    gx_type = type(check.expectation).__name__
     error = _raised(result.exception_info)
     if error:
-        reason = f"GX could not evaluate it ({error}); the frame segops built is wrong: report it"
-        return CheckResult(check.name, gx_type, False, True, reason)
+        reason = f"GX could not evaluate it ({error}); the frame segops built is wrong: report it."
+        return CheckResult(name, gx_type, False, True, reason)
+    wording = _WORDING[name]
     if result.success:
-        return CheckResult(check.name, gx_type, True, False, check.ok)
+        return CheckResult(name, gx_type, True, False, wording.ok.format(**params))
     details = result.result or {}
     failed = frame.loc[details.get("unexpected_index_list") or []]
-    # Row-wise checks name rows; dataset-level ones (a set to contain) name what is missing.
-    items = [str(i) for i in failed["id"]] or [
-        str(v) for v in details.get("partial_missing_list") or []
-    ]
+    ids = [str(i) for i in failed["id"]]
+    # Row-wise checks name rows; a set-to-contain check names what the column lacks.
+    items = ids or [str(v) for v in details.get("partial_missing_list") or []]
     shown = ", ".join(items[:5]) + (", ..." if len(items) > 5 else "")
-    reason = check.fail.format(n=len(items), items=shown)
-    rows = tuple(str(i) for i in failed["id"][:MAX_LISTED])
-    return CheckResult(
-        check.name, gx_type, False, False, reason, rows, tuple(check.files(failed)[:MAX_LISTED])
-    )
+    reason = wording.fail.format(n=len(items), items=shown, **params)
+    files = tuple(wording.files(failed)[:MAX_LISTED])
+    return CheckResult(name, gx_type, False, False, reason, tuple(ids[:MAX_LISTED]), files)
 
 
 def _run_suite(
-    context: AbstractDataContext, name: str, frame: pd.DataFrame, checks: list[_Check]
+    context: AbstractDataContext,
+    name: str,
+    frame: pd.DataFrame,
+    expectations: dict[str, Expectation],
+    params: dict[str, Any],
 ) -> list[CheckResult]:
-    """Run `checks` as one GX suite named `name` on `frame`; one CheckResult per check, in order."""
+    """Run `expectations` (check name -> GX expectation) as one suite named `name` on `frame`
+    through a Checkpoint; one CheckResult per check, in the order given. `params` fill the
+    reasons' placeholders."""
     import great_expectations as gx
 
     source = context.data_sources.add_pandas(name)
     batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
     suite = gx.ExpectationSuite(name=name)
-    for check in checks:
+    for check, expectation in expectations.items():
         # GX may reorder results (errored ones first): the meta tag maps them back.
-        suite.add_expectation(check.expectation.copy(update={"meta": {"check": check.name}}))
+        suite.add_expectation(expectation.copy(update={"meta": {"check": check}}))
     definition = gx.ValidationDefinition(name=name, data=batch, suite=context.suites.add(suite))
     checkpoint = gx.Checkpoint(
         name=name,
@@ -304,7 +290,22 @@ def _run_suite(
     run = context.checkpoints.add(checkpoint).run(batch_parameters={"dataframe": frame})
     (suite_result,) = run.run_results.values()
     found = {r.expectation_config.meta["check"]: r for r in suite_result.results}
-    return [_check_result(check, found[check.name], frame) for check in checks]
+    return [
+        _check_result(check, type(exp).__name__, found[check], frame, params)
+        for check, exp in expectations.items()
+    ]
+
+
+def _params(cfg: Config, scan: Scan) -> dict[str, Any]:
+    """The settings the reasons quote, so a reader sees what the data was held to."""
+    n = len(scan.layout.classes)
+    lo, hi = cfg.validation.foreground_fraction
+    return {
+        "class_ids": f"class ids 0..{n - 1}" if n else "class ids (classes.txt names none)",
+        "splits": ", ".join(cfg.validation.required_splits) or "none",
+        "lo": lo,
+        "hi": hi,
+    }
 
 
 def write_report(report: ValidationReport, out_dir: str | Path) -> tuple[Path, Path]:
@@ -325,9 +326,10 @@ def validate_dataset(cfg: Config, out_dir: str | Path | None = None) -> Validati
     samples = sample_statistics(scan)
     context = _new_context()
     found = _run_suite(
-        context, "samples", samples, _sample_checks(cfg.validation, len(scan.layout.classes))
+        context, "samples", samples, _sample_expectations(cfg.validation), _params(cfg, scan)
     )
-    found += _run_suite(context, "classes", class_statistics(scan, samples), _class_checks())
+    classes = class_statistics(scan, samples)
+    found += _run_suite(context, "classes", classes, _class_expectations(), {})
     checks = tuple(sorted(found, key=lambda c: CHECK_NAMES.index(c.expectation)))
     report = ValidationReport(all(c.success for c in checks), str(scan.layout.root), checks)
     write_report(report, out_dir if out_dir is not None else cfg.validation.report_dir)

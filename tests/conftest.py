@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +11,20 @@ import pytest
 from PIL import Image
 
 # Keep every tool's state out of the user's home and off the network (set before imports).
-os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
-os.environ.setdefault("TORCH_HOME", str(Path(__file__).parent / ".torch-home-unused"))
+_STATE = Path(tempfile.mkdtemp(prefix="segops-tests-"))
+os.environ.update(
+    {
+        "PREFECT_HOME": str(_STATE / "prefect"),
+        "PREFECT_API_URL": "",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{_STATE}/mlflow.db",
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+        "DVC_NO_ANALYTICS": "1",
+        "GX_ANALYTICS_ENABLED": "false",
+        "TORCH_HOME": str(_STATE / "torch"),
+    }
+)
 
 from segops.config import Config, load_config  # noqa: E402
 from segops.data.shapes import generate_shapes  # noqa: E402
@@ -30,9 +41,15 @@ def tiny_config(root: Path, out: Path, *extra: str) -> Config:
     return load_config(
         None,
         [
-            f"data.root={root}", "data.image_size=32", "data.val_fraction=0.25",
-            "model.options={width: 4, depth: 2}", "train.epochs=2", "train.batch_size=8",
-            "train.warmup_epochs=0.5", f"train.out_dir={out}", "evaluate.worst_k=3",
+            f"data.root={root}",
+            "data.image_size=32",
+            "data.val_fraction=0.25",
+            "model.options={width: 4, depth: 2}",
+            "train.epochs=2",
+            "train.batch_size=8",
+            "train.warmup_epochs=0.5",
+            f"train.out_dir={out}",
+            "evaluate.worst_k=3",
             *extra,
         ],
     )

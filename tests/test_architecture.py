@@ -31,7 +31,8 @@ def test_segops_never_imports_prefect():
 
 def test_only_tracking_promotion_and_serving_import_mlflow():
     offenders = [
-        str(p) for p in PACKAGE.rglob("*.py")
+        str(p)
+        for p in PACKAGE.rglob("*.py")
         if "mlflow" in _imports(p) and _room(p) not in MLFLOW_ROOMS
     ]
     assert offenders == []
@@ -40,7 +41,8 @@ def test_only_tracking_promotion_and_serving_import_mlflow():
 def test_core_rooms_need_no_server():
     servers = {"mlflow", "prefect", "great_expectations", "dvc"}
     offenders = [
-        f"{p}: {sorted(_imports(p) & servers)}" for p in PACKAGE.rglob("*.py")
+        f"{p}: {sorted(_imports(p) & servers)}"
+        for p in PACKAGE.rglob("*.py")
         if _room(p) in SERVERLESS and _imports(p) & servers
     ]
     assert offenders == []

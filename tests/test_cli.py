@@ -34,8 +34,16 @@ def test_models_lists_the_zoo(tmp_path):
 
 @pytest.mark.slow
 def test_shapes_inspect_train_evaluate_predict(tmp_path):
-    sets = ["--set", "model.options={width: 4, depth: 2}", "--set", "train.epochs=1",
-            "--set", "data.image_size=32", "--set", "train.batch_size=8"]
+    sets = [
+        "--set",
+        "model.options={width: 4, depth: 2}",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "data.image_size=32",
+        "--set",
+        "train.batch_size=8",
+    ]
     segops("data", "shapes", "--n", "24", "--size", "32", "--seed", "1", cwd=tmp_path)
     assert len(list((tmp_path / "data/shapes/images").glob("*.png"))) == 24
     inspect = segops("data", "inspect", cwd=tmp_path).stderr

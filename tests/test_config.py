@@ -60,7 +60,7 @@ def test_saved_config_round_trips_and_hash_tracks_changes(tmp_path):
 
 
 def test_missing_params_file_names_it(tmp_path):
-    with pytest.raises(ConfigError, match="nope.yaml: no such params file"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml: no such params file"):
         load_config(tmp_path / "nope.yaml")
 
 

@@ -41,26 +41,23 @@ def print_eval_report(report) -> None:
 
 def print_registered(name: str) -> None:
     """Versions of registered model `name`: aliases, mean IoU, data md5, decision."""
-    from mlflow import MlflowClient
+    from segops.promotion.registry import list_versions
 
-    client = MlflowClient()
-    versions = sorted(
-        client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version)
-    )
+    versions = list_versions(name)
     if not versions:
         console.print(f"no registered versions of {name!r}")
         return
     table = Table("version", "aliases", "mean IoU", "data md5", "promoted", "decision", "created")
     for v in versions:
-        tags = v.tags
+        tags = v["tags"]
         table.add_row(
-            v.version,
-            ", ".join(v.aliases),
+            v["version"],
+            ", ".join(v["aliases"]),
             tags.get("metrics.mean_iou", ""),
             tags.get("segops.data.md5", "")[:12],
             tags.get("promotion.promote", ""),
             tags.get("promotion.reasons", "")[:80],
-            time.strftime("%Y-%m-%d %H:%M", time.localtime(v.creation_timestamp / 1000)),
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(v["created"] / 1000)),
         )
     console.print(table)
 

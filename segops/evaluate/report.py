@@ -169,19 +169,20 @@ def _write_tables(
     checkpoint: Path,
     info: DatasetInfo,
 ) -> tuple:
+    """metrics.json (scalars and per-class values: what `dvc metrics` reads), the CSVs, and
+    confusion_matrix.csv (rows true class, columns predicted)."""
     metrics = {
         **summary,
         "split": split,
         "images": len(scores),
         "checkpoint": str(checkpoint),
         "dataset_hash": dataset_fingerprint(info),
-        "classes": list(info.classes),
-        "confusion_matrix": mat.tolist(),
     }
     paths = (out / "metrics.json", out / "per_image.csv", out / "per_class.csv")
     paths[0].write_text(json.dumps(metrics, indent=2) + "\n")
     scores.to_csv(paths[1], index=False)
     per_class.to_csv(paths[2], index=False)
+    pd.DataFrame(mat, index=info.classes, columns=info.classes).to_csv(out / "confusion_matrix.csv")
     return tuple(str(p) for p in paths)
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-from segops.promotion.decide import PromotionDecision, Scores, decide
 
 from segops.config import Config
 from segops.data.manifest import DatasetInfo
 from segops.evaluate.report import EvalReport, evaluate_model
 from segops.inference import default_device, load_model_files
+from segops.promotion.decide import PromotionDecision, Scores, decide
 from segops.promotion.registry import ModelRef, champion, promotion_lock, record_decision
 
 

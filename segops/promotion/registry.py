@@ -165,3 +165,18 @@ def rollback(name: str, reason: str) -> ModelRef:
     client.set_model_version_tag(name, current.version, "segops.rolled_back", reason)
     _append_history(name, current.version, "rolled_back", reason)
     return resolve(f"models:/{name}/{previous}")
+
+
+def list_versions(name: str) -> list[dict]:
+    """Every version of `name`, oldest first: version, aliases, tags, creation time (ms)."""
+    found = MlflowClient().search_model_versions(f"name = '{name}'")
+    return [
+        {
+            "version": str(v.version),
+            "aliases": list(v.aliases),
+            "tags": dict(v.tags),
+            "created": v.creation_timestamp,
+            "run_id": v.run_id,
+        }
+        for v in sorted(found, key=lambda v: int(v.version))
+    ]

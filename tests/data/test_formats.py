@@ -24,8 +24,10 @@ def test_folder_layout_manifest(folder_dataset):
 def test_missing_splits_are_made_seeded_and_written(folder_dataset):
     cfg = DataConfig(root=folder_dataset, val_fraction=0.25, test_fraction=0.25, split_seed=5)
     info = load_dataset(cfg)
-    written = {s: (folder_dataset / "splits" / f"{s}.txt").read_text().split()
-               for s in ("train", "val", "test")}
+    written = {
+        s: (folder_dataset / "splits" / f"{s}.txt").read_text().split()
+        for s in ("train", "val", "test")
+    }
     assert {k: len(v) for k, v in written.items()} == {"train": 4, "val": 2, "test": 2}
     assert sorted(info.split("val")["id"]) == written["val"]
     again = load_dataset(cfg)  # now read from the files

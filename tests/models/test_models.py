@@ -9,7 +9,10 @@ NAMES = [entry.name for entry in list_models()]
 
 def test_zoo_has_the_issue_models():
     assert set(NAMES) >= {
-        "unet", "fcn_resnet50", "deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large",
+        "unet",
+        "fcn_resnet50",
+        "deeplabv3_resnet50",
+        "deeplabv3_mobilenet_v3_large",
         "lraspp_mobilenet_v3_large",
     }
 
@@ -58,7 +61,7 @@ def test_pretrained_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         build_model("unet", num_classes=2, pretrained=str(tmp_path / "missing.pt"))
     torch.save({"unrelated": torch.zeros(3)}, tmp_path / "other.pt")
-    with pytest.raises(ConfigError, match="no tensor in .* fits model 'unet'"):
+    with pytest.raises(ConfigError, match=r"no tensor in .* fits model 'unet'"):
         build_model("unet", num_classes=2, pretrained=str(tmp_path / "other.pt"))
     with pytest.raises(ConfigError, match="has no torchvision weights"):
         build_model("unet", num_classes=2, pretrained="torchvision")

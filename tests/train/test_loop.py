@@ -3,8 +3,8 @@ import shutil
 import pandas as pd
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from segops.errors import CheckpointError, ConfigError
 from segops.train.callbacks import Callback
 from segops.train.checkpoint import load_checkpoint
@@ -106,17 +106,31 @@ def test_corrupt_checkpoint_is_detected(shapes_root, tmp_path):
 
 def test_bf16_autocast_path_runs_on_cpu(shapes_root, tmp_path):
     # The same AMP code path used on GPUs: autocast to bfloat16 (no scaler needed).
-    result = train(tiny_config(shapes_root, tmp_path / "run", "train.amp=bf16",
-                               "train.loss=ce_dice", "train.class_weights=balanced",
-                               "train.grad_clip=1.0", "train.channels_last=true"))
+    result = train(
+        tiny_config(
+            shapes_root,
+            tmp_path / "run",
+            "train.amp=bf16",
+            "train.loss=ce_dice",
+            "train.class_weights=balanced",
+            "train.grad_clip=1.0",
+            "train.channels_last=true",
+        )
+    )
     history = pd.read_csv(result.history_csv)
     assert history["train_loss"].notna().all() and (history["train_loss"] < 5).all()
 
 
 def test_early_stopping(shapes_root, tmp_path):
     # lr 0 never improves after epoch 1, so patience 1 stops after epoch 2.
-    cfg = tiny_config(shapes_root, tmp_path / "run", "train.epochs=6", "train.lr=1e-12",
-                      "train.early_stopping_patience=1", "train.warmup_epochs=0")
+    cfg = tiny_config(
+        shapes_root,
+        tmp_path / "run",
+        "train.epochs=6",
+        "train.lr=1e-12",
+        "train.early_stopping_patience=1",
+        "train.warmup_epochs=0",
+    )
     result = train(cfg)
     assert result.stopped_early and result.epochs_run == 2 and result.best_epoch == 1
 

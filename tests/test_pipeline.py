@@ -1,0 +1,154 @@
+"""The `retrain` flow end to end under Prefect's test harness, with temporary MLflow and DVC
+stores: promote, refuse, promote, roll back; bad data stops everything before training."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+
+from segops.data.shapes import generate_shapes
+
+pytestmark = pytest.mark.slow
+
+MODEL = "segops-test"
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    """A git + DVC workspace with a local remote, a tiny shapes dataset and its own MLflow."""
+    from segops.versioning import configure_remote, ensure_workspace
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=ws, check=True)
+    ensure_workspace(ws)
+    configure_remote(ws, "local", str(tmp_path / "remote"))
+    generate_shapes(ws / "data" / "shapes", n=60, size=32, seed=4)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(ws)
+    return ws
+
+
+def base_overrides(ws: Path) -> list[str]:
+    return [
+        f"data.root={ws / 'data' / 'shapes'}",
+        "data.image_size=32",
+        "data.val_fraction=0.34",
+        "model.options={width: 8, depth: 2}",
+        "train.batch_size=8",
+        "train.warmup_epochs=0",
+        f"train.out_dir={ws / 'runs' / 'latest'}",
+        "evaluate.worst_k=2",
+        f"versioning.path={ws / 'data'}",
+        f"tracking.artifact_root={ws / 'mlflow' / 'artifacts'}",
+        f"promotion.model_name={MODEL}",
+        "promotion.bootstrap_samples=500",
+    ]
+
+
+def run_flow(ws: Path, *extra: str) -> dict:
+    from flows.retrain import retrain
+
+    return retrain(params=None, overrides=[*base_overrides(ws), *extra], workspace=str(ws))
+
+
+def champion_version() -> str | None:
+    from segops.promotion.registry import champion
+
+    ref = champion(MODEL)
+    return ref.version if ref else None
+
+
+def test_first_promotes_worse_refused_better_promotes_rollback_restores(harness, workspace):
+    from segops.promotion.registry import history, rollback
+
+    first = run_flow(workspace, "train.epochs=2")
+    assert first["model"]["version"] == "1" and first["decision"]["promote"] is True
+    assert champion_version() == "1"
+    client = MlflowClient()
+    run = client.get_run(first["model"]["run_id"])
+    tags = run.data.tags
+    assert tags["segops.data.md5"] == first["data"]["md5"] and first["data"]["md5"].endswith(".dir")
+    assert tags["segops.validation.passed"] == "true" and tags["segops.git.dirty"] in (
+        "true",
+        "false",
+    )
+    assert tags["segops.prefect.flow_run_id"] != "none" and "segops.config_hash" in tags
+    assert run.data.metrics["mean_iou"] == pytest.approx(first["metrics"]["mean_iou"])
+    assert "val_miou" in run.data.metrics and "iou.ellipse" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "lineage")}
+    assert artifacts == {"lineage/data.dvc", "lineage/validation.json"}
+
+    worse = run_flow(workspace, "train.epochs=1", "train.lr=1e-9")
+    assert worse["model"]["version"] == "2" and worse["decision"]["promote"] is False
+    assert champion_version() == "1"
+    assert worse["data"]["md5"] == first["data"]["md5"] and worse["data"]["pushed"] == 0
+    version2 = client.get_model_version(MODEL, "2")
+    assert version2.tags["promotion.promote"] == "false" and "challenger" in version2.aliases
+
+    better = run_flow(workspace, "train.epochs=8")
+    assert better["decision"]["promote"] is True, better["decision"]["reasons"]
+    assert champion_version() == "3"
+
+    restored = rollback(MODEL, "test rollback")
+    assert restored.version == "1" and champion_version() == "1"
+    assert [e["action"] for e in history(MODEL)] == ["promoted", "promoted", "rolled_back"]
+
+
+def _break_mask_value(root: Path) -> None:
+    mask = np.array(Image.open(root / "masks" / "00003.png"))
+    mask[0, 0] = 9
+    Image.fromarray(mask).save(root / "masks" / "00003.png")
+
+
+def _break_size(root: Path) -> None:
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(root / "masks" / "00005.png")
+
+
+def _break_image(root: Path) -> None:
+    (root / "images" / "00007.png").write_bytes(b"broken")
+
+
+def _leak(root: Path) -> None:
+    from segops.config import DataConfig
+    from segops.data.manifest import load_dataset
+
+    info = load_dataset(DataConfig(root=root, val_fraction=0.34))
+    train_id, val_id = info.split("train")["id"][0], info.split("val")["id"][0]
+    for sub in ("images", "masks"):
+        shutil.copyfile(root / sub / f"{train_id}.png", root / sub / f"{val_id}.png")
+
+
+@pytest.mark.parametrize(
+    ("breaker", "expectation"),
+    [
+        (_break_mask_value, "mask_values"),
+        (_break_size, "sizes_match"),
+        (_break_image, "files_readable"),
+        (_leak, "no_leakage"),
+    ],
+)
+def test_bad_data_stops_the_flow_before_training(harness, workspace, breaker, expectation):
+    from flows.retrain import ValidationFailed
+
+    breaker(workspace / "data" / "shapes")
+    with pytest.raises(ValidationFailed, match=expectation):
+        run_flow(workspace, "train.epochs=1")
+    client = MlflowClient()
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+    assert client.search_model_versions(f"name = '{MODEL}'") == []
+    assert not (workspace / "data.dvc").exists()  # nothing was versioned either
