@@ -1,10 +1,11 @@
 """The built-in `shapes` dataset: a seeded generator of hard-enough segmentation scenes.
 
 Each image holds 2-6 shapes (ellipse, rectangle, triangle, cross) of varied size, aspect and
-rotation that overlap and occlude each other, on a blotchy textured background. Object and
-background colours come from the same distribution, so colour alone does not solve it; the class
-mix is imbalanced on purpose. Image i depends only on (seed, i): the same seed gives
-byte-identical files, and a larger `n` extends a smaller one.
+rotation that overlap and occlude each other (never hiding most of an earlier one), on a
+blotchy textured background. Object and background colours come from the same distribution,
+so colour alone does not solve it; the class mix is imbalanced on purpose. Image i depends
+only on (seed, i): the same seed gives byte-identical files, and a larger `n` extends a
+smaller one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from PIL import Image, ImageDraw
 CLASSES = ("background", "ellipse", "rectangle", "triangle", "cross")
 # Drawing probabilities of the foreground classes: imbalanced on purpose.
 CLASS_PROBS = (0.40, 0.30, 0.20, 0.10)
+MAX_HIDDEN = 0.4  # an object may hide at most this share of an earlier object's visible part
 
 
 def _rotate(points: np.ndarray, angle: float, center: tuple[float, float]) -> list[tuple]:
@@ -63,26 +65,48 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return base
 
 
+def _draw(cls: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Boolean HxW footprint of one object of class `cls` at a random place, size and angle."""
+    radius = size * rng.uniform(0.09, 0.24)
+    aspect = rng.uniform(0.45, 1.0)
+    center = (rng.uniform(0.1, 0.9) * size, rng.uniform(0.1, 0.9) * size)
+    angle = rng.uniform(0, 2 * math.pi)
+    layer = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(layer)
+    for poly in _polygons(cls, radius, aspect, rng):
+        draw.polygon(_rotate(poly, angle, center), fill=255)
+    return np.asarray(layer) > 0
+
+
+def _hides_too_much(inside: np.ndarray, owner: np.ndarray, count: int) -> bool:
+    """True when `inside` would hide more than MAX_HIDDEN of an earlier object's visible part:
+    occlusion is wanted, but a fragment whose class nobody could tell only adds label noise."""
+    for k in range(1, count + 1):
+        visible = owner == k
+        if visible.any() and (visible & inside).sum() > MAX_HIDDEN * visible.sum():
+            return True
+    return False
+
+
 def render_sample(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Image (HxWx3 uint8) and mask (HxW uint8, pixel = class id) of sample `index`."""
     rng = np.random.default_rng([seed, index])
     image = _background(rng, size)
     mask = np.zeros((size, size), np.uint8)
+    owner = np.zeros((size, size), np.int16)  # which object each pixel shows (0: none)
     for _ in range(int(rng.integers(2, 7))):
         cls = int(rng.choice(4, p=CLASS_PROBS)) + 1
-        radius = size * rng.uniform(0.08, 0.24)
-        aspect = rng.uniform(0.45, 1.0)
-        center = (rng.uniform(0.1, 0.9) * size, rng.uniform(0.1, 0.9) * size)
-        angle = rng.uniform(0, 2 * math.pi)
-        layer = Image.new("L", (size, size), 0)
-        draw = ImageDraw.Draw(layer)
-        for poly in _polygons(cls, radius, aspect, rng):
-            draw.polygon(_rotate(poly, angle, center), fill=255)
-        inside = np.asarray(layer) > 0
+        for _attempt in range(8):
+            inside = _draw(cls, size, rng)
+            if not _hides_too_much(inside, owner, int(owner.max())):
+                break
+        else:
+            continue  # no placement found that keeps earlier objects recognisable
         colour = rng.uniform(0, 255, 3).astype(np.float32)
         texture = (_smooth_noise(rng, size, 4, 1) - 127.5)[..., None] * rng.uniform(0.1, 0.4)
         image[inside] = (colour + texture)[inside]
         mask[inside] = cls
+        owner[inside] = owner.max() + 1
     image += rng.normal(0, rng.uniform(4, 14), image.shape)
     return np.clip(image, 0, 255).round().astype(np.uint8), mask
 

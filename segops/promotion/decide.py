@@ -88,9 +88,7 @@ def paired_bootstrap(
     """
     a, b = np.asarray(challenger, float), np.asarray(champion, float)
     if a.shape != b.shape or a.ndim != 1 or a.size == 0 or not np.isfinite(a - b).all():
-        raise ValueError(
-            f"needs equal, non-empty, finite 1-d arrays; got shapes {a.shape}, {b.shape}"
-        )
+        raise ValueError(f"need equal, non-empty, finite 1-d arrays: shapes {a.shape}, {b.shape}")
     diffs = a - b
     if samples < 1 or not 0 < confidence < 1:
         raise ValueError(f"samples must be >= 1 and 0 < confidence < 1: {samples}, {confidence}")
@@ -168,11 +166,13 @@ def _class_rule(challenger: Scores, champion: Scores, cfg: PromotionConfig) -> t
         return (None, None, False), f"no class has an IoU from both models{skip}"
     order = sorted(both, key=lambda n: both[n][1] - both[n][0])  # largest drop first
     over = [n for n in order if both[n][0] - both[n][1] > cfg.max_class_drop]
-    told = ", ".join(f"{n!r} {both[n][0]:.4f} -> {both[n][1]:.4f}" for n in over[:_SHOWN])
-    told = f": {told}" if over else f" (worst: {order[0]!r} {both[order[0]][0]:.4f} -> "
-    told += "" if over else f"{both[order[0]][1]:.4f})"
-    text = f"{len(over) or 'none'} of {len(both)} classes dropped more than max_class_drop"
-    text += f" {cfg.max_class_drop:.4f}{told}{skip}"
+    told = ", ".join(
+        f"{n!r} {both[n][0]:.4f} -> {both[n][1]:.4f}" for n in over[:_SHOWN] or order[:1]
+    )
+    text = (
+        f"{len(over) or 'none'} of {len(both)} classes dropped more than max_class_drop"
+        f" {cfg.max_class_drop:.4f} ({'over' if over else 'worst'}: {told}){skip}"
+    )
     return (order[0], both[order[0]][0] - both[order[0]][1], bool(over)), text
 
 
@@ -204,8 +204,9 @@ def decide(challenger: Scores, champion: Scores | None, cfg: PromotionConfig) ->
     if n_dropped:
         total = len(challenger.per_image)
         reasons.append(f"dropped {n_dropped} of {total} images scored NaN by either model")
-    bad = {"min_delta": not delta_ok, "bootstrap": low is None or low <= 0}
-    failed = tuple(rule for rule, no in {**bad, "max_class_drop": class_failed}.items() if no)
+    bootstrap_ok = low is not None and low > 0
+    passed = {"min_delta": delta_ok, "bootstrap": bootstrap_ok, "max_class_drop": not class_failed}
+    failed = tuple(rule for rule, ok in passed.items() if not ok)
     return PromotionDecision(
         promote=not failed, reasons=tuple(reasons), failed_rules=failed,
         data_version=challenger.data_version, challenger_mean=challenger.mean,

@@ -37,7 +37,8 @@ CASES = [
         scores(BASE + 0.05 + WIGGLE, background=0.01, circle=0.04, square=0.03),
         CHAMPION, CFG, (), 0.05,
         ["gain +0.0500 meets min_delta 0.0050", "lower bound is above 0",
-         "largest drop: 'background' 0.9000 -> 0.9100"],
+         "none of 3 classes dropped more than max_class_drop 0.0200",
+         "(worst: 'background' 0.9000 -> 0.9100)"],
     ),
     (
         "worse",
@@ -55,7 +56,8 @@ CASES = [
         "one class regressed",
         scores(BASE + 0.05, background=0.05, circle=-0.10, square=0.05),
         CHAMPION, CFG, ("max_class_drop",), 0.05,
-        ["1 class(es) dropped more than max_class_drop 0.0200: 'circle' 0.6000 -> 0.5000"],
+        ["1 of 3 classes dropped more than max_class_drop 0.0200",
+         "(over: 'circle' 0.6000 -> 0.5000)"],
     ),
     (
         "exactly equal",
@@ -75,7 +77,7 @@ CASES = [
     (
         "class absent in one model is skipped",
         scores(BASE + 0.05, circle=None), CHAMPION, CFG, (), 0.05,
-        ["over 2 classes", "skipped, absent in either: 'circle'"],
+        ["none of 2 classes dropped", "skipping 1 absent in either: 'circle'"],
     ),
     (
         "NaN images dropped",
@@ -135,7 +137,20 @@ def test_class_regression_names_worst_class_and_drop():
     decision = decide(challenger, CHAMPION, CFG)
     assert decision.worst_class == "circle"
     assert decision.worst_class_drop == pytest.approx(0.10)
-    assert "'circle' 0.6000 -> 0.5000, 'square' 0.5000 -> 0.4700" in decision.reasons[2]
+    assert decision.reasons[2] == (
+        "2 of 3 classes dropped more than max_class_drop 0.0200"
+        " (over: 'circle' 0.6000 -> 0.5000, 'square' 0.5000 -> 0.4700)"
+    )
+
+
+def test_no_image_scored_by_both_fails_the_bootstrap_rule():
+    challenger = scores([math.nan] * N, mean=0.7)
+    decision = decide(challenger, CHAMPION, CFG)
+    assert decision.failed_rules == ("bootstrap",)
+    assert (decision.ci_low, decision.ci_high, decision.prob_improvement) == (None, None, None)
+    assert (decision.n_images, decision.n_dropped) == (0, N)
+    assert decision.reasons[1] == "no image has a score from both models: no bootstrap possible"
+    assert decision.reasons[3] == "dropped 20 of 20 images scored NaN by either model"
 
 
 def test_different_data_version_asks_for_reevaluation():
