@@ -37,8 +37,7 @@ if TYPE_CHECKING:  # dvc costs ~0.5 s to import: load it only when a function ne
     from dvc_data.hashfile.db import HashFileDB
 
 # Parallel DVC calls in one repo fail on its lock or corrupt shared state: serialise ours.
-_LOCK = threading.RLock()
-_HELD: set[Path] = set()  # workspaces whose file lock this process holds (guarded by _LOCK)
+_LOCK = threading.Lock()
 _URL_SCHEME = re.compile(r"^[a-zA-Z][\w+.-]*://")
 
 
@@ -84,7 +83,9 @@ def ensure_workspace(workspace: str | Path) -> Path:
     git_root = next((p for p in (root, *root.parents) if (p / ".git").exists()), None)
     with _LOCK:
         try:  # inside git below its root DVC needs --subdir; outside git it needs --no-scm
-            Repo.init(str(root), no_scm=git_root is None, subdir=git_root not in (None, root))
+            Repo.init(
+                str(root), no_scm=git_root is None, subdir=git_root not in (None, root)
+            ).close()
         except Exception as exc:
             if not (root / ".dvc").is_dir():  # else another process initialised it first
                 raise VersioningError(f"`dvc init` failed in {root}: {exc}") from exc
@@ -97,15 +98,9 @@ def configure_remote(workspace: str | Path, name: str, url: str) -> None:
     A relative local path is resolved against the workspace and written absolute: DVC would
     otherwise read it relative to `.dvc/`.
     """
-    from dvc.config import Config
-
     root = find_workspace(workspace)
-    if not name.strip() or not url.strip():
-        raise VersioningError(f"remote name and URL must be non-empty (got {name!r}, {url!r})")
-    with _locked(root), Config(str(root / ".dvc")).edit() as conf:
-        # DVC looks remotes up by lower-cased name (`dvc remote add` lower-cases them too).
-        conf["remote"].setdefault(name.lower(), {})["url"] = _absolute_url(url, root)
-        conf["core"]["remote"] = name.lower()
+    with _locked(root):
+        _set_remote(root, name, url)
 
 
 def version_dataset(workspace: str | Path, cfg: VersioningConfig) -> DataVersion:
@@ -119,7 +114,7 @@ def version_dataset(workspace: str | Path, cfg: VersioningConfig) -> DataVersion
     dvc_file = root / f"{rel}.dvc"
     with _locked(root):
         if cfg.remote_url:
-            configure_remote(root, cfg.remote, cfg.remote_url)
+            _set_remote(root, cfg.remote, cfg.remote_url)
         previous = dvc_file.read_text() if dvc_file.is_file() else None
         with _open_repo(root) as repo:
             _step("add", rel, dvc_file, previous, lambda: repo.add(str(root / rel)))
@@ -173,8 +168,8 @@ def restore_dataset(dvc_text: str, remote_url: str, dest: str | Path) -> Path:
         shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
         raise VersioningError(
             f"remote {remote_url} lacks {len(missing)} object(s) (missing or corrupt) of dataset "
-            f"version {md5}: {shown}. Push that version again from a workspace that still has it "
-            "(`dvc push`), or restore from another remote."
+            f"version {md5}: {shown}. Run version_dataset again in a workspace that still has it "
+            "(plain `dvc push` skips files of a manifest the remote holds), or use another remote."
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.restore-", dir=dest.parent))
@@ -200,30 +195,34 @@ def restore_dataset(dvc_text: str, remote_url: str, dest: str | Path) -> Path:
 
 @contextmanager
 def _locked(root: Path) -> Iterator[None]:
-    """Hold the workspace for this thread and process; re-entrant within one call chain."""
-    from dvc.lock import make_lock  # zc.lockfile: the OS drops it if the process dies
+    """Hold the workspace against other threads and other segops processes."""
+    from dvc.lock import make_lock  # zc.lockfile (flock): the OS drops it if the process dies
 
-    with _LOCK:
-        if root in _HELD:
-            yield
-            return
-        (root / ".dvc" / "tmp").mkdir(parents=True, exist_ok=True)
-        with make_lock(str(root / ".dvc" / "tmp" / "segops.lock"), wait=True):
-            _HELD.add(root)
-            try:
-                yield
-            finally:
-                _HELD.discard(root)
+    (root / ".dvc" / "tmp").mkdir(parents=True, exist_ok=True)
+    with _LOCK, make_lock(str(root / ".dvc" / "tmp" / "segops.lock"), wait=True):
+        yield
 
 
 @contextmanager
 def _open_repo(root: Path) -> Iterator[Repo]:
+    """A DVC Repo on `root`; the caller holds `_locked(root)`."""
     from dvc.repo import Repo
 
     _quiet_dvc()
     # `_wait_for_lock` is what the CLI's --wait-for-lock sets: wait for `dvc` run by hand.
-    with _locked(root), Repo(str(root), _wait_for_lock=True) as repo:
+    with Repo(str(root), _wait_for_lock=True) as repo:
         yield repo
+
+
+def _set_remote(root: Path, name: str, url: str) -> None:
+    from dvc.config import Config
+
+    if not name.strip() or not url.strip():
+        raise VersioningError(f"remote name and URL must be non-empty (got {name!r}, {url!r})")
+    with Config(str(root / ".dvc")).edit() as conf:
+        # DVC looks remotes up by lower-cased name (`dvc remote add` lower-cases them too).
+        conf["remote"].setdefault(name.lower(), {})["url"] = _absolute_url(url, root)
+        conf["core"]["remote"] = name.lower()
 
 
 def _quiet_dvc() -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,12 @@ def _change_mask(ws: Path, name: str = "00003.png") -> None:
     Image.fromarray(mask).save(path)
 
 
+@pytest.fixture(autouse=True)
+def _site_cache(tmp_path, monkeypatch) -> None:
+    # DVC keeps per-repo state in /var/tmp/dvc/repo/<hash>: one stale folder per test otherwise.
+    monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path / "dvc-site-cache"))
+
+
 @pytest.fixture
 def workspace(tmp_path) -> Path:
     """A git + DVC workspace with an 8-sample shapes dataset under data/."""
@@ -72,7 +80,8 @@ def test_first_version_pushes_and_records_the_dir_hash(workspace, cfg, tmp_path)
     assert v.dvc_text == (workspace / "data.dvc").read_text()
     assert _object(tmp_path / "remote", v.md5).is_file()
     assert "/data" in (workspace / ".gitignore").read_text()
-    assert read_version(workspace) == v.__class__(**{**v.to_dict(), "pushed": 0})
+    assert read_version(workspace) == replace(v, pushed=0)
+    assert v.to_dict()["md5"] == v.md5 and set(v.to_dict()) == {f.name for f in fields(v)}
 
 
 def test_unchanged_data_keeps_md5_and_pushes_nothing(workspace, cfg):
@@ -172,3 +181,20 @@ def test_parallel_calls_in_one_process_are_serialised(workspace, cfg):
         versions = list(pool.map(lambda _: version_dataset(workspace, cfg), range(4)))
     assert len({v.md5 for v in versions}) == 1
     assert sorted(v.pushed for v in versions) == [0, 0, 0, 18]
+
+
+def test_parallel_processes_are_serialised(tmp_path):
+    # Unserialised, racing config edits dropped `no_scm` from .dvc/config and every add failed.
+    ws = ensure_workspace(tmp_path / "plain")
+    generate_shapes(ws / "data", n=4, size=16, seed=0)
+    code = (
+        "import sys; from segops.config import VersioningConfig as C; "
+        "from segops.versioning import version_dataset as v; "
+        "print(v(sys.argv[1], C(remote='s', remote_url=sys.argv[2])).pushed)"
+    )
+    argv = [sys.executable, "-c", code, str(ws), str(tmp_path / "remote")]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = sorted(int(p.communicate(timeout=120)[0]) for p in procs)
+    assert [p.returncode for p in procs] == [0, 0, 0]
+    assert outputs == [0, 0, 10]  # 4 images + 4 masks + classes.txt + manifest
+    assert "no_scm = True" in (ws / ".dvc" / "config").read_text()
