@@ -40,11 +40,18 @@ def version_step(config: dict[str, Any], workspace: str = ".") -> dict[str, Any]
 
 
 def validate_step(config: dict[str, Any]) -> dict[str, Any]:
-    """Great Expectations suite on the dataset; returns success, report paths and markdown."""
+    """Great Expectations suite on the dataset; returns success, report paths and markdown.
+
+    On success the dataset is also loaded once by the core, which writes missing split files:
+    the split is part of the data and must exist before the data is versioned.
+    """
+    from segops.data.manifest import load_dataset
     from segops.validation import validate_dataset
 
     cfg = _cfg(config)
     report = validate_dataset(cfg)
+    if report.success:
+        load_dataset(cfg.data, eval_split=cfg.evaluate.split)
     out = Path(cfg.validation.report_dir)
     return {
         "success": report.success,
