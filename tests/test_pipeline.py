@@ -152,3 +152,83 @@ def test_bad_data_stops_the_flow_before_training(harness, workspace, breaker, ex
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
     assert client.search_model_versions(f"name = '{MODEL}'") == []
     assert not (workspace / "data.dvc").exists()  # nothing was versioned either
+    from prefect.artifacts import Artifact
+
+    report = Artifact.get("validation-report")
+    assert report is not None and expectation in report.data
+
+
+def test_a_failing_step_leaves_champion_and_versions_untouched(harness, workspace):
+    run_flow(workspace, "train.epochs=1")
+    assert champion_version() == "1"
+    # The data validates and is versioned; training then fails (and its retry too).
+    with pytest.raises(Exception, match="2 values but the dataset has 5 classes"):
+        run_flow(workspace, "train.epochs=1", "train.class_weights=[1, 2]")
+    client = MlflowClient()
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{MODEL}'")] == ["1"]
+    assert champion_version() == "1"
+    failed = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], "attributes.status = 'FAILED'"
+    )
+    assert len(failed) == 1  # one run for the attempt (the retry reused it), marked failed
+
+
+def test_retried_steps_reuse_their_run_and_version(harness, workspace):
+    from segops import pipeline
+    from segops.config import load_config
+
+    cfg = load_config(None, [*base_overrides(workspace), "train.epochs=1"])
+    config = pipeline.attempt_config(cfg.to_dict(), "attempt-1")
+    assert pipeline.validate_step(config)["success"]
+    data = pipeline.version_step(config, str(workspace))
+    tags = {"segops.data.md5": data["md5"]}
+    first = pipeline.train_step(config, "attempt-1", tags, {})
+    again = pipeline.train_step(config, "attempt-1", tags, {})  # a retry after, say, a timeout
+    assert again["run_id"] == first["run_id"]
+    pipeline.evaluate_step(config, first["run_id"], first["checkpoint"])
+    model = pipeline.register_step(config, first["run_id"], first["checkpoint"], "attempt-1")
+    retry = pipeline.register_step(config, first["run_id"], first["checkpoint"], "attempt-1")
+    assert retry == model and model["version"] == "1"
+    client = MlflowClient()
+    assert len(client.search_model_versions(f"name = '{MODEL}'")) == 1
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1
+    assert pipeline.promote_step(config, model)["promote"] is True
+    assert pipeline.promote_step(config, model)["promote"] is True  # retried: still champion
+    assert champion_version() == "1"
+
+
+def test_two_flows_at_once_finish_with_one_champion(workspace, tmp_path):
+    """Two `segops run` processes on the same registry, DVC workspace and data, at once."""
+    import os
+    import sys
+
+    from segops import tracking
+    from segops.config import load_config, save_config
+
+    cfg = load_config(None, [*base_overrides(workspace), "train.epochs=1"])
+    save_config(cfg, workspace / "params.yaml")
+    tracking.connect(cfg.tracking)  # create the SQLite store once, before parallel work
+    procs = []
+    for i in range(2):
+        env = {**os.environ, "PREFECT_HOME": str(tmp_path / f"prefect{i}"), "PREFECT_API_URL": ""}
+        cmd = [sys.executable, "-m", "segops.cli.main", "run", "--params", "params.yaml"]
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                cwd=workspace,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [p.communicate(timeout=400)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    versions = MlflowClient().search_model_versions(f"name = '{MODEL}'")
+    assert sorted(str(v.version) for v in versions) == ["1", "2"]
+    assert len({v.run_id for v in versions}) == 2
+    assert champion_version() in ("1", "2")  # the alias is single-valued: exactly one holder
+    # The version decided second was judged against the first: the lock serialised them.
+    judged = {str(v.version): v.tags["promotion.champion_version"] for v in versions}
+    assert sorted(judged.values()) in (["1", "none"], ["2", "none"])

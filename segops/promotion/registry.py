@@ -169,11 +169,14 @@ def rollback(name: str, reason: str) -> ModelRef:
 
 def list_versions(name: str) -> list[dict]:
     """Every version of `name`, oldest first: version, aliases, tags, creation time (ms)."""
-    found = MlflowClient().search_model_versions(f"name = '{name}'")
+    client = MlflowClient()
+    found = client.search_model_versions(f"name = '{name}'")
+    # Search results do not carry aliases; the registered model holds alias -> version.
+    aliases = client.get_registered_model(name).aliases if found else {}
     return [
         {
             "version": str(v.version),
-            "aliases": list(v.aliases),
+            "aliases": sorted(a for a, ver in aliases.items() if str(ver) == str(v.version)),
             "tags": dict(v.tags),
             "created": v.creation_timestamp,
             "run_id": v.run_id,
