@@ -26,7 +26,7 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     root: Path = Path("data/shapes")
     format: Literal["folder", "voc"] = "folder"
-    image_size: int = Field(96, ge=8, description="side of the square images the model sees")
+    image_size: int = Field(64, ge=8, description="side of the square images the model sees")
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     split_seed: int = 0
@@ -35,8 +35,8 @@ class DataConfig(_Section):
 
 
 class ShapesConfig(_Section):
-    n: int = Field(1200, ge=4)
-    size: int = Field(96, ge=32)
+    n: int = Field(1500, ge=4)
+    size: int = Field(64, ge=32)
     seed: int = 0
 
 
@@ -59,13 +59,13 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(16, ge=1)
+    epochs: int = Field(25, ge=1)
+    batch_size: int = Field(8, ge=1)
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     warmup_epochs: float = Field(1.0, ge=0)
     schedule: Literal["cosine", "poly", "constant"] = "cosine"
-    loss: Literal["ce", "dice", "ce_dice"] = "ce"
+    loss: Literal["ce", "dice", "ce_dice"] = "ce_dice"
     class_weights: Literal["none", "balanced"] | list[float] = "none"
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
