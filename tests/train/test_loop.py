@@ -146,3 +146,18 @@ def test_cuda_requested_without_gpu_is_a_clear_error(shapes_root, tmp_path):
         pytest.skip("a GPU is present")
     with pytest.raises(ConfigError, match="no CUDA GPU is visible"):
         train(tiny_config(shapes_root, tmp_path / "run", "train.device=cuda"))
+
+
+def test_deterministic_mode_is_applied_and_reproducible(shapes_root, tmp_path):
+    try:
+        a = train(
+            tiny_config(shapes_root, tmp_path / "a", "train.epochs=1", "train.deterministic=true")
+        )
+        assert torch.are_deterministic_algorithms_enabled()
+        b = train(
+            tiny_config(shapes_root, tmp_path / "b", "train.epochs=1", "train.deterministic=true")
+        )
+    finally:
+        torch.use_deterministic_algorithms(False)
+    wa, wb = _weights(a.last_checkpoint), _weights(b.last_checkpoint)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
