@@ -163,6 +163,7 @@ def register_step(
     if model_uri is None:
         model_uri = log_pyfunc(run_id, checkpoint)
         tracking.set_tags(run_id, {LINEAGE + "model_uri": model_uri})
+        summary = tracking.run_summary(run_id)  # now with segops.weights_sha256
     tags = {k: v for k, v in summary["tags"].items() if k.startswith(LINEAGE)}
     tags |= {"metrics.mean_iou": str(summary["metrics"].get("mean_iou"))}
     ref = register(model_uri, cfg.promotion.model_name, run_id, attempt_key, tags)

@@ -13,7 +13,7 @@ import torchvision
 
 import segops
 from segops.serving.pyfunc import MODEL_CODE, encode_png, signature, write_model_files
-from segops.train.checkpoint import load_checkpoint
+from segops.train.checkpoint import file_sha256, load_checkpoint
 
 
 def _requirements() -> list[str]:
@@ -43,6 +43,8 @@ def input_example(size: int, n: int = 2) -> pd.DataFrame:
 def log_pyfunc(run_id: str, checkpoint: str | Path, name: str = "model") -> str:
     """Log `checkpoint` into run `run_id` as a pyfunc model; returns its `models:/` URI.
 
+    Tags the run with `segops.weights_sha256`, the hash of the logged `weights.pt`, so an
+    audit can prove the registered weights are the ones trained.
     The segops package travels with the model (code_paths), so serving needs only the pinned
     pip requirements, not a segops install.
     """
@@ -59,4 +61,5 @@ def log_pyfunc(run_id: str, checkpoint: str | Path, name: str = "model") -> str:
             input_example=input_example(size),
             pip_requirements=_requirements(),
         )
+        mlflow.set_tag("segops.weights_sha256", file_sha256(artifacts["weights"]))
     return info.model_uri

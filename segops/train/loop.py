@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +18,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-import segops
 from segops.config import Config, config_hash, save_config
 from segops.data.dataset import SegmentationDataset
 from segops.data.manifest import DatasetInfo, dataset_fingerprint, load_dataset
 from segops.data.transforms import eval_transform, train_transform
-from segops.errors import CheckpointError, ConfigError
 from segops.evaluate.confusion import ConfusionMatrix
 from segops.evaluate.metrics import iou, nanmean, pixel_accuracy
-from segops.models import build_model
 from segops.train.callbacks import Callback, CallbackList
-from segops.train.checkpoint import load_checkpoint, save_checkpoint
+from segops.train.checkpoint import save_checkpoint
 from segops.train.device import Runtime, configure_determinism, resolve_runtime
-from segops.train.losses import balanced_weights, build_loss
-from segops.train.schedule import build_scheduler
+from segops.train.parts import RunState, build_parts, checkpoint_state, restore
 
 
 @dataclass(frozen=True)
@@ -46,17 +42,6 @@ class TrainResult:
     config_hash: str
     dataset_hash: str
     history_csv: str
-
-
-@dataclass
-class _State:
-    """What a checkpoint restores besides the model and optimiser."""
-
-    epoch: int = 0  # epochs completed
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_miou: float = -1.0
-    best_epoch: int = 0
-    bad_epochs: int = 0  # epochs since the best, for early stopping
 
 
 def seed_everything(seed: int) -> None:
@@ -162,95 +147,6 @@ def validate(
     }
 
 
-def _class_weights(cfg: Config, info: DatasetInfo) -> list[float] | None:
-    weights = cfg.train.class_weights
-    if weights == "none":
-        return None
-    if weights == "balanced":
-        return balanced_weights(info.class_pixels("train"))
-    if len(weights) != info.num_classes:
-        raise ConfigError(
-            f"train.class_weights has {len(weights)} values but the dataset has "
-            f"{info.num_classes} classes ({', '.join(info.classes)})"
-        )
-    return list(weights)
-
-
-@dataclass
-class _Parts:
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    criterion: nn.Module
-
-
-def _build_parts(cfg: Config, info: DatasetInfo, runtime: Runtime, steps: int) -> _Parts:
-    model = build_model(
-        cfg.model.name,
-        num_classes=info.num_classes,
-        pretrained=cfg.model.pretrained,
-        **cfg.model.options,
-    )
-    fmt = torch.channels_last if runtime.channels_last else torch.contiguous_format
-    model = model.to(runtime.device, memory_format=fmt)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
-    )
-    total = steps * cfg.train.epochs
-    warmup = min(total - 1, round(steps * cfg.train.warmup_epochs))
-    scheduler = build_scheduler(optimizer, total, warmup, cfg.train.schedule)
-    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.use_scaler)
-    criterion = build_loss(cfg.train.loss, _class_weights(cfg, info)).to(runtime.device)
-    return _Parts(model, optimizer, scheduler, scaler, criterion)
-
-
-def _checkpoint_state(
-    parts: _Parts, state: _State, cfg: Config, info: DatasetInfo, hashes: tuple[str, str]
-) -> dict[str, Any]:
-    return {
-        "model": parts.model.state_dict(),
-        "optimizer": parts.optimizer.state_dict(),
-        "scheduler": parts.scheduler.state_dict(),
-        "scaler": parts.scaler.state_dict(),
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        },
-        "state": asdict(state),
-        "config": cfg.to_dict(),
-        "config_hash": hashes[0],
-        "dataset_hash": hashes[1],
-        "classes": list(info.classes),
-        "model_name": cfg.model.name,
-        "versions": {"segops": segops.__version__, "torch": str(torch.__version__)},
-    }
-
-
-def _restore(path: Path, parts: _Parts, hashes: tuple[str, str]) -> _State:
-    """Load `path` into `parts`; refuse a checkpoint made with another config or dataset."""
-    ckpt = load_checkpoint(path)
-    for key, want, what in (
-        ("config_hash", hashes[0], "config"),
-        ("dataset_hash", hashes[1], "dataset"),
-    ):
-        if ckpt[key] != want:
-            raise CheckpointError(
-                f"{path}: was made with a different {what} ({key} {ckpt[key][:12]} != "
-                f"{want[:12]}); resume with the same params and data, or train without --resume"
-            )
-    parts.model.load_state_dict(ckpt["model"])
-    parts.optimizer.load_state_dict(ckpt["optimizer"])
-    parts.scheduler.load_state_dict(ckpt["scheduler"])
-    parts.scaler.load_state_dict(ckpt["scaler"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    random.setstate(ckpt["rng"]["python"])
-    if ckpt["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-    return _State(**ckpt["state"])
-
-
 def _write_history(history: list[dict[str, Any]], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     pd.DataFrame(history).to_csv(tmp, index=False)
@@ -258,7 +154,12 @@ def _write_history(history: list[dict[str, Any]], path: Path) -> None:
 
 
 def _end_epoch(
-    cfg: Config, parts: _Parts, state: _State, row: dict, ckpt: dict, out: Path, callbacks: Callback
+    cfg: Config,
+    state: RunState,
+    row: dict,
+    ckpt: dict,
+    out: Path,
+    callbacks: Callback,
 ) -> bool:
     """Record the epoch, write checkpoints; returns True when early stopping triggers."""
     state.history.append(row)
@@ -306,10 +207,10 @@ def train(
     out = Path(cfg.train.out_dir)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     train_loader, val_loader, generator = make_loaders(cfg, info, runtime)
-    parts = _build_parts(cfg, info, runtime, len(train_loader))
+    parts = build_parts(cfg, info, runtime, len(train_loader))
     hashes = (config_hash(cfg), dataset_fingerprint(info))
     last = out / "checkpoints" / "last.pt"
-    state = _restore(last, parts, hashes) if resume and last.is_file() else _State()
+    state = restore(last, parts, hashes) if resume and last.is_file() else RunState()
     save_config(cfg, out / "config.yaml")
     cbs.on_train_start(
         {
@@ -352,8 +253,8 @@ def train(
             "images_per_s": fit["images"] / fit["seconds"],
         }
         state.epoch = epoch
-        ckpt = _checkpoint_state(parts, state, cfg, info, hashes)
-        if _end_epoch(cfg, parts, state, row, ckpt, out, cbs):
+        ckpt = checkpoint_state(parts, state, cfg, info, hashes)
+        if _end_epoch(cfg, state, row, ckpt, out, cbs):
             stopped = True
             break
     result = TrainResult(

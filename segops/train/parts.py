@@ -1,0 +1,122 @@
+"""What a training run is made of (model, optimiser, schedule, scaler, loss), and how a
+checkpoint saves and restores all of it, RNG states included."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import segops
+from segops.config import Config
+from segops.data.manifest import DatasetInfo
+from segops.errors import CheckpointError, ConfigError
+from segops.models import build_model
+from segops.train.checkpoint import load_checkpoint
+from segops.train.device import Runtime
+from segops.train.losses import balanced_weights, build_loss
+from segops.train.schedule import build_scheduler
+
+
+@dataclass
+class RunState:
+    """What a checkpoint restores besides the model and optimiser."""
+
+    epoch: int = 0  # epochs completed
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_miou: float = -1.0
+    best_epoch: int = 0
+    bad_epochs: int = 0  # epochs since the best, for early stopping
+
+
+def _class_weights(cfg: Config, info: DatasetInfo) -> list[float] | None:
+    weights = cfg.train.class_weights
+    if weights == "none":
+        return None
+    if weights == "balanced":
+        return balanced_weights(info.class_pixels("train"))
+    if len(weights) != info.num_classes:
+        raise ConfigError(
+            f"train.class_weights has {len(weights)} values but the dataset has "
+            f"{info.num_classes} classes ({', '.join(info.classes)})"
+        )
+    return list(weights)
+
+
+@dataclass
+class Parts:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+
+
+def build_parts(cfg: Config, info: DatasetInfo, runtime: Runtime, steps: int) -> Parts:
+    model = build_model(
+        cfg.model.name,
+        num_classes=info.num_classes,
+        pretrained=cfg.model.pretrained,
+        **cfg.model.options,
+    )
+    fmt = torch.channels_last if runtime.channels_last else torch.contiguous_format
+    model = model.to(runtime.device, memory_format=fmt)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+    )
+    total = steps * cfg.train.epochs
+    warmup = min(total - 1, round(steps * cfg.train.warmup_epochs))
+    scheduler = build_scheduler(optimizer, total, warmup, cfg.train.schedule)
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.use_scaler)
+    criterion = build_loss(cfg.train.loss, _class_weights(cfg, info)).to(runtime.device)
+    return Parts(model, optimizer, scheduler, scaler, criterion)
+
+
+def checkpoint_state(
+    parts: Parts, state: RunState, cfg: Config, info: DatasetInfo, hashes: tuple[str, str]
+) -> dict[str, Any]:
+    return {
+        "model": parts.model.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict(),
+        "scaler": parts.scaler.state_dict(),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+        "state": asdict(state),
+        "config": cfg.to_dict(),
+        "config_hash": hashes[0],
+        "dataset_hash": hashes[1],
+        "classes": list(info.classes),
+        "model_name": cfg.model.name,
+        "versions": {"segops": segops.__version__, "torch": str(torch.__version__)},
+    }
+
+
+def restore(path: Path, parts: Parts, hashes: tuple[str, str]) -> RunState:
+    """Load `path` into `parts`; refuse a checkpoint made with another config or dataset."""
+    ckpt = load_checkpoint(path)
+    for key, want, what in (
+        ("config_hash", hashes[0], "config"),
+        ("dataset_hash", hashes[1], "dataset"),
+    ):
+        if ckpt[key] != want:
+            raise CheckpointError(
+                f"{path}: was made with a different {what} ({key} {ckpt[key][:12]} != "
+                f"{want[:12]}); resume with the same params and data, or train without --resume"
+            )
+    parts.model.load_state_dict(ckpt["model"])
+    parts.optimizer.load_state_dict(ckpt["optimizer"])
+    parts.scheduler.load_state_dict(ckpt["scheduler"])
+    parts.scaler.load_state_dict(ckpt["scaler"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    random.setstate(ckpt["rng"]["python"])
+    if ckpt["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    return RunState(**ckpt["state"])
