@@ -89,6 +89,7 @@ def train_step(
     report) to attach as lineage. Returns run id, best checkpoint and best val mean IoU.
     """
     from segops import tracking
+    from segops.train.callbacks import EpochPrinter
     from segops.train.loop import train
 
     cfg = _cfg(config)
@@ -99,9 +100,9 @@ def train_step(
             tracking.log_file(run_id, value, str(Path(name).parent))
         else:
             tracking.log_text(run_id, value, name)
-    callback = tracking.MlflowMetrics(store, run_id)
+    callbacks = [tracking.MlflowMetrics(store, run_id), EpochPrinter()]
     try:
-        result = train(cfg, resume=True, callbacks=[callback])
+        result = train(cfg, resume=True, callbacks=callbacks)
     except Exception:
         tracking.finish_run(run_id, failed=True)
         raise

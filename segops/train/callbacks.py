@@ -52,3 +52,22 @@ class CallbackList(Callback):
     def on_train_end(self, result: Any) -> None:
         for cb in self.callbacks:
             cb.on_train_end(result)
+
+
+class EpochPrinter(Callback):
+    """One line per epoch on stdout: for logs (Prefect captures it) where no bar can be drawn."""
+
+    def on_train_start(self, info: dict[str, Any]) -> None:
+        print(
+            f"training on {info['device']} (amp {info['amp']}): {info['train_images']} train / "
+            f"{info['val_images']} val images, epochs {info['start_epoch']}..{info['epochs']}",
+            flush=True,
+        )
+
+    def on_epoch_end(self, row: dict[str, Any]) -> None:
+        print(
+            f"epoch {row['epoch']:>3}  train loss {row['train_loss']:.4f}  val loss "
+            f"{row['val_loss']:.4f}  val mIoU {row['val_miou']:.4f}  "
+            f"{row['images_per_s']:.0f} img/s",
+            flush=True,
+        )
