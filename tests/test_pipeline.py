@@ -3,6 +3,7 @@ stores: promote, refuse, promote, roll back; bad data stops everything before tr
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -112,6 +113,26 @@ def test_first_promotes_worse_refused_better_promotes_rollback_restores(harness,
     restored = rollback(MODEL, "test rollback")
     assert restored.version == "1" and champion_version() == "1"
     assert [e["action"] for e in history(MODEL)] == ["promoted", "promoted", "rolled_back"]
+
+    import sys
+
+    cli = [sys.executable, "-m", "segops.cli.main"]
+    listing = subprocess.run(
+        [*cli, "models", "registered", MODEL],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        check=True,
+    )
+    rows = [line for line in listing.stderr.splitlines() if line.startswith("│ ")]
+    assert [r.split("│")[1].strip() for r in rows if r.split("│")[1].strip()] == ["1", "2", "3"]
+    assert "champion" in rows[0] and "challenger" in listing.stderr
+    again = subprocess.run(
+        [*cli, "promote", "--rollback", "--set", f"promotion.model_name={MODEL}"],
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 2 and "no earlier champion" in again.stderr
 
 
 def _break_mask_value(root: Path) -> None:
