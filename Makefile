@@ -11,7 +11,7 @@ export DVC_NO_ANALYTICS ?= 1
 export MLFLOW_ALLOW_PICKLE_DESERIALIZATION ?= false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
 
-.PHONY: setup run test lint format bench clean help
+.PHONY: setup run test lint format bench clean help mlflow-ui prefect-ui
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -41,6 +41,12 @@ test: lint  ## lint, then the whole test suite (slow tests included)
 
 bench: setup  ## benchmarks; results go in bench/RESULTS.md
 	$(PY) bench/train_overhead.py
+
+mlflow-ui: setup  ## MLflow UI on the local store: http://127.0.0.1:5000
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --host 127.0.0.1 --port 5000
+
+prefect-ui: setup  ## a local Prefect server and UI: http://127.0.0.1:4200
+	$(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
 
 clean:  ## remove outputs and local stores (keeps .venv)
 	rm -rf runs data/shapes .pytest_cache mlflow/mlflow.db mlflow/artifacts dvc-store

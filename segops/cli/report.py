@@ -73,7 +73,7 @@ def print_run_result(result: dict) -> None:
     for reason in decision["reasons"]:
         console.print(f"  - {reason}")
     console.print(
-        "open the UIs:\n  mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db "
-        "--port 5000   -> http://127.0.0.1:5000\n  prefect server start   -> http://127.0.0.1:4200"
-        " (then `segops run` with PREFECT_API_URL=http://127.0.0.1:4200/api to record runs there)"
+        "open the UIs:\n  make mlflow-ui    -> http://127.0.0.1:5000 (runs, metrics, registry)\n"
+        "  make prefect-ui   -> http://127.0.0.1:4200 (then run with "
+        "PREFECT_API_URL=http://127.0.0.1:4200/api to keep flow runs there)"
     )
