@@ -159,21 +159,41 @@ def _leak(root: Path) -> None:
         shutil.copyfile(root / sub / f"{train_id}.png", root / sub / f"{val_id}.png")
 
 
+def _missing_mask(root: Path) -> None:
+    (root / "masks" / "00002.png").unlink()
+
+
+def _empty_val_split(root: Path) -> None:
+    (root / "splits").mkdir()
+    ids = sorted(p.stem for p in (root / "images").glob("*.png"))
+    (root / "splits" / "train.txt").write_text("\n".join(ids) + "\n")
+
+
+def _class_never_in_training(root: Path) -> None:
+    with open(root / "classes.txt", "a") as fh:
+        fh.write("hexagon\n")
+
+
 @pytest.mark.parametrize(
-    ("breaker", "expectation"),
+    ("breaker", "expectation", "extra"),
     [
-        (_break_mask_value, "mask_values"),
-        (_break_size, "sizes_match"),
-        (_break_image, "files_readable"),
-        (_leak, "no_leakage"),
+        (_break_mask_value, "mask_values_valid", []),
+        (_break_size, "sizes_match", []),
+        (_break_image, "files_readable", []),
+        (_leak, "no_leakage_across_splits", []),
+        (_missing_mask, "files_readable", []),
+        (_empty_val_split, "required_splits_present", []),
+        (_class_never_in_training, "classes_in_train", []),
+        (None, "foreground_fraction_in_bounds", ["validation.foreground_fraction=[0.0, 0.01]"]),
     ],
 )
-def test_bad_data_stops_the_flow_before_training(harness, workspace, breaker, expectation):
+def test_bad_data_stops_the_flow_before_training(harness, workspace, breaker, expectation, extra):
     from flows.retrain import ValidationFailed
 
-    breaker(workspace / "data" / "shapes")
+    if breaker is not None:
+        breaker(workspace / "data" / "shapes")
     with pytest.raises(ValidationFailed, match=expectation):
-        run_flow(workspace, "train.epochs=1")
+        run_flow(workspace, "train.epochs=1", *extra)
     client = MlflowClient()
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
     assert client.search_model_versions(f"name = '{MODEL}'") == []
