@@ -36,6 +36,11 @@ def version_data(config: dict, workspace: str) -> dict:
     return pipeline.version_step(config, workspace)
 
 
+@task(name="check-unchanged", cache_policy=NO_CACHE)
+def find_unchanged(config: dict, data: dict) -> dict | None:
+    return pipeline.unchanged_step(config, data)
+
+
 @task(name="train", retries=1, retry_delay_seconds=1, cache_policy=NO_CACHE)
 def train_model(config: dict, attempt_key: str, tags: dict, artifacts: dict) -> dict:
     return pipeline.train_step(config, attempt_key, tags, artifacts)
@@ -68,8 +73,13 @@ def retrain(
     overrides: list[str] | None = None,
     dataset: str | None = None,
     workspace: str = ".",
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Take a dataset to a registered, gated model; returns model ref, metrics and decision."""
+    """Take a dataset to a registered, gated model; returns model ref, metrics and decision.
+
+    Skips training (returns `skipped: True` and the existing version) when a registered version
+    was made from the same dataset md5, config hash and code version, unless `force`.
+    """
     extra = [f"data.root={dataset}"] if dataset else []
     key = str(flow_run.id or uuid.uuid4())
     cfg = load_config(params, [*(overrides or []), *extra])
@@ -82,6 +92,15 @@ def retrain(
             f"nothing was trained or registered. Report: {report['json']}"
         )
     data = version_data(config, workspace)
+    same = None if force else find_unchanged(config, data)
+    if same is not None:
+        note = (
+            f"Skipped training: {same['uri']} was already made from data {data['md5']}, "
+            "this config and this code. Change any of them, or pass force=True, to retrain."
+        )
+        print(note)
+        create_markdown_artifact(f"## Nothing to retrain\n\n{note}\n", key="retrain-skipped")
+        return {"skipped": True, "model": same, "data": data, "metrics": None, "decision": None}
     tags = pipeline.lineage_tags(data, report, key, workspace)
     artifacts = {"lineage/data.dvc": data["dvc_text"], "lineage/validation.json": report["json"]}
     trained = train_model(config, key, tags, artifacts)
@@ -89,4 +108,10 @@ def retrain(
     model = register_model(config, trained["run_id"], trained["checkpoint"], key)
     decision = promote_model(config, model)
     create_markdown_artifact(_decision_markdown(model, decision), key="promotion-decision")
-    return {"model": model, "metrics": metrics, "decision": decision, "data": data}
+    return {
+        "skipped": False,
+        "model": model,
+        "metrics": metrics,
+        "decision": decision,
+        "data": data,
+    }

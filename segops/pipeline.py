@@ -65,10 +65,12 @@ def lineage_tags(
     data_version: dict[str, Any], validation: dict[str, Any], flow_run_id: str, workspace: str = "."
 ) -> dict[str, str]:
     """The lineage tags every run and registered version carries (see ARCHITECTURE.md)."""
+    from segops.lineage.code import code_version
     from segops.tracking import git_state
 
     git = git_state(workspace)
     return {
+        LINEAGE + "code.version": code_version(),
         LINEAGE + "data.md5": data_version["md5"],
         LINEAGE + "data.path": data_version["path"],
         LINEAGE + "data.dvc_file": data_version["dvc_file"],
@@ -78,6 +80,32 @@ def lineage_tags(
         LINEAGE + "validation.passed": str(validation["success"]).lower(),
         LINEAGE + "prefect.flow_run_id": flow_run_id or "none",
     }
+
+
+def unchanged_step(config: dict[str, Any], data_version: dict[str, Any]) -> dict[str, str] | None:
+    """The registered version already made from this data, config and code, or None.
+
+    Compares the dataset md5, the config hash (locations and promotion settings excluded) and
+    the code version with the tags of the registered versions of `promotion.model_name`.
+    """
+    from segops import tracking
+    from segops.config import config_hash
+    from segops.lineage.code import code_version
+    from segops.promotion.registry import find_version
+
+    cfg = _cfg(config)
+    tracking.connect(cfg.tracking)
+    same = {
+        LINEAGE + "data.md5": data_version["md5"],
+        LINEAGE + "config_hash": config_hash(cfg),
+        LINEAGE + "code.version": code_version(),
+    }
+    ref = find_version(cfg.promotion.model_name, same)
+    return (
+        None
+        if ref is None
+        else {"name": ref.name, "version": ref.version, "run_id": ref.run_id, "uri": ref.uri}
+    )
 
 
 def train_step(
@@ -121,24 +149,12 @@ def train_step(
 def evaluate_step(config: dict[str, Any], run_id: str, checkpoint: str) -> dict[str, Any]:
     """Evaluate the checkpoint; log metrics, per-class IoU, tables and plots to the run."""
     from segops import tracking
-    from segops.evaluate.report import evaluate_checkpoint
+    from segops.evaluate.report import evaluate_checkpoint, headline_metrics
 
     cfg = _cfg(config)
     tracking.connect(cfg.tracking)
     report = evaluate_checkpoint(cfg, checkpoint)
-    summary = json.loads(Path(report.metrics_json).read_text())
-    metrics = {
-        k: summary[k]
-        for k in (
-            "mean_iou",
-            "mean_dice",
-            "pixel_accuracy",
-            "mean_precision",
-            "mean_recall",
-            "mean_f1",
-        )
-    }
-    metrics |= {f"iou.{name}": v["iou"] for name, v in summary["per_class"].items()}
+    metrics = headline_metrics(json.loads(Path(report.metrics_json).read_text()))
     tracking.log_metrics(run_id, metrics)
     tracking.log_file(run_id, report.out_dir, "eval")
     return {

@@ -189,3 +189,33 @@ def run_summary(run_id: str) -> dict[str, Any]:
         "params": dict(run.data.params),
         "artifact_uri": run.info.artifact_uri,
     }
+
+
+def artifact_paths(run_id: str, path: str | None = None) -> list[str]:
+    """Paths of the run's artifacts directly under `path` (files and folders)."""
+    return [a.path for a in MlflowClient().list_artifacts(run_id, path)]
+
+
+def download_artifact(run_id: str, path: str, dst: str | Path) -> Path | None:
+    """Download artifact `path` of the run into `dst`; None when the store no longer has it."""
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=path, dst_path=str(dst)
+        )
+    except (mlflow.exceptions.MlflowException, OSError):
+        return None
+    return Path(local) if Path(local).exists() else None
+
+
+def download_model(model_uri: str, dst: str | Path) -> Path:
+    """Download the files of a `models:/` or `runs:/` model into `dst`; returns the folder."""
+    return Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(dst)))
+
+
+def find_run_or_none(run_id: str) -> dict[str, Any] | None:
+    """`run_summary` plus status and start time, or None when the run does not exist."""
+    try:
+        run = MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return None
+    return run_summary(run_id) | {"status": run.info.status, "start_time": run.info.start_time}

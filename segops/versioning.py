@@ -144,6 +144,11 @@ def read_version(workspace: str | Path, path: str = "data") -> DataVersion:
     return _version(root, _relative(root, path), name, url, 0)
 
 
+def dvc_text_md5(dvc_text: str, where: str = "dvc text") -> str:
+    """The dataset version (md5 ending `.dir`) a `.dvc` file's text names."""
+    return _dvc_md5(dvc_text, where)
+
+
 def remote_has(dvc_text: str, remote_url: str) -> bool:
     """Return True when the remote holds the manifest and every file object of this version."""
     return not _missing(_remote_odb(remote_url), _dvc_md5(dvc_text, "dvc_text"))

@@ -12,6 +12,9 @@ from typing import Annotated
 
 import typer
 
+from segops.cli import lineage
+from segops.cli.common import DatasetOpt, ParamsOpt, SetOpt, config, echo
+from segops.cli.dataops import data_add
 from segops.errors import SegopsError
 
 app = typer.Typer(
@@ -22,31 +25,6 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Build and inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-
-ParamsOpt = Annotated[
-    Path, typer.Option("--params", "-p", help="params file (one section per step)")
-]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", "-s", help="override, e.g. --set train.epochs=3 (repeatable)"),
-]
-DatasetOpt = Annotated[
-    Path | None, typer.Option("--dataset", "-d", help="dataset root (overrides data.root)")
-]
-
-
-def _config(params: Path, overrides: list[str] | None, dataset: Path | None = None):
-    from segops.config import load_config
-
-    extra = [f"data.root={dataset}"] if dataset else []
-    path = params if params.exists() or params != Path("params.yaml") else None
-    return load_config(path, [*(overrides or []), *extra])
-
-
-def _echo(text: str) -> None:
-    from segops.cli.progress import console
-
-    console.print(text, highlight=False)
 
 
 @data_app.command("shapes")
@@ -62,13 +40,13 @@ def data_shapes(
     from segops.cli.progress import counter
     from segops.data.shapes import generate_shapes
 
-    cfg = _config(params, overrides)
+    cfg = config(params, overrides)
     out = out or cfg.data.root
     n, size = n or cfg.shapes.n, size or cfg.shapes.size
     seed = cfg.shapes.seed if seed is None else seed
     with counter(f"shapes -> {out}") as update:
         generate_shapes(out, n=n, size=size, seed=seed, progress=lambda i: update(i, n))
-    _echo(f"wrote {n} samples ({size}x{size}, seed {seed}) to {out}")
+    echo(f"wrote {n} samples ({size}x{size}, seed {seed}) to {out}")
 
 
 @data_app.command("inspect")
@@ -81,7 +59,7 @@ def data_inspect(
     from segops.cli.report import print_dataset_summary
     from segops.data.manifest import load_dataset
 
-    cfg = _config(params, overrides, dataset)
+    cfg = config(params, overrides, dataset)
     info = load_dataset(cfg.data, eval_split=None, write_splits=False)
     print_dataset_summary(info)
 
@@ -100,7 +78,7 @@ def train(
     from segops.data.manifest import load_dataset
     from segops.train.loop import train as run_training
 
-    cfg = _config(params, overrides, dataset)
+    cfg = config(params, overrides, dataset)
     with counter("checking dataset") as update:
         info = load_dataset(cfg.data, eval_split="val", progress=update)
     bars = RichTrainProgress()
@@ -108,7 +86,7 @@ def train(
         result = run_training(cfg, resume=resume, callbacks=[bars], dataset=info)
     finally:
         bars.close()
-    _echo(
+    echo(
         f"best val mean IoU {result.best_miou:.4f} at epoch {result.best_epoch} "
         f"({result.epochs_run} epochs{', stopped early' if result.stopped_early else ''})\n"
         f"best checkpoint: {result.best_checkpoint}\nhistory: {result.history_csv}"
@@ -131,7 +109,7 @@ def evaluate(
     from segops.cli.report import print_eval_report
     from segops.evaluate.report import evaluate_checkpoint
 
-    cfg = _config(params, overrides, dataset)
+    cfg = config(params, overrides, dataset)
     with counter("evaluating") as update:
         report = evaluate_checkpoint(cfg, checkpoint, split, out, progress=update)
     print_eval_report(report)
@@ -151,7 +129,7 @@ def predict(
 
     with counter(f"predicting -> {out}") as update:
         written = predict_folder(checkpoint, src, out, progress=update)
-    _echo(f"wrote {len(written)} masks and overlays to {out}")
+    echo(f"wrote {len(written)} masks and overlays to {out}")
 
 
 models_app = typer.Typer(
@@ -189,7 +167,7 @@ def models_registered(
     from segops import tracking
     from segops.cli.report import print_registered
 
-    cfg = _config(params, overrides)
+    cfg = config(params, overrides)
     tracking.connect(cfg.tracking)
     print_registered(name or cfg.promotion.model_name)
 
@@ -203,9 +181,9 @@ def validate(
     """Run the Great Expectations suite on a dataset; writes validation.json and .md."""
     from segops.validation import validate_dataset
 
-    cfg = _config(params, overrides, dataset)
+    cfg = config(params, overrides, dataset)
     report = validate_dataset(cfg)
-    _echo(report.to_markdown())
+    echo(report.to_markdown())
     if not report.success:
         raise typer.Exit(1)
 
@@ -216,14 +194,20 @@ def run(
     overrides: SetOpt = None,
     dataset: DatasetOpt = None,
     workspace: Annotated[Path, typer.Option(help="DVC workspace (repository root)")] = Path("."),
+    force: Annotated[
+        bool, typer.Option(help="retrain even if this data, config and code made a version")
+    ] = False,
 ) -> None:
-    """Run the `retrain` Prefect flow: validate, version (DVC), train, evaluate, register,
-    promote. Uses PREFECT_API_URL and MLFLOW_TRACKING_URI when set, else local stores."""
+    """Run the `retrain` Prefect flow: data to a registered, gated model.
+
+    Validate, version (DVC), train, evaluate, register, promote. Skips training when a
+    registered version was made from the same data md5, config hash and code version (--force
+    retrains). Uses PREFECT_API_URL and MLFLOW_TRACKING_URI when set, else local stores."""
     import importlib
 
     from segops.cli.report import print_run_result
 
-    _config(params, overrides, dataset)  # fail fast on a bad config, before Prefect starts
+    config(params, overrides, dataset)  # fail fast on a bad config, before Prefect starts
     retrain = importlib.import_module("flows.retrain").retrain
     path = str(params) if params.exists() or params != Path("params.yaml") else None
     result = retrain(
@@ -231,6 +215,7 @@ def run(
         overrides=list(overrides or []),
         dataset=str(dataset) if dataset else None,
         workspace=str(workspace),
+        force=force,
     )
     print_run_result(result)
 
@@ -249,12 +234,12 @@ def promote(
     from segops import tracking
     from segops.promotion import registry
 
-    cfg = _config(params, overrides)
+    cfg = config(params, overrides)
     tracking.connect(cfg.tracking)
     name = cfg.promotion.model_name
     if rollback:
         ref = registry.rollback(name, reason)
-        _echo(f"champion of {name} is now version {ref.version} ({reason})")
+        echo(f"champion of {name} is now version {ref.version} ({reason})")
         return
     if model is None:
         raise typer.BadParameter("give a models:/NAME/VERSION, or --rollback")
@@ -264,7 +249,13 @@ def promote(
     model_ref = {"name": ref.name, "version": ref.version, "run_id": ref.run_id}
     decision = promote_step(cfg.to_dict(), model_ref)
     verdict = "promoted to champion" if decision["promote"] else "not promoted"
-    _echo(f"{ref.uri}: {verdict}\n" + "\n".join(f"- {r}" for r in decision["reasons"]))
+    echo(f"{ref.uri}: {verdict}\n" + "\n".join(f"- {r}" for r in decision["reasons"]))
+
+
+data_app.command("add")(data_add)
+app.command()(lineage.audit)
+app.command()(lineage.reproduce)
+models_app.command("history")(lineage.models_history)
 
 
 def main() -> None:

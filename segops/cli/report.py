@@ -65,6 +65,12 @@ def print_registered(name: str) -> None:
 def print_run_result(result: dict) -> None:
     """What `segops run` made, and how to look at it in the UIs."""
     model, decision, metrics = result["model"], result["decision"], result["metrics"]
+    if result.get("skipped"):
+        console.print(
+            f"nothing to retrain: [bold]{model['uri']}[/] was made from data "
+            f"{result['data']['md5']}, this config and this code (use --force to retrain)"
+        )
+        return
     alias = "champion" if decision["promote"] else "challenger"
     console.print(
         f"registered [bold]{model['uri']}[/] (alias {alias}); mean IoU {metrics['mean_iou']:.4f} "
@@ -77,3 +83,36 @@ def print_run_result(result: dict) -> None:
         "  make prefect-ui   -> http://127.0.0.1:4200 (then run with "
         "PREFECT_API_URL=http://127.0.0.1:4200/api to keep flow runs there)"
     )
+
+
+_STATUS = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "unchecked": "unchecked"}
+
+
+def print_audit(report, paths) -> None:
+    """One row per lineage link of an `AuditReport`, the verdict and where the reports are."""
+    table = Table("link", "status", "detail")
+    for link in report.links:
+        table.add_row(link.name, _STATUS.get(link.status, "[red]BROKEN[/]"), link.detail)
+    console.print(table)
+    verdict = "[green]intact[/]" if report.ok else f"[red]broken: {', '.join(report.broken)}[/]"
+    console.print(f"{report.version_uri or report.model_uri}: lineage {verdict}")
+    console.print(f"reports: {paths[0]}, {paths[1]}")
+
+
+def print_history(name: str, events: list[dict]) -> None:
+    """The events of `segops.lineage.history.build_history` as a table."""
+    if not events:
+        console.print(f"no registered versions of {name!r}")
+        return
+    table = Table("time (UTC)", "version", "event", "data md5", "mean IoU", "flow run", "detail")
+    for e in events:
+        table.add_row(
+            e["at"][:19].replace("T", " "),
+            e["version"],
+            e["event"],
+            e.get("data", "")[:12],
+            e.get("mean_iou", "")[:6],
+            e.get("flow_run", "")[:8],
+            e["detail"][:90],
+        )
+    console.print(table)

@@ -41,6 +41,15 @@ class EvalReport:
     plots: tuple[str, ...]
 
 
+HEADLINE = ("mean_iou", "mean_dice", "pixel_accuracy", "mean_precision", "mean_recall", "mean_f1")
+
+
+def headline_metrics(summary: dict) -> dict[str, float]:
+    """The flat metrics logged per run: the means and `iou.<class>`, from metrics.json."""
+    metrics = {k: summary[k] for k in HEADLINE}
+    return metrics | {f"iou.{name}": v["iou"] for name, v in summary["per_class"].items()}
+
+
 @torch.inference_mode()
 def score_split(
     trained: TrainedModel,

@@ -18,7 +18,13 @@ from segops.data.manifest import DatasetInfo
 from segops.evaluate.report import EvalReport, evaluate_model
 from segops.inference import default_device, load_model_files
 from segops.promotion.decide import PromotionDecision, Scores, decide
-from segops.promotion.registry import ModelRef, champion, promotion_lock, record_decision
+from segops.promotion.registry import (
+    ModelRef,
+    champion,
+    now_iso,
+    promotion_lock,
+    record_decision,
+)
 
 
 def scores_from_files(metrics_json: str | Path, per_image_csv: str | Path) -> Scores:
@@ -74,5 +80,6 @@ def promote(ref: ModelRef, cfg: Config, lock_dir: str | Path) -> PromotionDecisi
         decision = decide(challenger, base, cfg.promotion)
         tags = decision.to_tags()
         tags["promotion.champion_version"] = holder.version if holder else "none"
+        tags["promotion.decided_at"] = now_iso()
         record_decision(ref, tags, decision.promote, "; ".join(decision.reasons))
     return decision

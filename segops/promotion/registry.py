@@ -43,6 +43,15 @@ class ModelRef:
         return f"models:/{self.name}/{self.version}"
 
 
+def now_iso() -> str:
+    """The time now as UTC ISO 8601 with milliseconds (orders events within a second)."""
+    now = time.time()
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+        + f".{int(now * 1000) % 1000:03d}+00:00"
+    )
+
+
 def _ensure_model(client: MlflowClient, name: str) -> None:
     with contextlib.suppress(MlflowException):  # already exists (possibly made concurrently)
         client.create_registered_model(name, description="segops segmentation model")
@@ -106,7 +115,7 @@ def history(name: str) -> list[dict]:
 
 
 def _append_history(name: str, version: str, action: str, reason: str) -> None:
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    now = now_iso()
     entry = {"version": version, "action": action, "reason": reason, "at": now}
     entries = [*history(name), entry][-HISTORY_KEEP:]
     MlflowClient().set_registered_model_tag(name, HISTORY_TAG, json.dumps(entries))
@@ -179,7 +188,27 @@ def list_versions(name: str) -> list[dict]:
             "aliases": sorted(a for a, ver in aliases.items() if str(ver) == str(v.version)),
             "tags": dict(v.tags),
             "created": v.creation_timestamp,
+            "updated": v.last_updated_timestamp,
             "run_id": v.run_id,
         }
         for v in sorted(found, key=lambda v: int(v.version))
     ]
+
+
+def find_version(name: str, tags: dict[str, str]) -> ModelRef | None:
+    """The newest version of `name` whose tags include all of `tags`, or None."""
+    client = MlflowClient()
+    clauses = [f"name = '{name}'", *(f"tags.`{k}` = '{v}'" for k, v in tags.items())]
+    try:
+        found = client.search_model_versions(" and ".join(clauses))
+    except MlflowException:  # no such registered model yet
+        return None
+    if not found:
+        return None
+    newest = max(found, key=lambda v: int(v.version))
+    return ModelRef(newest.name, str(newest.version), newest.run_id)
+
+
+def version_tags(ref: ModelRef) -> dict[str, str]:
+    """Tags of one registered version (promotion decision, lineage copies)."""
+    return dict(MlflowClient().get_model_version(ref.name, ref.version).tags)

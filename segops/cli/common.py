@@ -1,0 +1,38 @@
+"""Options and helpers every `segops` command shares (stdlib and typer only: imported at start)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from segops.config import Config
+
+ParamsOpt = Annotated[
+    Path, typer.Option("--params", "-p", help="params file (one section per step)")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="override, e.g. --set train.epochs=3 (repeatable)"),
+]
+DatasetOpt = Annotated[
+    Path | None, typer.Option("--dataset", "-d", help="dataset root (overrides data.root)")
+]
+
+
+def config(params: Path, overrides: list[str] | None, dataset: Path | None = None) -> Config:
+    """The resolved config: `params` (may be absent if it is the default) plus overrides."""
+    from segops.config import load_config
+
+    extra = [f"data.root={dataset}"] if dataset else []
+    path = params if params.exists() or params != Path("params.yaml") else None
+    return load_config(path, [*(overrides or []), *extra])
+
+
+def echo(text: str) -> None:
+    """Print to the console shared with the progress bars (no highlighting)."""
+    from segops.cli.progress import console
+
+    console.print(text, highlight=False)

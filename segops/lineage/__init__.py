@@ -1,0 +1,1 @@
+"""Lineage: audit and reproduce any registered version, its history, the code version."""

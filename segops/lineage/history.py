@@ -1,0 +1,68 @@
+"""`segops models history`: every version and every champion move of a model, in time order.
+
+Merges three records: the registry's versions (with their lineage tags: data version, flow run,
+metrics), the promotion decision tags on each version, and our append-only champion log
+(promotions and rollbacks, see `segops.promotion.registry`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+_RANK = {"registered": 0, "decided": 1, "promoted": 2, "rolled_back": 2}
+
+
+def _when(value: str | int | None) -> datetime:
+    """An ISO timestamp (ours) or epoch milliseconds (MLflow's) as an aware datetime."""
+    if isinstance(value, int):
+        return datetime.fromtimestamp(value / 1000, UTC)
+    return datetime.fromisoformat(str(value)) if value else datetime.fromtimestamp(0, UTC)
+
+
+def _registered(v: dict[str, Any]) -> dict[str, Any]:
+    tags = v["tags"]
+    return {
+        "at": _when(v["created"]),
+        "version": v["version"],
+        "event": "registered",
+        "data": tags.get("segops.data.md5", ""),
+        "mean_iou": tags.get("metrics.mean_iou", ""),
+        "flow_run": tags.get("segops.prefect.flow_run_id", ""),
+        "detail": f"run {v['run_id']}",
+    }
+
+
+def _decided(v: dict[str, Any]) -> dict[str, Any]:
+    tags = v["tags"]
+    verdict = "pass" if tags["promotion.promote"] == "true" else "fail"
+    against = tags.get("promotion.champion_version", "none")
+    return {
+        "at": _when(tags.get("promotion.decided_at") or v.get("updated")),
+        "version": v["version"],
+        "event": "decided",
+        "detail": f"{verdict} vs champion {against}: {tags.get('promotion.reasons', '')}",
+    }
+
+
+def build_history(versions: list[dict], moves: list[dict]) -> list[dict[str, Any]]:
+    """Events sorted by time: each version registered, its gate decision, champion moves.
+
+    `versions` as from `registry.list_versions`, `moves` as from `registry.history`. Each event:
+    at (ISO), version, event, detail, and for registrations data md5, mean IoU and flow run.
+    """
+    events = [_registered(v) for v in versions]
+    events += [_decided(v) for v in versions if "promotion.promote" in v["tags"]]
+    events += [
+        {"at": _when(m["at"]), "version": m["version"], "event": m["action"], "detail": m["reason"]}
+        for m in moves
+    ]
+    events.sort(key=lambda e: (e["at"], _RANK[e["event"]], int(e["version"])))
+    return [e | {"at": e["at"].isoformat(timespec="milliseconds")} for e in events]
+
+
+def model_history(name: str) -> list[dict[str, Any]]:
+    """`build_history` of registered model `name` (an empty list when it does not exist)."""
+    from segops.promotion.registry import history, list_versions
+
+    return build_history(list_versions(name), history(name))

@@ -1,0 +1,190 @@
+"""`segops reproduce`: rebuild a registered version from its lineage and compare.
+
+Restores the exact dataset by its hash from the DVC remote into a fresh folder, retrains with
+the run's recorded config (seed included), evaluates, then compares every weight tensor with the
+registered ones and every headline metric with the recorded value. On CPU in deterministic mode
+the weights come out identical; on a GPU the report shows how far they moved.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from segops.errors import SegopsError
+
+
+class ReproduceError(SegopsError):
+    """The recorded lineage is not enough to rebuild the version."""
+
+
+@dataclass(frozen=True)
+class ReproduceReport:
+    model_uri: str
+    version_uri: str
+    out_dir: str
+    data_md5: str
+    restored_to: str
+    device: str
+    config_hash_match: bool  # the retrained checkpoint's config hash equals the recorded one
+    dataset_hash_match: bool  # the restored data fingerprints as the recorded data did
+    weights_identical: bool
+    max_weight_diff: float  # largest absolute difference over every weight tensor
+    tensors_differing: tuple[str, ...]
+    metrics: dict[str, dict[str, float]]  # name -> recorded, reproduced, diff
+
+    @property
+    def max_metric_diff(self) -> float:
+        return max((abs(m["diff"]) for m in self.metrics.values()), default=0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able fields plus the largest metric difference."""
+        data = asdict(self) | {"max_metric_diff": self.max_metric_diff}
+        return data | {"tensors_differing": list(self.tensors_differing)}
+
+    def to_markdown(self) -> str:
+        """Verdict, the hash checks and a table of recorded vs reproduced metrics."""
+        verdict = "identical weights" if self.weights_identical else "weights differ"
+        rows = "\n".join(
+            f"| {k} | {m['recorded']:.6f} | {m['reproduced']:.6f} | {m['diff']:+.6f} |"
+            for k, m in self.metrics.items()
+        )
+        return (
+            f"# Reproduction of {self.version_uri}: {verdict}\n\n"
+            f"- data {self.data_md5} restored to `{self.restored_to}`\n- device: {self.device}\n"
+            f"- config hash matches: {self.config_hash_match}; dataset hash matches: "
+            f"{self.dataset_hash_match}\n- max weight difference: {self.max_weight_diff:.3g} "
+            f"({len(self.tensors_differing)} tensors differ)\n\n"
+            f"| metric | recorded | reproduced | diff |\n|---|---|---|---|\n{rows}\n"
+        )
+
+    def write(self) -> tuple[Path, Path]:
+        """Write reproduce.json and reproduce.md into `out_dir`; returns their paths."""
+        out = Path(self.out_dir)
+        (out / "reproduce.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        (out / "reproduce.md").write_text(self.to_markdown())
+        return out / "reproduce.json", out / "reproduce.md"
+
+
+def data_subdir(root: str, versioned: str) -> Path:
+    """Where the dataset root lies inside the versioned folder (`data/shapes` in `data`)."""
+    r, v = Path(root), Path(versioned)
+    if r.is_relative_to(v):
+        return r.relative_to(v)
+    n = len(v.parts)  # one is absolute and the other relative: match the versioned tail
+    for i in range(len(r.parts) - n, -1, -1):
+        if r.parts[i : i + n] == v.parts:
+            return Path(*r.parts[i + n :])
+    raise ReproduceError(f"data.root {root} is not inside versioning.path {versioned}")
+
+
+def _recorded(run_id: str, scratch: Path) -> tuple[str, dict[str, Any]]:
+    """The run's `.dvc` text and resolved config, from its artifacts."""
+    from segops import tracking
+
+    dvc = tracking.download_artifact(run_id, "lineage/data.dvc", scratch)
+    config = tracking.download_artifact(run_id, "config.yaml", scratch)
+    if dvc is None or config is None:
+        raise ReproduceError(
+            f"run {run_id} lacks lineage/data.dvc or config.yaml: run `segops audit` to see "
+            "which link is broken"
+        )
+    return dvc.read_text(), yaml.safe_load(config.read_text())
+
+
+def _rebuild_config(raw: dict[str, Any], data_root: Path, out: Path):
+    """The recorded config with only its locations moved into `out`."""
+    from segops.config import build_config
+
+    raw = json.loads(json.dumps(raw))  # a deep copy
+    raw["data"]["root"] = str(data_root)
+    raw["train"]["out_dir"] = str(out / "train")
+    raw["validation"]["report_dir"] = str(out / "validation")
+    return build_config(raw, "recorded config")
+
+
+def compare_weights(a: dict, b: dict) -> tuple[bool, float, tuple[str, ...]]:
+    """(identical, max absolute difference, names of differing tensors) of two state dicts."""
+    import torch
+
+    if a.keys() != b.keys():
+        missing = sorted(set(a) ^ set(b))
+        return False, float("inf"), tuple(missing)
+    differing, largest = [], 0.0
+    for name, tensor in a.items():
+        other = b[name].to(tensor.device)
+        if not torch.equal(tensor, other):
+            differing.append(name)
+            diff = (tensor.double() - other.double()).abs().max().item() if tensor.numel() else 0
+            largest = max(largest, float(diff))
+    return not differing, largest, tuple(differing)
+
+
+def _metric_diffs(recorded: dict[str, float], reproduced: dict[str, float]) -> dict:
+    return {
+        k: {"recorded": recorded[k], "reproduced": v, "diff": v - recorded[k]}
+        for k, v in reproduced.items()
+        if k in recorded
+    }
+
+
+def reproduce(model_uri: str, out_dir: str | Path, callbacks: Sequence = ()) -> ReproduceReport:
+    """Rebuild `model_uri` in `out_dir` (absent or empty) and compare; writes the report."""
+    import torch
+
+    from segops import tracking
+    from segops.config import config_hash
+    from segops.evaluate.report import evaluate_checkpoint, headline_metrics
+    from segops.promotion.registry import resolve
+    from segops.train.checkpoint import load_checkpoint
+    from segops.train.loop import train
+    from segops.versioning import dvc_text_md5, restore_dataset
+
+    out = Path(out_dir).resolve()
+    if out.exists() and any(out.iterdir()):
+        raise ReproduceError(f"{out} is not empty: give reproduce a new folder")
+    ref = resolve(model_uri)
+    run = tracking.find_run_or_none(ref.run_id)
+    if run is None:
+        raise ReproduceError(f"{ref.uri}: its run {ref.run_id} is gone from the tracking store")
+    tags = run["tags"]
+    dvc_text, raw = _recorded(ref.run_id, out / "recorded")
+    subdir = data_subdir(raw["data"]["root"], raw["versioning"]["path"])
+    data_dir = out / "workspace" / tags.get("segops.data.path", "data")
+    restore_dataset(dvc_text, tags["segops.data.remote_url"], data_dir)
+    cfg = _rebuild_config(raw, data_dir / subdir, out)
+    result = train(cfg, resume=False, callbacks=list(callbacks))
+    report = evaluate_checkpoint(cfg, result.best_checkpoint, out_dir=out / "eval")
+    model_dir = tracking.download_model(ref.uri, out / "registered")
+    registered = torch.load(next(model_dir.rglob("weights.pt")), weights_only=True)
+    same, largest, differing = compare_weights(
+        registered, load_checkpoint(result.best_checkpoint)["model"]
+    )
+    reproduced = headline_metrics(json.loads(Path(report.metrics_json).read_text()))
+    found = ReproduceReport(
+        model_uri=model_uri,
+        version_uri=ref.uri,
+        out_dir=str(out),
+        data_md5=dvc_text_md5(dvc_text),
+        restored_to=str(data_dir),
+        device=_device_name(),
+        config_hash_match=config_hash(cfg) == tags.get("segops.config_hash"),
+        dataset_hash_match=result.dataset_hash == tags.get("segops.dataset_hash"),
+        weights_identical=same,
+        max_weight_diff=largest,
+        tensors_differing=differing,
+        metrics=_metric_diffs(run["metrics"], reproduced),
+    )
+    found.write()
+    return found
+
+
+def _device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,318 @@
+"""Lineage of a registered version: audit (intact, then one broken link at a time), reproduce
+(identical weights on CPU), history, and "nothing changed" detection.
+
+The chain is made once by the pipeline's step functions (the same ones the Prefect tasks call)
+in a git + DVC workspace with its own MLflow store.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from mlflow import MlflowClient
+
+from segops.data.shapes import generate_shapes
+
+pytestmark = pytest.mark.slow
+
+MODEL = "segops-lineage"
+URI = f"models:/{MODEL}@champion"
+
+
+def _git(ws: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=ws, check=True, capture_output=True)
+
+
+def _overrides(ws: Path) -> list[str]:
+    return [
+        f"data.root={ws / 'data' / 'shapes'}",
+        "data.image_size=32",
+        "data.val_fraction=0.3",
+        "model.options={width: 4, depth: 2}",
+        "train.epochs=2",
+        "train.batch_size=8",
+        "train.warmup_epochs=0",
+        "train.deterministic=true",
+        f"train.out_dir={ws / 'runs' / 'latest'}",
+        "evaluate.worst_k=2",
+        f"versioning.path={ws / 'data'}",
+        f"tracking.artifact_root={ws / 'mlflow' / 'artifacts'}",
+        f"promotion.model_name={MODEL}",
+        "promotion.bootstrap_samples=200",
+    ]
+
+
+def _make_version(config: dict, ws: Path, key: str) -> dict:
+    """validate -> version -> train -> evaluate -> register -> promote, as the flow does."""
+    from segops import pipeline
+
+    report = pipeline.validate_step(config)
+    data = pipeline.version_step(config, str(ws))
+    tags = pipeline.lineage_tags(data, report, f"flow-run-{key}", str(ws))
+    artifacts = {"lineage/data.dvc": data["dvc_text"], "lineage/validation.json": report["json"]}
+    trained = pipeline.train_step(config, key, tags, artifacts)
+    pipeline.evaluate_step(config, trained["run_id"], trained["checkpoint"])
+    model = pipeline.register_step(config, trained["run_id"], trained["checkpoint"], key)
+    pipeline.promote_step(config, model)
+    return {"model": model, "data": data}
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """A promoted version 1 of MODEL, made in a committed git + DVC workspace."""
+    import mlflow
+
+    from segops import pipeline
+    from segops.config import load_config
+    from segops.versioning import configure_remote, ensure_workspace
+
+    tmp = tmp_path_factory.mktemp("lineage")
+    ws = tmp / "ws"
+    ws.mkdir()
+    _git(ws, "init", "-q")
+    ensure_workspace(ws)
+    configure_remote(ws, "local", str(tmp / "remote"))
+    (ws / "README").write_text("lineage test workspace\n")
+    _git(ws, "add", "-A")
+    _git(ws, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    generate_shapes(ws / "data" / "shapes", n=40, size=32, seed=5)
+    saved_env, saved_cwd = os.environ["MLFLOW_TRACKING_URI"], os.getcwd()
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    os.chdir(ws)
+    cfg = load_config(None, _overrides(ws))
+    config = pipeline.attempt_config(cfg.to_dict(), "attempt-a")
+    made = _make_version(config, ws, "attempt-a")
+    yield SimpleNamespace(ws=ws, tmp=tmp, remote=tmp / "remote", config=config, uri=uri, **made)
+    os.chdir(saved_cwd)
+    os.environ["MLFLOW_TRACKING_URI"] = saved_env
+    mlflow.set_tracking_uri(None)
+
+
+def test_audit_of_an_intact_chain_passes_every_link(chain, tmp_path):
+    from segops.lineage.audit import audit
+
+    report = audit(URI, chain.ws)
+    status = {link.name: link.status for link in report.links}
+    assert report.ok and report.version_uri == f"models:/{MODEL}/1"
+    assert status.pop("prefect.flow_run") == "unchecked"  # no PREFECT_API_URL in tests
+    assert set(status.values()) == {"ok"}, report.to_markdown()
+    assert list(status) == [
+        "model_version",
+        "mlflow_run",
+        "weights",
+        "data.dvc",
+        "data.remote",
+        "git.commit",
+        "config",
+        "validation",
+        "environment",
+        "metrics",
+        "promotion",
+    ]
+    assert report.record["data.md5"] == chain.data["md5"]
+    assert report.record["prefect.flow_run_id"] == "flow-run-attempt-a"
+    assert report.record["promotion"]["promote"] == "true"
+    json_path, md_path = report.write(tmp_path)
+    assert '"ok": true' in json_path.read_text() and "intact" in md_path.read_text()
+
+
+def _cli(*args: str, env_uri: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": env_uri, "COLUMNS": "200"}
+    cmd = [sys.executable, "-m", "segops.cli.main", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_audit_cli_writes_reports_and_exit_status(chain, tmp_path):
+    proc = _cli("audit", URI, "--out", str(tmp_path / "ok"), env_uri=chain.uri, cwd=chain.ws)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "ok" / "audit.md").is_file() and "lineage intact" in proc.stderr
+    gone = _cli("audit", f"models:/{MODEL}/9", env_uri=chain.uri, cwd=chain.ws)
+    assert gone.returncode == 1 and "model_version" in gone.stderr
+
+
+def _artifact(chain, relpath: str) -> Path:
+    root = chain.ws / "mlflow" / "artifacts"
+    (found,) = [p for p in root.rglob(Path(relpath).name) if p.as_posix().endswith(relpath)]
+    return found
+
+
+class _Broken:
+    """Context managers that break one link and put it back."""
+
+    @staticmethod
+    def remote(chain):
+        moved = chain.remote.with_name("remote-away")
+        chain.remote.rename(moved)
+        yield
+        moved.rename(chain.remote)
+
+    @staticmethod
+    def artifact(chain):
+        path = _artifact(chain, "lineage/validation.json")
+        kept = path.read_bytes()
+        path.unlink()
+        yield
+        path.write_bytes(kept)
+
+    @staticmethod
+    def commit(chain):
+        client, run_id = MlflowClient(), chain.model["run_id"]
+        kept = client.get_run(run_id).data.tags["segops.git.commit"]
+        client.set_tag(run_id, "segops.git.commit", "0" * 40)
+        yield
+        client.set_tag(run_id, "segops.git.commit", kept)
+
+    @staticmethod
+    def weights(chain):
+        path = next((chain.ws / "mlflow" / "artifacts").rglob("weights.pt"))
+        kept = path.read_bytes()
+        path.write_bytes(kept[:-1] + bytes([kept[-1] ^ 1]))
+        yield
+        path.write_bytes(kept)
+
+
+@pytest.mark.parametrize(
+    ("breaker", "link"),
+    [
+        (_Broken.remote, "data.remote"),
+        (_Broken.artifact, "validation"),
+        (_Broken.commit, "git.commit"),
+        (_Broken.weights, "weights"),
+    ],
+)
+def test_audit_names_the_one_broken_link(chain, breaker, link, tmp_path):
+    from segops.lineage.audit import audit
+
+    steps = breaker(chain)
+    next(steps)
+    try:
+        report = audit(URI, chain.ws)
+        proc = _cli("audit", URI, "--out", str(tmp_path), env_uri=chain.uri, cwd=chain.ws)
+    finally:
+        next(steps, None)
+    assert report.broken == [link], report.to_markdown()
+    assert proc.returncode == 1 and f"broken: {link}" in proc.stderr
+    assert link in (tmp_path / "audit.json").read_text()
+    assert audit(URI, chain.ws).ok  # put back: intact again
+
+
+def test_reproduce_restores_data_and_gives_identical_weights_on_cpu(chain, tmp_path):
+    from segops.lineage.reproduce import reproduce
+
+    report = reproduce(URI, tmp_path / "repro")
+    assert report.weights_identical and report.max_weight_diff == 0.0, report.to_markdown()
+    assert report.config_hash_match and report.dataset_hash_match
+    assert report.data_md5 == chain.data["md5"]
+    assert Path(report.restored_to, "shapes", "classes.txt").is_file()
+    assert report.metrics["mean_iou"]["diff"] == 0.0 and "iou.ellipse" in report.metrics
+    assert report.max_metric_diff == 0.0
+    assert (
+        (tmp_path / "repro" / "reproduce.md")
+        .read_text()
+        .startswith(f"# Reproduction of models:/{MODEL}/1: identical weights")
+    )
+
+
+def test_reproduce_refuses_a_used_folder_and_a_missing_remote(chain, tmp_path):
+    from segops.lineage.reproduce import ReproduceError, reproduce
+    from segops.versioning import VersioningError
+
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "x").write_text("x")
+    with pytest.raises(ReproduceError, match="not empty"):
+        reproduce(URI, tmp_path / "used")
+    steps = _Broken.remote(chain)
+    next(steps)
+    try:
+        with pytest.raises(VersioningError, match="lacks"):
+            reproduce(URI, tmp_path / "new")
+    finally:
+        next(steps, None)
+    assert not (tmp_path / "new" / "workspace" / "data").exists()  # nothing half-restored
+
+
+def test_unchanged_step_finds_the_version_only_for_same_data_config_and_code(chain, monkeypatch):
+    from segops import pipeline
+    from segops.lineage import code
+
+    same = pipeline.unchanged_step(chain.config, chain.data)
+    assert same is not None and same["version"] == "1"
+    other_config = chain.config | {"train": {**chain.config["train"], "lr": 0.01}}
+    assert pipeline.unchanged_step(other_config, chain.data) is None
+    moved = pipeline.attempt_config(chain.config, "elsewhere")  # locations do not count
+    assert pipeline.unchanged_step(moved, chain.data)["version"] == "1"
+    assert pipeline.unchanged_step(chain.config, chain.data | {"md5": "0" * 32 + ".dir"}) is None
+    monkeypatch.setattr(code, "code_version", lambda: "edited")
+    assert pipeline.unchanged_step(chain.config, chain.data) is None
+
+
+def test_history_of_the_chain_and_its_cli(chain):
+    from segops.lineage.history import model_history
+
+    events = model_history(MODEL)
+    assert [(e["event"], e["version"]) for e in events] == [
+        ("registered", "1"),
+        ("decided", "1"),
+        ("promoted", "1"),
+    ]
+    assert events[0]["data"] == chain.data["md5"] and events[0]["flow_run"] == "flow-run-attempt-a"
+    proc = _cli("models", "history", MODEL, "--json", env_uri=chain.uri, cwd=chain.ws)
+    assert proc.returncode == 0 and proc.stdout.count("\n") == 3
+
+
+def test_build_history_orders_registrations_decisions_and_moves():
+    from segops.lineage.history import build_history
+
+    def version(v: str, created: int, **tags: str) -> dict:
+        return {
+            "version": v,
+            "created": created,
+            "updated": created,
+            "run_id": f"r{v}",
+            "tags": tags,
+        }
+
+    versions = [
+        version(
+            "1",
+            1_000,
+            **{"promotion.promote": "true", "promotion.decided_at": "1970-01-01T00:00:02+00:00"},
+        ),
+        version("2", 3_000, **{"promotion.promote": "false", "promotion.reasons": "worse"}),
+        version("3", 5_000),  # registered, never decided
+    ]
+    moves = [
+        {"version": "1", "action": "promoted", "reason": "first", "at": "1970-01-01T00:00:02Z"},
+        {"version": "1", "action": "rolled_back", "reason": "bad", "at": "1970-01-01T00:00:06Z"},
+    ]
+    events = [(e["event"], e["version"]) for e in build_history(versions, moves)]
+    assert events == [
+        ("registered", "1"),
+        ("decided", "1"),
+        ("promoted", "1"),
+        ("registered", "2"),
+        ("decided", "2"),  # no decided_at: the version's update time (3 s) stands in
+        ("registered", "3"),
+        ("rolled_back", "1"),
+    ]
+
+
+def test_code_version_follows_the_sources(tmp_path):
+    from segops.lineage.code import code_version
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    first = code_version((tmp_path / "pkg",))
+    assert code_version((tmp_path / "pkg",)) == first
+    (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
+    assert code_version((tmp_path / "pkg",)) != first
+    shutil.rmtree(tmp_path / "pkg")
+    assert code_version((tmp_path / "pkg",)) != first  # an absent root hashes as empty
