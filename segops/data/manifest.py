@@ -70,7 +70,7 @@ def _read(path: Path, reader) -> tuple[str, object, str | None]:
         return hashlib.sha256(data).hexdigest(), None, str(exc)
 
 
-def _scan_one(root: Path, ref: SampleRef, num_classes: int) -> tuple[dict, list[str]]:
+def scan_one(root: Path, ref: SampleRef, num_classes: int) -> tuple[dict, list[str]]:
     """Row for one sample (always, with flag columns saying what is wrong) and its problems."""
     image_path, mask_path = root / ref.image, root / ref.mask
     image_sha, image, image_err = _read(image_path, read_image)
@@ -193,7 +193,7 @@ def scan_dataset(
         raise DatasetError(f"cannot read dataset at {cfg.root}: {exc}") from None
     rows, problems = [], list(layout.problems)
     with ThreadPoolExecutor(max_workers=4) as pool:
-        jobs = [pool.submit(_scan_one, layout.root, r, len(layout.classes)) for r in layout.samples]
+        jobs = [pool.submit(scan_one, layout.root, r, len(layout.classes)) for r in layout.samples]
         for done, job in enumerate(jobs, 1):
             row, found = job.result()
             rows.append(row)
