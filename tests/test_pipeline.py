@@ -267,6 +267,7 @@ def test_two_flows_at_once_finish_with_one_champion(workspace, tmp_path):
     for i in range(2):
         env = {**os.environ, "PREFECT_HOME": str(tmp_path / f"prefect{i}"), "PREFECT_API_URL": ""}
         cmd = [sys.executable, "-m", "segops.cli.main", "run", "--params", "params.yaml"]
+        cmd += ["--set", f"train.seed={i}"]  # same config twice would be skipped as unchanged
         procs.append(
             subprocess.Popen(
                 cmd,
@@ -286,3 +287,37 @@ def test_two_flows_at_once_finish_with_one_champion(workspace, tmp_path):
     # The version decided second was judged against the first: the lock serialised them.
     judged = {str(v.version): v.tags["promotion.champion_version"] for v in versions}
     assert sorted(judged.values()) in (["1", "none"], ["2", "none"])
+
+
+def _new_pairs(dest: Path, n: int) -> Path:
+    """`n` fresh shapes samples with ids that the dataset does not have yet."""
+    generate_shapes(dest, n=n, size=32, seed=99)
+    for sub in ("images", "masks"):
+        for path in (dest / sub).glob("*.png"):
+            path.rename(path.with_name(f"new{path.name}"))
+    return dest
+
+
+def test_unchanged_inputs_skip_training_and_new_data_retrains(harness, workspace, tmp_path):
+    from segops.data.add import add_pairs
+
+    first = run_flow(workspace, "train.epochs=1")
+    assert first["skipped"] is False and first["model"]["version"] == "1"
+    again = run_flow(workspace, "train.epochs=1")
+    assert again["skipped"] is True and again["model"] == first["model"]
+    assert again["data"]["md5"] == first["data"]["md5"] and again["data"]["pushed"] == 0
+    client = MlflowClient()
+    assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == 1
+    add_pairs(_new_pairs(tmp_path / "new", 6), workspace / "data" / "shapes")
+    changed = run_flow(workspace, "train.epochs=1")
+    assert changed["skipped"] is False and changed["model"]["version"] == "2"
+    assert changed["data"]["md5"] != first["data"]["md5"] and changed["data"]["pushed"] > 0
+    from flows.retrain import retrain
+
+    forced = retrain(
+        params=None,
+        overrides=[*base_overrides(workspace), "train.epochs=1"],
+        workspace=str(workspace),
+        force=True,
+    )
+    assert forced["skipped"] is False and forced["model"]["version"] == "3"

@@ -15,6 +15,7 @@ import typer
 from segops.cli import lineage
 from segops.cli.common import DatasetOpt, ParamsOpt, SetOpt, config, echo
 from segops.cli.dataops import data_add
+from segops.cli.schedule import schedule
 from segops.errors import SegopsError
 
 app = typer.Typer(
@@ -253,6 +254,7 @@ def promote(
 
 
 data_app.command("add")(data_add)
+app.command()(schedule)
 app.command()(lineage.audit)
 app.command()(lineage.reproduce)
 models_app.command("history")(lineage.models_history)
