@@ -99,6 +99,14 @@ def print_audit(report, paths) -> None:
     console.print(f"reports: {paths[0]}, {paths[1]}")
 
 
+def _fixed(text: str, digits: int = 4) -> str:
+    """A metric tag (a string) rounded for a table; empty or non-numeric text unchanged."""
+    try:
+        return f"{float(text):.{digits}f}"
+    except ValueError:
+        return text
+
+
 def print_history(name: str, events: list[dict]) -> None:
     """The events of `segops.lineage.history.build_history` as a table."""
     if not events:
@@ -111,7 +119,7 @@ def print_history(name: str, events: list[dict]) -> None:
             e["version"],
             e["event"],
             e.get("data", "")[:12],
-            e.get("mean_iou", "")[:6],
+            _fixed(e.get("mean_iou", "")),
             e.get("flow_run", "")[:8],
             e["detail"][:90],
         )
