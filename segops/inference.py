@@ -58,15 +58,79 @@ def load_model_files(
     return _assemble(state, info["config"], info["classes"], Path(weights), device)
 
 
+SLIDE_ABOVE = 1.5  # a side longer than this many input sizes is predicted tile by tile
+
+
 @torch.inference_mode()
-def predict_image(trained: TrainedModel, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def predict_image(
+    trained: TrainedModel, image: np.ndarray, sliding: bool | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Mask (HxW uint8 class ids) and class probabilities (CxHxW float32) at the image's size.
 
-    The image is resized to the model's input size; logits are resized back bilinearly.
+    Images up to `SLIDE_ABOVE` times the model's input size are resized to it and the logits
+    resized back bilinearly. Larger ones (or `sliding=True`) are predicted at native resolution
+    with a sliding window (`predict_sliding`), so small objects are not shrunk away.
     """
+    size = trained.config.data.image_size
+    if sliding is None:
+        sliding = max(image.shape[:2]) > SLIDE_ABOVE * size
+    probs = sliding_probs(trained, image) if sliding else _resized_probs(trained, image)
+    return probs.argmax(0).byte().cpu().numpy(), probs.cpu().numpy()
+
+
+def _resized_probs(trained: TrainedModel, image: np.ndarray) -> torch.Tensor:
     (tensor,) = to_tv(image)
     tensor = trained.transform()(tensor).as_subclass(torch.Tensor)
     logits = trained.model(tensor.unsqueeze(0).to(trained.device)).float()
     logits = F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
-    probs = logits.softmax(1)[0]
-    return probs.argmax(0).byte().cpu().numpy(), probs.cpu().numpy()
+    return logits.softmax(1)[0]
+
+
+def _normalised(trained: TrainedModel, image: np.ndarray) -> torch.Tensor:
+    """`[3, H, W]` float image normalised as in training, at its own size."""
+    aug = trained.config.augment
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255
+    mean, std = torch.tensor(aug.mean).view(3, 1, 1), torch.tensor(aug.std).view(3, 1, 1)
+    return (tensor - mean) / std
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Offsets of windows covering `[0, length)`; the last one ends exactly at `length`."""
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window + 1, stride))
+    if starts[-1] != length - window:
+        starts.append(length - window)
+    return starts
+
+
+@torch.inference_mode()
+def sliding_probs(
+    trained: TrainedModel, image: np.ndarray, overlap: float = 0.5, batch: int = 8
+) -> torch.Tensor:
+    """Class probabilities `[C, H, W]` averaged over overlapping windows of the input size.
+
+    The image is zero-padded (the mean colour, after normalising) up to one window where it is
+    smaller; windows go through the model `batch` at a time.
+    """
+    win = trained.config.data.image_size
+    stride = max(1, int(win * (1 - overlap)))
+    x = _normalised(trained, image)
+    height, width = x.shape[1:]
+    x = F.pad(x, (0, max(0, win - width), 0, max(0, win - height)))
+    tiles = [
+        (i, j)
+        for i in window_starts(x.shape[1], win, stride)
+        for j in window_starts(x.shape[2], win, stride)
+    ]
+    total = torch.zeros(len(trained.classes), *x.shape[1:])
+    count = torch.zeros(1, *x.shape[1:])
+    for k in range(0, len(tiles), batch):
+        chunk = tiles[k : k + batch]
+        windows = torch.stack([x[:, i : i + win, j : j + win] for i, j in chunk])
+        logits = trained.model(windows.to(trained.device)).float()
+        logits = F.interpolate(logits, size=(win, win), mode="bilinear", align_corners=False)
+        for (i, j), probs in zip(chunk, logits.softmax(1).cpu(), strict=True):
+            total[:, i : i + win, j : j + win] += probs
+            count[:, i : i + win, j : j + win] += 1
+    return (total / count)[:, :height, :width]

@@ -316,3 +316,28 @@ def test_code_version_follows_the_sources(tmp_path):
     assert code_version((tmp_path / "pkg",)) != first
     shutil.rmtree(tmp_path / "pkg")
     assert code_version((tmp_path / "pkg",)) != first  # an absent root hashes as empty
+
+
+def test_predict_with_a_registered_model(chain, tmp_path):
+    images = sorted((chain.ws / "data" / "shapes" / "images").glob("*.png"))[:3]
+    src = tmp_path / "in"
+    src.mkdir()
+    for path in images:
+        shutil.copy(path, src / path.name)
+    proc = _cli(
+        "predict", str(src), str(tmp_path / "out"), "--model", URI, env_uri=chain.uri, cwd=chain.ws
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = (tmp_path / "out" / "summary.csv").read_text().splitlines()
+    assert len(summary) == 4 and summary[0].startswith("image,width,height,tiled,frac_background")
+    assert (tmp_path / "out" / f"{images[0].stem}_overlay.png").is_file()
+    wrong = _cli(
+        "predict",
+        str(src),
+        str(tmp_path / "x"),
+        "--model",
+        f"models:/{MODEL}@nope",
+        env_uri=chain.uri,
+        cwd=chain.ws,
+    )
+    assert wrong.returncode == 2 and "not in the registry" in wrong.stderr

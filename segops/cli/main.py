@@ -120,17 +120,38 @@ def evaluate(
 def predict(
     src: Annotated[Path, typer.Argument(help="an image file or a folder of images")],
     out: Annotated[Path, typer.Argument(help="output folder for masks and overlays")],
-    checkpoint: Annotated[Path, typer.Option(help="trained checkpoint")] = Path(
-        "runs/latest/checkpoints/best.pt"
-    ),
+    model: Annotated[
+        str | None, typer.Option(help="a registered model: models:/NAME@champion or /NAME/3")
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="a checkpoint instead (runs/latest/checkpoints/best.pt)")
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
 ) -> None:
-    """Predict masks: writes <id>_mask.png (class ids) and <id>_overlay.png at original size."""
-    from segops.cli.progress import counter
-    from segops.predict import predict_folder
+    """Predict masks at original size: <id>_mask.png (class ids), <id>_overlay.png, summary.csv.
 
+    Images much larger than the model's input size are predicted with a sliding window.
+    summary.csv has one row per image with each class's pixel fraction.
+    """
+    from segops.cli.progress import counter
+    from segops.predict import predict_images
+
+    if model and checkpoint:
+        raise typer.BadParameter("give --model or --checkpoint, not both")
+    if model:
+        from segops import tracking
+        from segops.serving.registered import load_registered
+
+        tracking.connect(config(params, overrides).tracking)
+        trained = load_registered(model)
+    else:
+        from segops.inference import load_trained
+
+        trained = load_trained(checkpoint or Path("runs/latest/checkpoints/best.pt"))
     with counter(f"predicting -> {out}") as update:
-        written = predict_folder(checkpoint, src, out, progress=update)
-    echo(f"wrote {len(written)} masks and overlays to {out}")
+        summary = predict_images(trained, src, out, progress=update)
+    echo(f"wrote masks and overlays to {out}; per-image class fractions: {summary}")
 
 
 models_app = typer.Typer(

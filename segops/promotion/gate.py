@@ -16,7 +16,6 @@ import pandas as pd
 from segops.config import Config
 from segops.data.manifest import DatasetInfo
 from segops.evaluate.report import EvalReport, evaluate_model
-from segops.inference import default_device, load_model_files
 from segops.promotion.decide import PromotionDecision, Scores, decide
 from segops.promotion.registry import (
     ModelRef,
@@ -50,11 +49,10 @@ def run_scores(run_id: str) -> Scores:
 
 def reevaluate(ref: ModelRef, cfg: Config, dataset: DatasetInfo | None = None) -> EvalReport:
     """Evaluate registered version `ref` on `cfg`'s data (a fresh temporary output folder)."""
+    from segops.serving.registered import load_registered
+
     tmp = Path(tempfile.mkdtemp(prefix="segops-reeval-"))
-    local = Path(mlflow.artifacts.download_artifacts(f"{ref.uri}", dst_path=str(tmp / "model")))
-    weights = next(local.rglob("weights.pt"))
-    trained = load_model_files(weights, weights.with_name("model.json"), default_device())
-    return evaluate_model(trained, cfg, cfg.evaluate.split, tmp / "eval", dataset)
+    return evaluate_model(load_registered(ref.uri), cfg, cfg.evaluate.split, tmp / "eval", dataset)
 
 
 def _champion_scores(current: ModelRef, cfg: Config, data_version: str) -> Scores:
