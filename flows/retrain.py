@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
@@ -59,6 +59,11 @@ def register_model(config: dict, run_id: str, checkpoint: str, attempt_key: str)
 @task(name="promote", retries=1, cache_policy=NO_CACHE)
 def promote_model(config: dict, model: dict) -> dict:
     return pipeline.promote_step(config, model)
+
+
+@task(name="model-report", retries=1, cache_policy=NO_CACHE)
+def model_report(config: dict, model: dict, checkpoint: str) -> dict:
+    return pipeline.report_step(config, model, checkpoint)
 
 
 def _decision_markdown(model: dict, decision: dict) -> str:
@@ -108,10 +113,18 @@ def retrain(
     model = register_model(config, trained["run_id"], trained["checkpoint"], key)
     decision = promote_model(config, model)
     create_markdown_artifact(_decision_markdown(model, decision), key="promotion-decision")
+    report = model_report(config, model, trained["checkpoint"])
+    if report["link"]:
+        create_link_artifact(
+            report["link"], link_text=f"report of {model['uri']}", key="model-report"
+        )
+    else:
+        print(f"warning: no model report ({report['error']}); the version is registered")
     return {
         "skipped": False,
         "model": model,
         "metrics": metrics,
         "decision": decision,
         "data": data,
+        "report": report,
     }

@@ -219,3 +219,14 @@ def find_run_or_none(run_id: str) -> dict[str, Any] | None:
     except mlflow.exceptions.MlflowException:
         return None
     return run_summary(run_id) | {"status": run.info.status, "start_time": run.info.start_time}
+
+
+def artifact_link(run_id: str, path: str) -> str:
+    """Where a person opens artifact `path` of the run: the MLflow UI page for a tracking
+    server, else the file's `file://` URI in the local artifact store."""
+    run = MlflowClient().get_run(run_id)
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        exp = run.info.experiment_id
+        return f"{uri.rstrip('/')}/#/experiments/{exp}/runs/{run_id}/artifacts/{path}"
+    return f"{run.info.artifact_uri.rstrip('/')}/{path}"

@@ -109,6 +109,15 @@ def test_first_promotes_worse_refused_better_promotes_rollback_restores(harness,
     better = run_flow(workspace, "train.epochs=8")
     assert better["decision"]["promote"] is True, better["decision"]["reasons"]
     assert champion_version() == "3"
+    report = better["report"]
+    assert report["error"] is None and report["link"].endswith("report/model_report.html")
+    html = Path(report["html"]).read_text()
+    assert f"models:/{MODEL}/3" in html and 'id="comparison"' in html
+    assert f"models:/{MODEL}/1" in html  # measured against the champion it replaced
+    assert client.get_model_version(MODEL, "3").tags["segops.report"] == report["link"]
+    logged = {a.path for a in client.list_artifacts(better["model"]["run_id"], "report")}
+    assert logged == {"report/model_report.html"}
+    assert 'id="comparison"' not in Path(first["report"]["html"]).read_text()  # no champion yet
 
     restored = rollback(MODEL, "test rollback")
     assert restored.version == "1" and champion_version() == "1"

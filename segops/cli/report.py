@@ -78,6 +78,9 @@ def print_run_result(result: dict) -> None:
     )
     for reason in decision["reasons"]:
         console.print(f"  - {reason}")
+    report = result.get("report") or {}
+    if report.get("html"):
+        console.print(f"model report: {report['html']}")
     console.print(
         "open the UIs:\n  make mlflow-ui    -> http://127.0.0.1:5000 (runs, metrics, registry)\n"
         "  make prefect-ui   -> http://127.0.0.1:4200 (then run with "

@@ -55,6 +55,19 @@ def reevaluate(ref: ModelRef, cfg: Config, dataset: DatasetInfo | None = None) -
     return evaluate_model(load_registered(ref.uri), cfg, cfg.evaluate.split, tmp / "eval", dataset)
 
 
+def champion_eval_dir(ref: ModelRef, cfg: Config, data_version: str, dst: str | Path) -> Path:
+    """A folder with version `ref`'s evaluation on `data_version`: its logged `eval/` when that
+    was made on this data, else a fresh evaluation (re-evaluated on `cfg`'s data)."""
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=ref.run_id, artifact_path="eval", dst_path=str(dst)
+        )
+    )
+    if json.loads((local / "metrics.json").read_text())["dataset_hash"] == data_version:
+        return local
+    return Path(reevaluate(ref, cfg).out_dir)
+
+
 def _champion_scores(current: ModelRef, cfg: Config, data_version: str) -> Scores:
     scores = run_scores(current.run_id)
     if scores.data_version == data_version:

@@ -212,3 +212,10 @@ def find_version(name: str, tags: dict[str, str]) -> ModelRef | None:
 def version_tags(ref: ModelRef) -> dict[str, str]:
     """Tags of one registered version (promotion decision, lineage copies)."""
     return dict(MlflowClient().get_model_version(ref.name, ref.version).tags)
+
+
+def set_version_tags(ref: ModelRef, tags: dict[str, str]) -> None:
+    """Add `tags` to one registered version (report links, export results)."""
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(ref.name, ref.version, key, value)
