@@ -1,4 +1,5 @@
-"""The `retrain` flow: validate -> version (DVC) -> train -> evaluate -> register -> promote.
+"""The `retrain` flow: validate -> version (DVC) -> train -> evaluate -> export (ONNX) ->
+register -> promote -> report.
 
 Every task calls one `segops.pipeline` function and passes small references (dicts of paths,
 hashes, run ids and `models:/` URIs). Validation runs before versioning so that data failing
@@ -49,6 +50,11 @@ def train_model(config: dict, attempt_key: str, tags: dict, artifacts: dict) -> 
 @task(name="evaluate", retries=1, cache_policy=NO_CACHE)
 def evaluate_model(config: dict, run_id: str, checkpoint: str) -> dict:
     return pipeline.evaluate_step(config, run_id, checkpoint)
+
+
+@task(name="export-onnx", cache_policy=NO_CACHE)
+def export_model(config: dict, run_id: str, checkpoint: str) -> dict:
+    return pipeline.export_step(config, run_id, checkpoint)
 
 
 @task(name="register", retries=1, cache_policy=NO_CACHE)
@@ -110,6 +116,9 @@ def retrain(
     artifacts = {"lineage/data.dvc": data["dvc_text"], "lineage/validation.json": report["json"]}
     trained = train_model(config, key, tags, artifacts)
     metrics = evaluate_model(config, trained["run_id"], trained["checkpoint"])
+    onnx = export_model(config, trained["run_id"], trained["checkpoint"])
+    if onnx.get("segops.onnx.status") != "ok":
+        print(f"warning: ONNX export failed ({onnx.get('segops.onnx.error')}); recorded as tags")
     model = register_model(config, trained["run_id"], trained["checkpoint"], key)
     decision = promote_model(config, model)
     create_markdown_artifact(_decision_markdown(model, decision), key="promotion-decision")
@@ -127,4 +136,5 @@ def retrain(
         "decision": decision,
         "data": data,
         "report": report,
+        "onnx": onnx,
     }

@@ -166,6 +166,25 @@ def evaluate_step(config: dict[str, Any], run_id: str, checkpoint: str) -> dict[
     }
 
 
+def export_step(config: dict[str, Any], run_id: str, checkpoint: str) -> dict[str, str]:
+    """Export the checkpoint to ONNX and compare onnxruntime with PyTorch on the evaluation
+    split; log `onnx/model.onnx` and the `segops.onnx.*` tags (parity numbers, or status
+    "failed" with the error) to the run, from where registration copies them to the version.
+    A failed export is recorded, not raised: the PyTorch model is still registered."""
+    from segops import tracking
+    from segops.serving.onnx import export_and_check
+
+    cfg = _cfg(config)
+    tracking.connect(cfg.tracking)
+    tags = export_and_check(checkpoint, Path(cfg.train.out_dir) / "onnx", cfg)
+    path = tags.pop(LINEAGE + "onnx.path", "")
+    if tags.get(LINEAGE + "onnx.status") == "ok" and path:
+        tracking.log_file(run_id, path, "onnx")
+        tags[LINEAGE + "onnx.artifact"] = "onnx/" + Path(path).name
+    tracking.set_tags(run_id, tags)
+    return tags
+
+
 def register_step(
     config: dict[str, Any], run_id: str, checkpoint: str, attempt_key: str
 ) -> dict[str, Any]:

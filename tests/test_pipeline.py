@@ -98,6 +98,14 @@ def test_first_promotes_worse_refused_better_promotes_rollback_restores(harness,
     assert "val_miou" in run.data.metrics and "iou.ellipse" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "lineage")}
     assert artifacts == {"lineage/data.dvc", "lineage/validation.json"}
+    assert first["onnx"]["segops.onnx.status"] == "ok", first["onnx"]
+    assert float(first["onnx"]["segops.onnx.max_abs_logit_diff"]) < 1e-3
+    version1 = client.get_model_version(MODEL, "1")
+    assert (
+        version1.tags["segops.onnx.status"] == "ok" and "segops.onnx.mean_iou_diff" in version1.tags
+    )
+    onnx_files = {a.path for a in client.list_artifacts(run.info.run_id, "onnx")}
+    assert onnx_files == {"onnx/model.onnx"}
 
     worse = run_flow(workspace, "train.epochs=1", "train.lr=1e-9")
     assert worse["model"]["version"] == "2" and worse["decision"]["promote"] is False
@@ -236,7 +244,7 @@ def test_a_failing_step_leaves_champion_and_versions_untouched(harness, workspac
     assert len(failed) == 1  # one run for the attempt (the retry reused it), marked failed
 
 
-def test_retried_steps_reuse_their_run_and_version(harness, workspace):
+def test_retried_steps_reuse_their_run_and_version(harness, workspace, monkeypatch):
     from segops import pipeline
     from segops.config import load_config
 
@@ -249,7 +257,17 @@ def test_retried_steps_reuse_their_run_and_version(harness, workspace):
     again = pipeline.train_step(config, "attempt-1", tags, {})  # a retry after, say, a timeout
     assert again["run_id"] == first["run_id"]
     pipeline.evaluate_step(config, first["run_id"], first["checkpoint"])
+    import segops.serving.onnx as onnx_export
+
+    def broken_export(*args, **kwargs):
+        raise RuntimeError("boom: unsupported operator")
+
+    monkeypatch.setattr(onnx_export, "export_onnx", broken_export)
+    onnx = pipeline.export_step(config, first["run_id"], first["checkpoint"])
+    assert onnx["segops.onnx.status"] == "failed" and "boom" in onnx["segops.onnx.error"]
     model = pipeline.register_step(config, first["run_id"], first["checkpoint"], "attempt-1")
+    tags = MlflowClient().get_model_version(MODEL, model["version"]).tags
+    assert tags["segops.onnx.status"] == "failed"  # recorded with the version, not silent
     retry = pipeline.register_step(config, first["run_id"], first["checkpoint"], "attempt-1")
     assert retry == model and model["version"] == "1"
     client = MlflowClient()
