@@ -1,0 +1,94 @@
+"""`segops serve MODEL`: serve a registered model with `mlflow models serve` (in main.py)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from segops.cli.common import ParamsOpt, SetOpt, config, echo
+
+MAX_PIXELS_ENV = "SEGOPS_SERVE_MAX_PIXELS"  # read by segops.serving.pyfunc at model load
+
+ModelArg = Annotated[
+    str, typer.Argument(help="models:/NAME@ALIAS or models:/NAME/VERSION (e.g. @champion)")
+]
+
+
+def curl_example(host: str, port: int) -> str:
+    """A shell command that sends `image.png` to the server; returns its text."""
+    return (
+        f"curl -s http://{host}:{port}/invocations -H 'Content-Type: application/json' "
+        '-d "{\\"dataframe_records\\": [{\\"image\\": \\"$(base64 -w0 image.png)\\"}]}"'
+    )
+
+
+def serve_command(model_uri: str, host: str, port: int, workers: int, timeout: int) -> list[str]:
+    """The `mlflow models serve` command line (this interpreter's mlflow, local env)."""
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",  # the model runs in this environment: no per-model virtualenv to build
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--timeout",
+        str(timeout),
+    ]
+
+
+def serve_env(tracking_uri: str, max_pixels: int | None) -> dict[str, str]:
+    """This process's environment plus the store, the pixel limit and the venv on PATH."""
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri)
+    # mlflow execs `uvicorn` by name: put this interpreter's bin first even when not activated.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    if max_pixels is not None:
+        env[MAX_PIXELS_ENV] = str(max_pixels)
+    return env
+
+
+def serve(
+    model: ModelArg,
+    host: Annotated[
+        str, typer.Option(help="interface to bind (0.0.0.0 exposes it to the network)")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 5001,
+    max_pixels: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help=f"largest image (H*W) accepted; default ${MAX_PIXELS_ENV} or 4096*4096"
+        ),
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes")] = 1,
+    timeout: Annotated[int, typer.Option(min=1, help="seconds allowed per request")] = 60,
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+) -> None:
+    """Serve a registered model over HTTP (POST /invocations) until interrupted.
+
+    Resolves MODEL in the registry first (a missing model fails here, not in the server), then
+    replaces this process with `mlflow models serve --env-manager local` on the pinned version,
+    so a later promotion does not change what a running server answers: restart it instead.
+    """
+    from segops import tracking
+    from segops.promotion import registry
+
+    store = tracking.connect(config(params, overrides).tracking)
+    ref = registry.resolve(model)  # RegistryError (printed without traceback) if absent
+    echo(f"serving {ref.uri} ({model}, run {ref.run_id}) on http://{host}:{port}")
+    echo(f"try:\n  {curl_example(host, port)}")
+    cmd = serve_command(ref.uri, host, port, workers, timeout)
+    sys.stdout.flush()
+    os.execve(cmd[0], cmd, serve_env(store.tracking_uri, max_pixels))
