@@ -92,8 +92,8 @@ def chain(tmp_path_factory):
     made = _make_version(config, ws, "attempt-a")
     yield SimpleNamespace(ws=ws, tmp=tmp, remote=tmp / "remote", config=config, uri=uri, **made)
     os.chdir(saved_cwd)
+    mlflow.set_tracking_uri(None)  # this also unsets MLFLOW_TRACKING_URI: restore it after
     os.environ["MLFLOW_TRACKING_URI"] = saved_env
-    mlflow.set_tracking_uri(None)
 
 
 def test_audit_of_an_intact_chain_passes_every_link(chain, tmp_path):

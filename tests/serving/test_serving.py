@@ -58,7 +58,7 @@ def store(shapes_root, tmp_path_factory):
         ref = register(log_pyfunc(run_id, result.best_checkpoint), NAME, run_id, "k1", {})
         record_decision(ref, {}, True, "test")
         yield {"uri": uri, "model": f"models:/{NAME}@champion"}
-    mlflow.set_tracking_uri(None)
+        mlflow.set_tracking_uri(None)  # also unsets the env var: before the context restores it
 
 
 @pytest.fixture(scope="module")
