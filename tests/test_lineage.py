@@ -341,3 +341,13 @@ def test_predict_with_a_registered_model(chain, tmp_path):
         cwd=chain.ws,
     )
     assert wrong.returncode == 2 and "not in the registry" in wrong.stderr
+
+
+def test_export_a_registered_model_to_onnx_with_a_parity_check(chain, tmp_path):
+    out = tmp_path / "champion.onnx"
+    args = ["export", URI, str(out), "--dataset", str(chain.ws / "data" / "shapes")]
+    proc = _cli(*args, env_uri=chain.uri, cwd=chain.ws)
+    assert proc.returncode == 0, proc.stderr
+    assert out.stat().st_size > 1000 and "parity on" in proc.stderr
+    diff = float(proc.stderr.split("max |logit diff| ")[1].split(",")[0])
+    assert diff < 1e-3

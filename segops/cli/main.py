@@ -16,7 +16,7 @@ from segops.cli import lineage
 from segops.cli.common import DatasetOpt, ParamsOpt, SetOpt, config, echo
 from segops.cli.dataops import data_add
 from segops.cli.schedule import schedule
-from segops.cli.serve import serve
+from segops.cli.serve import export, serve
 from segops.errors import SegopsError
 
 app = typer.Typer(
@@ -278,6 +278,7 @@ def promote(
 data_app.command("add")(data_add)
 app.command()(schedule)
 app.command()(serve)
+app.command()(export)
 app.command()(lineage.audit)
 app.command()(lineage.reproduce)
 models_app.command("history")(lineage.models_history)

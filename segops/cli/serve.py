@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from segops.cli.common import ParamsOpt, SetOpt, config, echo
+from segops.cli.common import DatasetOpt, ParamsOpt, SetOpt, config, echo
 
 MAX_PIXELS_ENV = "SEGOPS_SERVE_MAX_PIXELS"  # read by segops.serving.pyfunc at model load
 
@@ -92,3 +92,44 @@ def serve(
     cmd = serve_command(ref.uri, host, port, workers, timeout)
     sys.stdout.flush()
     os.execve(cmd[0], cmd, serve_env(store.tracking_uri, max_pixels))
+
+
+def export(
+    model: ModelArg,
+    out: Annotated[Path, typer.Argument(help="the .onnx file to write")] = Path("model.onnx"),
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check/--no-check",
+            help="compare onnxruntime with PyTorch on the evaluation split of data.root",
+        ),
+    ] = True,
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+    dataset: DatasetOpt = None,
+) -> None:
+    """Export a registered model to ONNX (input `image`, output `logits`, dynamic batch).
+
+    With --check (default), runs the evaluation split of data.root (or --dataset) through
+    onnxruntime and PyTorch and prints the largest logit difference and the mean IoU of both.
+    """
+    from segops import tracking
+    from segops.serving.onnx import check_parity, export_onnx
+    from segops.serving.registered import load_registered
+
+    cfg = config(params, overrides, dataset)
+    tracking.connect(cfg.tracking)
+    trained = load_registered(model, "cpu")
+    path = export_onnx(trained, out)
+    echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) from {model}")
+    if check:
+        # The model's own preprocessing and input size, on the data named here.
+        data = trained.config.data.model_copy(
+            update={"root": cfg.data.root, "format": cfg.data.format}
+        )
+        parity = check_parity(trained, path, trained.config.model_copy(update={"data": data}))
+        echo(
+            f"parity on {parity.n_images} {parity.split} images: max |logit diff| "
+            f"{parity.max_abs_logit_diff:.3g}, mean IoU {parity.mean_iou_torch:.4f} (PyTorch) vs "
+            f"{parity.mean_iou_onnx:.4f} (onnxruntime)"
+        )
