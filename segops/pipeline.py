@@ -147,6 +147,19 @@ def train_step(
     }
 
 
+def _explain_worst(cfg: Config, checkpoint: str, eval_dir: str) -> str:
+    """Grad-CAM overlays of the worst images into `eval_dir/explanations` (logged with eval/);
+    returns how many, or the error: an explanation must never fail the evaluation."""
+    from segops.explain import explain_worst
+    from segops.inference import load_trained
+
+    try:
+        written = explain_worst(load_trained(checkpoint), cfg, eval_dir, k=cfg.evaluate.worst_k)
+    except Exception as exc:
+        return f"failed: {type(exc).__name__}: {exc}"[:300]
+    return f"{len(written)} Grad-CAM overlays in eval/explanations"
+
+
 def evaluate_step(config: dict[str, Any], run_id: str, checkpoint: str) -> dict[str, Any]:
     """Evaluate the checkpoint; log metrics, per-class IoU, tables and plots to the run."""
     from segops import tracking
@@ -155,6 +168,8 @@ def evaluate_step(config: dict[str, Any], run_id: str, checkpoint: str) -> dict[
     cfg = _cfg(config)
     tracking.connect(cfg.tracking)
     report = evaluate_checkpoint(cfg, checkpoint)
+    explained = _explain_worst(cfg, checkpoint, report.out_dir)
+    tracking.set_tags(run_id, {LINEAGE + "explanations": explained})
     metrics = headline_metrics(json.loads(Path(report.metrics_json).read_text()))
     tracking.log_metrics(run_id, metrics)
     tracking.log_file(run_id, report.out_dir, "eval")

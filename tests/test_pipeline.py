@@ -96,6 +96,9 @@ def test_first_promotes_worse_refused_better_promotes_rollback_restores(harness,
     assert tags["segops.prefect.flow_run_id"] != "none" and "segops.config_hash" in tags
     assert run.data.metrics["mean_iou"] == pytest.approx(first["metrics"]["mean_iou"])
     assert "val_miou" in run.data.metrics and "iou.ellipse" in run.data.metrics
+    assert tags["segops.explanations"] == "2 Grad-CAM overlays in eval/explanations"
+    explained = client.list_artifacts(run.info.run_id, "eval/explanations")
+    assert len(explained) == 2 and all("_gradcam_" in a.path for a in explained)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "lineage")}
     assert artifacts == {"lineage/data.dvc", "lineage/validation.json"}
     assert first["onnx"]["segops.onnx.status"] == "ok", first["onnx"]
@@ -126,6 +129,7 @@ def test_first_promotes_worse_refused_better_promotes_rollback_restores(harness,
     logged = {a.path for a in client.list_artifacts(better["model"]["run_id"], "report")}
     assert logged == {"report/model_report.html"}
     assert 'id="comparison"' not in Path(first["report"]["html"]).read_text()  # no champion yet
+    assert f"({report['link']})" in _latest_artifact("model-report")["data"]  # a link artifact
 
     restored = rollback(MODEL, "test rollback")
     assert restored.version == "1" and champion_version() == "1"
@@ -150,6 +154,17 @@ def test_first_promotes_worse_refused_better_promotes_rollback_restores(harness,
         text=True,
     )
     assert again.returncode == 2 and "no earlier champion" in again.stderr
+
+
+def _latest_artifact(key: str) -> dict:
+    """The newest Prefect artifact with `key`, read through the REST API."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    # Prefect 3.8's client sends nulls this server refuses; ask the REST API directly.
+    body = {"artifacts": {"key": {"any_": [key]}}, "sort": "UPDATED_DESC", "limit": 1, "offset": 0}
+    (found,) = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json=body).json()
+    return found
 
 
 def _break_mask_value(root: Path) -> None:
@@ -215,18 +230,7 @@ def test_bad_data_stops_the_flow_before_training(harness, workspace, breaker, ex
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
     assert client.search_model_versions(f"name = '{MODEL}'") == []
     assert not (workspace / "data.dvc").exists()  # nothing was versioned either
-    import httpx
-    from prefect.settings import PREFECT_API_URL
-
-    # Prefect 3.8's client sends nulls this server refuses; ask the REST API directly.
-    body = {
-        "artifacts": {"key": {"any_": ["validation-report"]}},
-        "sort": "UPDATED_DESC",
-        "limit": 1,
-        "offset": 0,
-    }
-    found = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json=body).json()
-    assert found and expectation in found[0]["data"]
+    assert expectation in _latest_artifact("validation-report")["data"]
 
 
 def test_a_failing_step_leaves_champion_and_versions_untouched(harness, workspace):

@@ -15,6 +15,7 @@ import typer
 from segops.cli import lineage
 from segops.cli.common import DatasetOpt, ParamsOpt, SetOpt, config, echo
 from segops.cli.dataops import data_add
+from segops.cli.explain import explain
 from segops.cli.schedule import schedule
 from segops.cli.serve import export, serve
 from segops.errors import SegopsError
@@ -279,6 +280,7 @@ data_app.command("add")(data_add)
 app.command()(schedule)
 app.command()(serve)
 app.command()(export)
+app.command()(explain)
 app.command()(lineage.audit)
 app.command()(lineage.reproduce)
 models_app.command("history")(lineage.models_history)

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from segops.data.io import read_image, read_mask
+from segops.data.formats import load_sample, ref_from_row
 from segops.data.transforms import to_tv
 
 
@@ -28,6 +28,9 @@ class SegmentationDataset(Dataset):
         self.ids = list(manifest["id"])
         self.images = [self.root / p for p in manifest["image"]]
         self.masks = [self.root / p for p in manifest["mask"]]
+        # Each row's reader (PNG pair, Cityscapes ids, NIfTI slice, COCO raster): the same
+        # `read_sample` the manifest scan used, so training sees the pixels that were checked.
+        self.refs = [ref_from_row(row) for row in manifest.to_dict("records")]
         self.transform = transform
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
 
@@ -38,7 +41,7 @@ class SegmentationDataset(Dataset):
         """Decoded (HxWx3 uint8 image, HxW uint8 mask) of sample `index`, untransformed."""
         if self._cache is not None and index in self._cache:
             return self._cache[index]
-        pair = read_image(self.images[index]), read_mask(self.masks[index])
+        pair = load_sample(self.root, self.refs[index])
         if self._cache is not None:
             self._cache[index] = pair
         return pair

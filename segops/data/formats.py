@@ -3,14 +3,25 @@
 - folder: `images/<id>.(png|jpg|tif)`, `masks/<id>.png`, `classes.txt`, optional
   `splits/{train,val,test}.txt`.
 - voc: Pascal VOC's `JPEGImages/`, `SegmentationClass/`, `ImageSets/Segmentation/{train,val}.txt`.
+- cityscapes, nifti, coco: see `segops.data.cityscapes`, `.nifti`, `.coco` (imported on use).
+
+Pixels are read by `read_sample`, which the manifest scan and the torch Dataset both call, so
+validation and training see the same pixels. Plain PNG pairs are read here; the other formats
+(label-id lookup, slices of volumes, masks rasterised from JSON) by their own module.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from segops.data.io import IMAGE_SUFFIXES
+import numpy as np
+
+from segops.config import DataConfig
+from segops.data.io import IMAGE_SUFFIXES, Part, ReadError, read_file, read_image, read_mask
 
 SPLITS = ("train", "val", "test")
 
@@ -45,6 +56,10 @@ class SampleRef:
     image: Path  # relative to the dataset root
     mask: Path  # relative to the dataset root; may not exist (reported by the scan)
     split: str | None = None
+    reader: str = "png"  # how pixels are read: png, cityscapes, nifti or coco
+    index: int = -1  # nifti: slice along the last axis; coco: the image id
+    group: str = ""  # samples split together (nifti: the case); "" = the sample alone
+    window: tuple[float, float] | None = None  # nifti: CT (level, width); None = min..max
 
 
 @dataclass
@@ -102,7 +117,7 @@ def _assign_splits(
                 problems.append(f"{path}: id '{sid}' has no image under {root}")
                 continue
             seen[sid] = split
-            out.append(SampleRef(ref.id, ref.image, ref.mask, split))
+            out.append(replace(ref, split=split))
     return out, problems
 
 
@@ -161,9 +176,82 @@ def read_voc_layout(root: str | Path) -> Layout:
     return Layout(root, list(VOC_CLASSES), refs, True, problems)
 
 
-def read_layout(root: str | Path, fmt: str) -> Layout:
-    """Dispatch on the dataset format name (`folder` or `voc`)."""
+# Formats whose layout and pixels are read by their own module, and what it needs installed.
+FORMAT_MODULES = {
+    "cityscapes": ("segops.data.cityscapes", ""),
+    "nifti": ("segops.data.nifti", "nibabel"),
+    "coco": ("segops.data.coco", "pycocotools"),
+}
+
+
+def _module(name: str) -> Any:
+    """The module reading format `name`; ValueError naming the package if it is missing."""
+    module, package = FORMAT_MODULES[name]
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ValueError(f"format {name!r} needs {package or exc.name}: pip install it") from None
+
+
+def read_layout(root: str | Path, fmt: str, cfg: DataConfig | None = None) -> Layout:
+    """Dispatch on the dataset format name; `cfg` carries the format's options."""
     readers = {"folder": read_folder_layout, "voc": read_voc_layout}
-    if fmt not in readers:
-        raise ValueError(f"unknown dataset format {fmt!r}; choose one of {sorted(readers)}")
-    return readers[fmt](root)
+    if fmt in readers:
+        return readers[fmt](root)
+    if fmt not in FORMAT_MODULES:
+        known = sorted([*readers, *FORMAT_MODULES])
+        raise ValueError(f"unknown dataset format {fmt!r}; choose one of {known}")
+    return _module(fmt).read_layout(Path(root), cfg or DataConfig(format=fmt))  # type: ignore[arg-type]
+
+
+def read_sample(root: Path, ref: SampleRef) -> tuple[Part, Part]:
+    """(image, mask) of `ref` as Parts: image HxWx3 uint8, mask HxW uint8 (class ids, 255 =
+    ignore), each with its sha256 and problem; never raises for bad files."""
+    if ref.reader == "png":
+        return read_file(root / ref.image, read_image), read_file(root / ref.mask, read_mask)
+    try:
+        module = _module(ref.reader)
+    except (KeyError, ValueError) as exc:
+        problem = f"cannot be read: {exc}"
+        return Part("", None, problem), Part("", None, problem)
+    return module.read_sample(root, ref)
+
+
+def load_sample(root: Path, ref: SampleRef) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded (HxWx3 uint8 image, HxW uint8 mask) of `ref`; raises ReadError naming the file."""
+    image, mask = read_sample(root, ref)
+    for part, path in ((image, ref.image), (mask, ref.mask)):
+        if part.array is None:
+            raise ReadError(f"{root / path}: {part.problem}")
+    return image.array, mask.array  # type: ignore[return-value]
+
+
+READER_COLUMNS = ["group", "reader", "index", "window"]
+
+
+def reader_columns(ref: SampleRef) -> dict[str, Any]:
+    """The manifest columns (READER_COLUMNS) that let `ref_from_row` rebuild `ref`."""
+    window = "" if ref.window is None else f"{float(ref.window[0])!r},{float(ref.window[1])!r}"
+    return {
+        "group": ref.group or ref.id,
+        "reader": ref.reader,
+        "index": ref.index,
+        "window": window,
+    }
+
+
+def ref_from_row(row: Mapping[str, Any]) -> SampleRef:
+    """The SampleRef of a manifest row; rows without READER_COLUMNS are plain PNG pairs."""
+    window = row.get("window")
+    text = window if isinstance(window, str) else ""  # "" (or NaN from a CSV): no window
+    level_width = tuple(float(v) for v in text.split(",")) if text else ()
+    return SampleRef(
+        str(row["id"]),
+        Path(row["image"]),
+        Path(row["mask"]),
+        row.get("split"),
+        reader=str(row.get("reader", "png")),
+        index=int(row.get("index", -1)),
+        group=str(row.get("group", "")),
+        window=level_width if len(level_width) == 2 else None,  # type: ignore[arg-type]
+    )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,36 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 class ReadError(ValueError):
     """A file could not be decoded; the message says why."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One decoded image or mask: `sha256` of the bytes that identify it ("" when they could
+    not be read), the decoded `array` (None when it failed) and the `problem` (None when not)."""
+
+    sha256: str
+    array: np.ndarray | None
+    problem: str | None
+
+
+def read_file(path: Path, decode: Callable[[Path], np.ndarray]) -> Part:
+    """The Part for the file at `path`: sha256 of its bytes and `decode(path)`."""
+    if not path.is_file():
+        return Part("", None, "file does not exist")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return Part("", None, f"cannot be read ({exc.strerror})")
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        return Part(digest, decode(path), None)
+    except ReadError as exc:
+        return Part(digest, None, str(exc))
+
+
+def array_sha256(array: np.ndarray) -> str:
+    """sha256 of an array's bytes in C order (identifies a slice or a rasterised mask)."""
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
 def _open(path: Path | io.BytesIO) -> Image.Image:

@@ -18,8 +18,14 @@ import numpy as np
 import pandas as pd
 
 from segops.config import IGNORE_INDEX, DataConfig
-from segops.data.formats import SPLITS, Layout, SampleRef, read_layout
-from segops.data.io import ReadError, read_image, read_mask
+from segops.data.formats import (
+    SPLITS,
+    Layout,
+    SampleRef,
+    read_layout,
+    read_sample,
+    reader_columns,
+)
 from segops.errors import DatasetError
 
 MANIFEST_COLUMNS = [
@@ -56,25 +62,12 @@ class DatasetInfo:
 FLAG_COLUMNS = ["image_readable", "mask_readable", "size_match", "invalid_values", "max_value"]
 
 
-def _read(path: Path, reader) -> tuple[str, object, str | None]:
-    """(sha256 of the bytes or "", decoded array or None, problem or None)."""
-    if not path.is_file():
-        return "", None, "file does not exist"
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return "", None, f"cannot be read ({exc.strerror})"
-    try:
-        return hashlib.sha256(data).hexdigest(), reader(path), None
-    except ReadError as exc:
-        return hashlib.sha256(data).hexdigest(), None, str(exc)
-
-
 def scan_one(root: Path, ref: SampleRef, num_classes: int) -> tuple[dict, list[str]]:
     """Row for one sample (always, with flag columns saying what is wrong) and its problems."""
     image_path, mask_path = root / ref.image, root / ref.mask
-    image_sha, image, image_err = _read(image_path, read_image)
-    mask_sha, mask, mask_err = _read(mask_path, read_mask)
+    image_part, mask_part = read_sample(root, ref)
+    image_sha, image, image_err = image_part.sha256, image_part.array, image_part.problem
+    mask_sha, mask, mask_err = mask_part.sha256, mask_part.array, mask_part.problem
     problems = [f"{image_path}: {image_err}"] if image_err else []
     if mask_err == "file does not exist":
         problems.append(f"{mask_path}: missing mask for image {image_path.name}")
@@ -112,6 +105,7 @@ def scan_one(root: Path, ref: SampleRef, num_classes: int) -> tuple[dict, list[s
         "size_match": size_match,
         "invalid_values": len(bad),
         "max_value": max(used, default=0),
+        **reader_columns(ref),
     }
     return row, problems
 
@@ -144,11 +138,12 @@ def assign_splits(ids: list[str], val_fraction: float, test_fraction: float, see
 
 
 def _write_splits(root: Path, frame: pd.DataFrame) -> None:
-    """Write splits/<name>.txt atomically (temp file, then rename)."""
+    """Write splits/<name>.txt atomically (temp file, then rename): the sample ids, or the
+    groups (e.g. NIfTI cases) that samples are split by."""
     split_dir = root / "splits"
     split_dir.mkdir(exist_ok=True)
     for name in SPLITS:
-        ids = sorted(frame.loc[frame["split"] == name, "id"])
+        ids = sorted(set(frame.loc[frame["split"] == name, "group"]))
         if not ids:
             continue
         tmp = split_dir / f".{name}.txt.tmp"
@@ -188,7 +183,7 @@ def scan_dataset(
     when the layout itself cannot be read (no images/ folder, unknown format).
     """
     try:
-        layout = read_layout(cfg.root, cfg.format)
+        layout = read_layout(cfg.root, cfg.format, cfg)
     except (FileNotFoundError, ValueError) as exc:
         raise DatasetError(f"cannot read dataset at {cfg.root}: {exc}") from None
     rows, problems = [], list(layout.problems)
@@ -203,10 +198,11 @@ def scan_dataset(
     frame = pd.DataFrame(rows)
     problems += _classes_mismatch(layout, frame)
     if not layout.splits_given and not frame.empty:
+        # By group: the slices of one NIfTI case never straddle two splits.
         mapping = assign_splits(
-            list(frame["id"]), cfg.val_fraction, cfg.test_fraction, cfg.split_seed
+            sorted(set(frame["group"])), cfg.val_fraction, cfg.test_fraction, cfg.split_seed
         )
-        frame["split"] = frame["id"].map(mapping)
+        frame["split"] = frame["group"].map(mapping)
     problems += _check_splits(frame, layout.root, eval_split)
     return Scan(layout, frame, problems)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from segops.config import Config
-from segops.data.io import read_image, read_mask
+from segops.data.formats import SampleRef, load_sample, ref_from_row
 from segops.data.manifest import dataset_fingerprint, load_dataset
 from segops.errors import DatasetError
 from segops.evaluate import html_parts as hp
@@ -125,16 +125,16 @@ def changed_most(
 
 
 def _image_change(
-    row, challenger: TrainedModel, champion: TrainedModel, paths: tuple[Path, Path]
+    row, challenger: TrainedModel, champion: TrainedModel, sample: tuple[Path, SampleRef]
 ) -> ImageChange:
-    image, truth = read_image(paths[0]), read_mask(paths[1])
+    image, truth = load_sample(*sample)  # every format's reader, as in training
     old, _ = predict_image(champion, image)
     new, _ = predict_image(challenger, image)
     png = hp.comparison_strip(image, truth, old, new)
     return ImageChange(row.id, float(row.iou_champion), float(row.iou_challenger), png)
 
 
-def _sample_paths(cfg: Config, split: str, dataset_hash: str) -> dict[str, tuple[Path, Path]]:
+def _sample_paths(cfg: Config, split: str, dataset_hash: str) -> dict[str, tuple[Path, SampleRef]]:
     info = load_dataset(cfg.data, eval_split=split, write_splits=False)
     if dataset_fingerprint(info) != dataset_hash:
         raise DatasetError(
@@ -142,9 +142,7 @@ def _sample_paths(cfg: Config, split: str, dataset_hash: str) -> dict[str, tuple
             f"({dataset_hash[:12]}); point data.root at that version"
         )
     rows = info.split(split)
-    return {
-        str(r.id): (info.root / r.image, info.root / r.mask) for r in rows.itertuples(index=False)
-    }
+    return {str(row["id"]): (info.root, ref_from_row(row)) for row in rows.to_dict("records")}
 
 
 def compare_with_champion(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from segops.errors import ConfigError
 
-_BUILDER_MODULES = ("segops.models.unet", "segops.models.tv")
+_BUILDER_MODULES = ("segops.models.unet", "segops.models.segnet", "segops.models.tv")
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,14 @@ from segops.train.loop import train
 SIZE = 32  # the smallest side the torchvision backbones (output stride 8-32) accept
 CLASSES = ("bg", "a", "b")
 # The torchvision models take ~12 s each to export on two CPU cores; the U-Net ~3 s.
+SMALL = ("unet", "segnet")  # built with {width: 4, depth: 2}: fast
 ZOO = [
-    pytest.param(e.name, marks=() if e.name == "unet" else pytest.mark.slow) for e in list_models()
+    pytest.param(e.name, marks=() if e.name in SMALL else pytest.mark.slow) for e in list_models()
 ]
 
 
 def _untrained(name: str, tmp_path: Path) -> TrainedModel:
-    options = "{width: 4, depth: 2}" if name == "unet" else "{}"
+    options = "{width: 4, depth: 2}" if name in SMALL else "{}"
     cfg = tiny_config(tmp_path, tmp_path, f"model.name={name}", f"model.options={options}")
     torch.manual_seed(0)
     model = build_model(name, num_classes=len(CLASSES), **cfg.model.options).eval()
