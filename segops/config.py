@@ -32,7 +32,7 @@ class _Section(BaseModel):
 
 class DataConfig(_Section):
     root: Path = Path("data/shapes")
-    format: Literal["folder", "voc", "cityscapes", "nifti", "coco"] = "folder"
+    format: Literal["folder", "voc", "cityscapes", "nifti", "coco", "folder_instance"] = "folder"
     image_size: int = Field(64, ge=8, description="side of the square images the model sees")
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)

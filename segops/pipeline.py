@@ -23,8 +23,14 @@ def _cfg(config: dict[str, Any]) -> Config:
 
 
 def attempt_config(config: dict[str, Any], attempt_key: str) -> dict[str, Any]:
-    """`config` with outputs under `runs/<attempt_key>/` (checkpoints, eval, validation)."""
+    """`config` with outputs under `runs/<attempt_key>/` (checkpoints, eval, validation).
+
+    Refuses an instance model here, before the flow validates or versions anything.
+    """
+    from segops.models import require_semantic
+
     cfg = _cfg(config)
+    require_semantic(cfg.model.name)
     out = Path(cfg.train.out_dir).parent / attempt_key
     updated = config | {
         "train": {**config["train"], "out_dir": str(out)},

@@ -30,12 +30,19 @@ data_app = typer.Typer(help="Build and inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 
+INSTANCES_HELP = (
+    "none; folder (masks/ = instance ids + instances.csv: data.format=folder_instance); "
+    "coco (annotations/instances_<split>.json: data.format=coco data.coco_image_dir=images)"
+)
+
+
 @data_app.command("shapes")
 def data_shapes(
     out: Annotated[Path | None, typer.Argument(help="output folder (default: data.root)")] = None,
     n: Annotated[int | None, typer.Option(help="number of samples (default: shapes.n)")] = None,
     size: Annotated[int | None, typer.Option(help="image side in pixels (shapes.size)")] = None,
     seed: Annotated[int | None, typer.Option(help="random seed (shapes.seed)")] = None,
+    instances: Annotated[str, typer.Option(help=INSTANCES_HELP)] = "none",
     params: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
 ) -> None:
@@ -47,8 +54,20 @@ def data_shapes(
     out = out or cfg.data.root
     n, size = n or cfg.shapes.n, size or cfg.shapes.size
     seed = cfg.shapes.seed if seed is None else seed
+    if instances not in ("none", "folder", "coco"):
+        raise typer.BadParameter("choose none, folder or coco", param_hint="--instances")
+    kind = None if instances == "none" else instances
     with counter(f"shapes -> {out}") as update:
-        generate_shapes(out, n=n, size=size, seed=seed, progress=lambda i: update(i, n))
+        generate_shapes(
+            out,
+            n=n,
+            size=size,
+            seed=seed,
+            progress=lambda i: update(i, n),
+            instances=kind,
+            val_fraction=cfg.data.val_fraction,
+            split_seed=cfg.data.split_seed,
+        )
     echo(f"wrote {n} samples ({size}x{size}, seed {seed}) to {out}")
 
 
@@ -173,9 +192,11 @@ def models(ctx: typer.Context) -> None:
     from segops.cli.progress import console
     from segops.models import list_models
 
-    table = Table(Column("name", no_wrap=True), "description", "pretrained (model.pretrained)")
-    for entry in list_models():
-        table.add_row(entry.name, entry.summary, entry.pretrained)
+    table = Table(
+        Column("name", no_wrap=True), "kind", "description", "pretrained (model.pretrained)"
+    )
+    for entry in list_models(kind=None):
+        table.add_row(entry.name, entry.kind, entry.summary, entry.pretrained)
     console.print(table)
 
 
@@ -230,8 +251,10 @@ def run(
     import importlib
 
     from segops.cli.report import print_run_result
+    from segops.models import require_semantic
 
-    config(params, overrides, dataset)  # fail fast on a bad config, before Prefect starts
+    # Fail fast on a bad config or an instance model, before Prefect starts.
+    require_semantic(config(params, overrides, dataset).model.name)
     retrain = importlib.import_module("flows.retrain").retrain
     path = str(params) if params.exists() or params != Path("params.yaml") else None
     result = retrain(

@@ -3,7 +3,8 @@
 - folder: `images/<id>.(png|jpg|tif)`, `masks/<id>.png`, `classes.txt`, optional
   `splits/{train,val,test}.txt`.
 - voc: Pascal VOC's `JPEGImages/`, `SegmentationClass/`, `ImageSets/Segmentation/{train,val}.txt`.
-- cityscapes, nifti, coco: see `segops.data.cityscapes`, `.nifti`, `.coco` (imported on use).
+- cityscapes, nifti, coco, folder_instance: see `segops.data.cityscapes`, `.nifti`, `.coco`,
+  `.folder_instance` (imported on use).
 
 Pixels are read by `read_sample`, which the manifest scan and the torch Dataset both call, so
 validation and training see the same pixels. Plain PNG pairs are read here; the other formats
@@ -56,7 +57,7 @@ class SampleRef:
     image: Path  # relative to the dataset root
     mask: Path  # relative to the dataset root; may not exist (reported by the scan)
     split: str | None = None
-    reader: str = "png"  # how pixels are read: png, cityscapes, nifti or coco
+    reader: str = "png"  # how pixels are read: png, cityscapes, nifti, coco, folder_instance
     index: int = -1  # nifti: slice along the last axis; coco: the image id
     group: str = ""  # samples split together (nifti: the case); "" = the sample alone
     window: tuple[float, float] | None = None  # nifti: CT (level, width); None = min..max
@@ -181,6 +182,7 @@ FORMAT_MODULES = {
     "cityscapes": ("segops.data.cityscapes", ""),
     "nifti": ("segops.data.nifti", "nibabel"),
     "coco": ("segops.data.coco", "pycocotools"),
+    "folder_instance": ("segops.data.folder_instance", ""),
 }
 
 
@@ -197,7 +199,13 @@ def read_layout(root: str | Path, fmt: str, cfg: DataConfig | None = None) -> La
     """Dispatch on the dataset format name; `cfg` carries the format's options."""
     readers = {"folder": read_folder_layout, "voc": read_voc_layout}
     if fmt in readers:
-        return readers[fmt](root)
+        layout = readers[fmt](root)
+        if fmt == "folder" and (layout.root / "instances.csv").is_file():
+            layout.problems.append(
+                f"{layout.root}/instances.csv: masks/ hold instance ids here; "
+                "set data.format=folder_instance"
+            )
+        return layout
     if fmt not in FORMAT_MODULES:
         known = sorted([*readers, *FORMAT_MODULES])
         raise ValueError(f"unknown dataset format {fmt!r}; choose one of {known}")

@@ -1,5 +1,11 @@
 """Segmentation models by name: `build_model("unet", num_classes=5)`; `list_models()`."""
 
-from segops.models.registry import build_model, list_models, model_info, register_model
+from segops.models.registry import (
+    build_model,
+    list_models,
+    model_info,
+    register_model,
+    require_semantic,
+)
 
-__all__ = ["build_model", "list_models", "model_info", "register_model"]
+__all__ = ["build_model", "list_models", "model_info", "register_model", "require_semantic"]

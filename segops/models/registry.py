@@ -1,8 +1,10 @@
 """A registry of model builders: a dict, a decorator, and errors that list the valid names.
 
-Builders are keyword-only: `builder(*, num_classes, pretrained, **options) -> nn.Module`, and the
-module maps `[N,3,H,W]` float images to `[N,num_classes,H,W]` logits. Importing the builder
-modules is deferred until a model is asked for, so listing names stays cheap.
+Builders are keyword-only: `builder(*, num_classes, pretrained, **options) -> nn.Module`. A
+`semantic` model maps `[N,3,H,W]` float images to `[N,num_classes,H,W]` logits; an `instance`
+model is a torchvision detection model (a list of images in, a list of dicts with boxes, labels,
+scores and masks out; a loss dict in train mode). `list_models()` lists the semantic ones only.
+Importing the builder modules is deferred until a model is asked for, so listing stays cheap.
 """
 
 from __future__ import annotations
@@ -13,7 +15,13 @@ from dataclasses import dataclass
 
 from segops.errors import ConfigError
 
-_BUILDER_MODULES = ("segops.models.unet", "segops.models.segnet", "segops.models.tv")
+_BUILDER_MODULES = (
+    "segops.models.unet",
+    "segops.models.segnet",
+    "segops.models.tv",
+    "segops.models.maskrcnn",
+)
+KINDS = ("semantic", "instance")
 
 
 @dataclass(frozen=True)
@@ -22,18 +30,23 @@ class ModelEntry:
     builder: Callable
     summary: str
     pretrained: str  # where transfer-learning weights can come from
+    kind: str = "semantic"  # "semantic" (logits) or "instance" (torchvision detection API)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, summary: str, pretrained: str = "local file") -> Callable:
+def register_model(
+    name: str, summary: str, pretrained: str = "local file", kind: str = "semantic"
+) -> Callable:
     """Decorator that registers `builder` under `name` (the registry key equals the name)."""
+    if kind not in KINDS:
+        raise ValueError(f"model {name!r}: kind must be one of {KINDS}, not {kind!r}")
 
     def wrap(builder: Callable) -> Callable:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = ModelEntry(name, builder, summary, pretrained)
+        _REGISTRY[name] = ModelEntry(name, builder, summary, pretrained, kind)
         return builder
 
     return wrap
@@ -44,10 +57,10 @@ def _load_builders() -> None:
         importlib.import_module(module)
 
 
-def list_models() -> list[ModelEntry]:
-    """Every registered model, sorted by name."""
+def list_models(kind: str | None = "semantic") -> list[ModelEntry]:
+    """The registered models of `kind` ("semantic", "instance"; None: all), sorted by name."""
     _load_builders()
-    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+    return [_REGISTRY[k] for k in sorted(_REGISTRY) if kind is None or _REGISTRY[k].kind == kind]
 
 
 def model_info(name: str) -> ModelEntry:
@@ -65,3 +78,13 @@ def build_model(name: str, *, num_classes: int, pretrained: str | None = None, *
         return entry.builder(num_classes=num_classes, pretrained=pretrained, **options)
     except TypeError as exc:
         raise ConfigError(f"model {name!r}: bad model.options ({exc})") from None
+
+
+def require_semantic(name: str) -> None:
+    """ConfigError unless `name` is a semantic model (the kind the semantic loop and flow train)."""
+    entry = model_info(name)
+    if entry.kind != "semantic":
+        raise ConfigError(
+            f"model.name {name!r} is an {entry.kind} model: `segops train` and `segops run` train "
+            "semantic models so far; train it with segops.train.instance.train_instance"
+        )

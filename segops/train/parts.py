@@ -15,7 +15,7 @@ import segops
 from segops.config import Config
 from segops.data.manifest import DatasetInfo
 from segops.errors import CheckpointError, ConfigError
-from segops.models import build_model
+from segops.models import build_model, require_semantic
 from segops.train.checkpoint import load_checkpoint
 from segops.train.device import Runtime
 from segops.train.losses import balanced_weights, build_loss
@@ -57,6 +57,7 @@ class Parts:
 
 
 def build_parts(cfg: Config, info: DatasetInfo, runtime: Runtime, steps: int) -> Parts:
+    require_semantic(cfg.model.name)
     model = build_model(
         cfg.model.name,
         num_classes=info.num_classes,

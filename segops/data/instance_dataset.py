@@ -1,0 +1,117 @@
+"""A torch `Dataset` of instance targets in the form torchvision's Mask R-CNN expects.
+
+Each item is `(image, target)`: image float32 [3, H, W] in 0..1, target a dict with `boxes`
+float32 [N, 4] (x0, y0, x1, y1, x1/y1 exclusive), `labels` int64 [N] (class ids 1..K),
+`masks` uint8 [N, H, W] and `image_id` (int: the item's index). Targets come from the
+sample's reader: `segops.data.coco.instance_targets` or
+`segops.data.folder_instance.instance_targets`. `collate_instances` batches items as lists
+(images may differ in size); `instance_transforms` gives a paired horizontal flip.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from segops.data.formats import SampleRef, ref_from_row
+from segops.data.io import read_image
+
+# Reader of a sample -> module with `instance_targets(root, ref)`.
+INSTANCE_READERS = {
+    "coco": "segops.data.coco",
+    "folder_instance": "segops.data.folder_instance",
+}
+
+
+def _refs(samples: Any) -> list[SampleRef]:
+    """SampleRefs of a DatasetInfo (its manifest), a manifest DataFrame or a list of refs."""
+    if hasattr(samples, "manifest"):
+        samples = samples.manifest
+    if isinstance(samples, pd.DataFrame):
+        return [ref_from_row(row) for row in samples.to_dict("records")]
+    return list(samples)
+
+
+def read_targets(root: Path, ref: SampleRef) -> dict[str, Any]:
+    """The numpy instance targets (boxes, labels, masks) of `ref`, read by its reader's
+    module; ValueError for readers without instances (e.g. plain PNG masks)."""
+    module = INSTANCE_READERS.get(ref.reader)
+    if module is None:
+        known = sorted(INSTANCE_READERS)
+        raise ValueError(f"{ref.id}: reader {ref.reader!r} has no instances; use one of {known}")
+    return importlib.import_module(module).instance_targets(root, ref)
+
+
+class InstanceDataset(Dataset):
+    """Items `(image float[3,H,W] in 0..1, target dict)` for Mask R-CNN; see module docstring.
+
+    `info_or_refs`: a DatasetInfo, a manifest DataFrame or a sequence of SampleRefs; `root`:
+    the dataset root (default: the DatasetInfo's); `fmt`, when given, must be the samples'
+    reader (coco or folder_instance); `transforms(image, target) -> (image, target)` is
+    applied to tv_tensors (Image, BoundingBoxes, Mask), e.g. `instance_transforms()`.
+    """
+
+    def __init__(
+        self,
+        info_or_refs: Any,
+        root: str | Path | None = None,
+        fmt: str | None = None,
+        transforms: Callable | None = None,
+    ) -> None:
+        if root is None and not hasattr(info_or_refs, "root"):
+            raise ValueError("root is needed unless a DatasetInfo is given")
+        self.root = Path(root if root is not None else info_or_refs.root)
+        self.refs = _refs(info_or_refs)
+        if fmt is not None:
+            if fmt not in INSTANCE_READERS:
+                raise ValueError(f"format {fmt!r} has no instances; use one of {INSTANCE_READERS}")
+            wrong = [r.id for r in self.refs if r.reader != fmt]
+            if wrong:
+                raise ValueError(f"samples {wrong[:5]} are not read as {fmt!r}")
+        self.transforms = transforms
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        ref = self.refs[index]
+        image = read_image(self.root / ref.image)
+        raw = read_targets(self.root, ref)
+        height, width = image.shape[:2]
+        img = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1).contiguous())
+        target: dict[str, Any] = {
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.from_numpy(raw["boxes"]), format="XYXY", canvas_size=(height, width)
+            ),
+            "labels": torch.from_numpy(raw["labels"]),
+            "masks": tv_tensors.Mask(torch.from_numpy(raw["masks"])),
+            "image_id": index,
+        }
+        if self.transforms is not None:
+            img, target = self.transforms(img, target)
+        target["boxes"] = target["boxes"].as_subclass(torch.Tensor).float()
+        target["masks"] = target["masks"].as_subclass(torch.Tensor).to(torch.uint8)
+        img = img.as_subclass(torch.Tensor)
+        return (img.float() / 255.0 if img.dtype == torch.uint8 else img.float()), target
+
+
+def collate_instances(
+    batch: Sequence[tuple[torch.Tensor, dict[str, Any]]],
+) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+    """(list of images, list of targets) of a batch: the input torchvision detection models
+    take (images may differ in size, targets in instance count)."""
+    return [image for image, _ in batch], [target for _, target in batch]
+
+
+def instance_transforms(hflip: float = 0.5) -> v2.Compose:
+    """Paired augmentation for `InstanceDataset`: horizontal flip with probability `hflip`
+    of the image, its boxes and its masks together."""
+    return v2.Compose([v2.RandomHorizontalFlip(p=hflip)])
