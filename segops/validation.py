@@ -100,7 +100,10 @@ def sample_statistics(scan: Scan) -> pd.DataFrame:
     valid = frame[px].sum(axis=1).astype(float)
     background = frame["px_0"].astype(float) if px else 0.0
     frame["foreground_fraction"] = 1.0 - background / valid.where(valid > 0)
-    hashed = frame[frame["image_sha256"].fillna("") != ""]  # "" = bytes could not be read
+    # "" = bytes could not be read. Constant images (blank slices of different CT volumes)
+    # are identical without being the same sample: they are not leakage.
+    constant = frame["image_constant"].fillna(False).astype(bool)
+    hashed = frame[(frame["image_sha256"].fillna("") != "") & ~constant]
     splits_seen = hashed.groupby("image_sha256")["split"].transform("nunique")
     leaked = (splits_seen > 1).reindex(frame.index, fill_value=False)
     frame["duplicate_across_splits"] = leaked.astype(bool)

@@ -116,6 +116,18 @@ def test_duplicate_image_across_splits_names_both_sides(folder_dataset, tmp_path
     assert failed.reason.startswith("2 sample(s) have the same image bytes")
 
 
+def test_identical_blank_images_in_two_splits_are_not_leakage(folder_dataset, tmp_path):
+    blank = np.zeros((12, 16, 3), np.uint8)  # e.g. all-air CT slices of two patients
+    for sid in ("s0", "s8"):
+        Image.fromarray(blank).save(folder_dataset / "images" / f"{sid}.png")
+        shutil.copy(folder_dataset / "masks" / "s1.png", folder_dataset / "masks" / f"{sid}.png")
+    _write_splits(
+        folder_dataset, train=["s0", "s1", "s2", "s3", "s4", "s5"], val=["s6", "s7", "s8"]
+    )
+    report = validate_dataset(_config(folder_dataset, tmp_path))
+    assert report.success, report.to_markdown()
+
+
 def test_empty_required_split(folder_dataset, tmp_path):
     _write_splits(folder_dataset, train=[f"s{i}" for i in range(8)])
     report = validate_dataset(_config(folder_dataset, tmp_path))

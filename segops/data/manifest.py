@@ -59,7 +59,14 @@ class DatasetInfo:
         return frame[[f"px_{i}" for i in range(self.num_classes)]].to_numpy().sum(0)
 
 
-FLAG_COLUMNS = ["image_readable", "mask_readable", "size_match", "invalid_values", "max_value"]
+FLAG_COLUMNS = [
+    "image_readable",
+    "mask_readable",
+    "size_match",
+    "invalid_values",
+    "max_value",
+    "image_constant",  # one value everywhere (e.g. an all-air CT slice): carries no content
+]
 
 
 def scan_one(root: Path, ref: SampleRef, num_classes: int) -> tuple[dict, list[str]]:
@@ -105,6 +112,7 @@ def scan_one(root: Path, ref: SampleRef, num_classes: int) -> tuple[dict, list[s
         "size_match": size_match,
         "invalid_values": len(bad),
         "max_value": max(used, default=0),
+        "image_constant": bool(image is not None and image.min() == image.max()),
         **reader_columns(ref),
     }
     return row, problems
