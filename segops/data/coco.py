@@ -138,6 +138,14 @@ def instance_targets(root: Path, ref: SampleRef) -> dict[str, np.ndarray]:
     `labels` int64 [N] (class ids 1..K) and `masks` uint8 [N, H, W] (0/1). Raises ReadError."""
     (height, width), found = _instances(read_index(root / ref.mask), ref.index)
     kept = [(m, c) for m, c, _ in found if c != IGNORE_INDEX and m.any()]
+    return targets_from_masks(kept, (height, width))
+
+
+def targets_from_masks(
+    kept: list[tuple[np.ndarray, int]], shape: tuple[int, int]
+) -> dict[str, np.ndarray]:
+    """Detection targets from (binary HxW mask, class id) pairs: boxes tight around each mask
+    (x0, y0, x1, y1; x1/y1 exclusive) float32 [N, 4], labels int64 [N], masks uint8 [N, H, W]."""
     boxes = []
     for binary, _ in kept:
         rows, cols = np.flatnonzero(binary.any(1)), np.flatnonzero(binary.any(0))
@@ -145,7 +153,7 @@ def instance_targets(root: Path, ref: SampleRef) -> dict[str, np.ndarray]:
     return {
         "boxes": np.array(boxes, np.float32).reshape(-1, 4),
         "labels": np.array([c for _, c in kept], np.int64),
-        "masks": np.array([m for m, _ in kept], np.uint8).reshape(-1, height, width),
+        "masks": np.array([m for m, _ in kept], np.uint8).reshape(-1, *shape),
     }
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from segops.config import IGNORE_INDEX, DataConfig
+from segops.data.coco import targets_from_masks
 from segops.data.formats import Layout, SampleRef, read_folder_layout
 from segops.data.io import Part, ReadError, read_file, read_image
 
@@ -117,15 +118,7 @@ def instance_targets(root: Path, ref: SampleRef) -> dict[str, np.ndarray]:
         for k in np.unique(instances)
         if k not in (0, IGNORE_INDEX) and classes[int(k)] != IGNORE_INDEX
     ]
-    boxes = []
-    for binary, _ in kept:
-        rows, cols = np.flatnonzero(binary.any(1)), np.flatnonzero(binary.any(0))
-        boxes.append([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1])
-    return {
-        "boxes": np.array(boxes, np.float32).reshape(-1, 4),
-        "labels": np.array([c for _, c in kept], np.int64),
-        "masks": np.array([m for m, _ in kept], np.uint8).reshape(-1, *instances.shape),
-    }
+    return targets_from_masks(kept, instances.shape)
 
 
 def _mask_sha256(root: Path, ref: SampleRef) -> str:

@@ -19,17 +19,7 @@ from torch import nn
 from segops.errors import ConfigError
 from segops.models.pretrained import load_local_weights
 from segops.models.registry import register_model
-
-
-def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
+from segops.models.unet import conv_block
 
 
 class IndexUnpool(nn.MaxUnpool2d):
@@ -56,13 +46,13 @@ class SegNet(nn.Module):
             raise ConfigError(f"model 'segnet': width and depth must be >= 1, got {width}, {depth}")
         chans = [width * 2**i for i in range(depth)]  # e.g. 16, 32, 64, 128
         self.encoder = nn.ModuleList(
-            _block(3 if i == 0 else chans[i - 1], chans[i]) for i in range(depth)
+            conv_block(3 if i == 0 else chans[i - 1], chans[i]) for i in range(depth)
         )
         self.pool = nn.MaxPool2d(2, stride=2, ceil_mode=True, return_indices=True)
         self.unpool = IndexUnpool(2, stride=2)
         # decoder[k] undoes encoder level depth-1-k; the last one feeds the classifier.
         self.decoder = nn.ModuleList(
-            _block(chans[i], chans[max(i - 1, 0)]) for i in reversed(range(depth))
+            conv_block(chans[i], chans[max(i - 1, 0)]) for i in reversed(range(depth))
         )
         self.head = nn.Conv2d(chans[0], num_classes, 1)
 

@@ -14,7 +14,8 @@ from segops.models.pretrained import load_local_weights
 from segops.models.registry import register_model
 
 
-def _block(cin: int, cout: int) -> nn.Sequential:
+def conv_block(cin: int, cout: int) -> nn.Sequential:
+    """Two 3x3 conv-BN-ReLU layers (the unit of U-Net and SegNet)."""
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, padding=1, bias=False),
         nn.BatchNorm2d(cout),
@@ -29,12 +30,14 @@ class UNet(nn.Module):
     def __init__(self, num_classes: int, width: int = 16, depth: int = 4) -> None:
         super().__init__()
         chans = [width * 2**i for i in range(depth + 1)]  # e.g. 16, 32, 64, 128, 256
-        self.stem = _block(3, chans[0])
-        self.down = nn.ModuleList(_block(chans[i], chans[i + 1]) for i in range(depth))
+        self.stem = conv_block(3, chans[0])
+        self.down = nn.ModuleList(conv_block(chans[i], chans[i + 1]) for i in range(depth))
         self.up = nn.ModuleList(
             nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2) for i in reversed(range(depth))
         )
-        self.fuse = nn.ModuleList(_block(2 * chans[i], chans[i]) for i in reversed(range(depth)))
+        self.fuse = nn.ModuleList(
+            conv_block(2 * chans[i], chans[i]) for i in reversed(range(depth))
+        )
         self.head = nn.Conv2d(chans[0], num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

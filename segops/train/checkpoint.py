@@ -64,3 +64,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} file")
     return state
+
+
+def rng_state() -> dict[str, Any]:
+    """torch, python and CUDA RNG states, as every checkpoint stores them (weights_only-safe)."""
+    import random
+
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }

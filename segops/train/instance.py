@@ -37,7 +37,7 @@ from segops.evaluate.instance_metrics import (
 from segops.evaluate.metrics import summarize
 from segops.models import build_model
 from segops.train.callbacks import Callback, CallbackList
-from segops.train.checkpoint import save_checkpoint
+from segops.train.checkpoint import rng_state, save_checkpoint
 from segops.train.device import Runtime, configure_determinism, resolve_runtime
 from segops.train.schedule import build_scheduler
 
@@ -203,11 +203,7 @@ def _checkpoint(model, optimizer, scheduler, scaler, state, cfg, classes) -> dic
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        },
+        "rng": rng_state(),
         "state": asdict(state),
         "config": cfg.to_dict(),
         "config_hash": config_hash(cfg),

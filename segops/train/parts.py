@@ -16,7 +16,7 @@ from segops.config import Config
 from segops.data.manifest import DatasetInfo
 from segops.errors import CheckpointError, ConfigError
 from segops.models import build_model, require_semantic
-from segops.train.checkpoint import load_checkpoint
+from segops.train.checkpoint import load_checkpoint, rng_state
 from segops.train.device import Runtime
 from segops.train.losses import balanced_weights, build_loss
 from segops.train.schedule import build_scheduler
@@ -85,11 +85,7 @@ def checkpoint_state(
         "optimizer": parts.optimizer.state_dict(),
         "scheduler": parts.scheduler.state_dict(),
         "scaler": parts.scaler.state_dict(),
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        },
+        "rng": rng_state(),
         "state": asdict(state),
         "config": cfg.to_dict(),
         "config_hash": hashes[0],
