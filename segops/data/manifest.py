@@ -9,6 +9,8 @@ is written or trained. Without split files it makes a seeded split and writes it
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -154,9 +156,15 @@ def _write_splits(root: Path, frame: pd.DataFrame) -> None:
         ids = sorted(set(frame.loc[frame["split"] == name, "group"]))
         if not ids:
             continue
-        tmp = split_dir / f".{name}.txt.tmp"
-        tmp.write_text("\n".join(ids) + "\n")
-        tmp.replace(split_dir / f"{name}.txt")
+        target, text = split_dir / f"{name}.txt", "\n".join(ids) + "\n"
+        if target.is_file() and target.read_text() == text:
+            continue
+        # A temp name of our own: two flows loading the same dataset at once must not move
+        # each other's temp file away (both write the same text; the last rename wins).
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=split_dir)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
 
 
 def _check_splits(frame: pd.DataFrame, root: Path, eval_split: str | None) -> list[str]:
