@@ -117,7 +117,7 @@ def retrain(
     trained = train_model(config, key, tags, artifacts)
     metrics = evaluate_model(config, trained["run_id"], trained["checkpoint"])
     onnx = export_model(config, trained["run_id"], trained["checkpoint"])
-    if onnx.get("segops.onnx.status") != "ok":
+    if onnx.get("segops.onnx.status") == "failed":
         print(f"warning: ONNX export failed ({onnx.get('segops.onnx.error')}); recorded as tags")
     model = register_model(config, trained["run_id"], trained["checkpoint"], key)
     decision = promote_model(config, model)

@@ -152,9 +152,16 @@ class PromotionConfig(_Section):
     """Registry and promotion gate (segops.promotion)."""
 
     model_name: str = "segops-shapes"
-    min_delta: float = Field(0.005, ge=0, description="mean IoU gain needed over the champion")
+    metric: Literal["auto", "mean_iou", "mean_dice", "mask_ap"] = Field(
+        "auto",
+        description="primary metric the gate compares (auto: mask_ap for instance models, "
+        "mean_iou for semantic ones); per-image values feed the bootstrap",
+    )
+    min_delta: float = Field(0.005, ge=0, description="primary-metric gain needed over champion")
     confidence: float = Field(0.95, gt=0, lt=1, description="paired bootstrap confidence")
-    max_class_drop: float = Field(0.02, ge=0, description="largest per-class IoU drop allowed")
+    max_class_drop: float = Field(
+        0.02, ge=0, description="largest per-class drop of the primary metric allowed"
+    )
     bootstrap_samples: int = Field(2000, ge=100)
     seed: int = 0
 

@@ -27,7 +27,7 @@ from segops.config import Config
 from segops.data.io import ReadError, read_image
 from segops.data.transforms import to_tv
 from segops.errors import ConfigError, DatasetError
-from segops.inference import TrainedModel
+from segops.inference import TrainedModel, require_semantic_model
 
 _MOBILENET_BACKBONE = ("deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large")
 _RESNET_BACKBONE = ("fcn_resnet50", "deeplabv3_resnet50")
@@ -75,8 +75,10 @@ def _default_or_none(trained: TrainedModel) -> str | None:
 def resolve_layer(trained: TrainedModel, layer: str | None = None) -> nn.Module:
     """The module at dotted path `layer` in `trained.model`, or the default when None.
 
-    Raises ConfigError naming the model's top-level modules when the path does not exist.
+    Raises ConfigError naming the model's top-level modules when the path does not exist, and
+    for an instance model (Grad-CAM here explains a class's pixel logits).
     """
+    require_semantic_model(trained, "Grad-CAM")
     if layer is None:
         return default_layer(trained.config.model.name, trained.model)
     try:

@@ -13,7 +13,7 @@ from torch import nn
 
 from segops.config import Config, build_config
 from segops.data.transforms import eval_transform, to_tv
-from segops.models import build_model
+from segops.models import build_model, model_info
 from segops.train.checkpoint import load_checkpoint
 
 
@@ -24,6 +24,7 @@ class TrainedModel:
     classes: tuple[str, ...]
     checkpoint: Path
     device: torch.device
+    kind: str = "semantic"  # "semantic" (logits) or "instance" (torchvision detection API)
 
     def transform(self):
         return eval_transform(self.config.augment, self.config.data.image_size)
@@ -33,10 +34,25 @@ def _assemble(
     state: dict, config: dict, classes: list[str], source: Path, device: str | torch.device
 ) -> TrainedModel:
     cfg = build_config(config, f"{source} (embedded config)")
-    model = build_model(cfg.model.name, num_classes=len(classes), **cfg.model.options)
+    kind = model_info(cfg.model.name).kind
+    options = dict(cfg.model.options)
+    if kind == "instance":  # as segops.train.instance.build_instance_model builds it
+        options = {"min_size": cfg.data.image_size, **options}
+    model = build_model(cfg.model.name, num_classes=len(classes), **options)
     model.load_state_dict(state)
     device = torch.device(device)
-    return TrainedModel(model.to(device).eval(), cfg, tuple(classes), source, device)
+    return TrainedModel(model.to(device).eval(), cfg, tuple(classes), source, device, kind)
+
+
+def require_semantic_model(trained: TrainedModel, what: str) -> None:
+    """ConfigError unless `trained` is a semantic model: `what` says what needs one."""
+    from segops.errors import ConfigError
+
+    if trained.kind != "semantic":
+        raise ConfigError(
+            f"{what} works on semantic models; {trained.checkpoint} is a {trained.kind} model "
+            f"({trained.config.model.name})"
+        )
 
 
 def default_device() -> str:
@@ -58,6 +74,27 @@ def load_model_files(
     return _assemble(state, info["config"], info["classes"], Path(weights), device)
 
 
+@torch.inference_mode()
+def predict_instances_image(
+    trained: TrainedModel, image: np.ndarray, mask_threshold: float = 0.5
+) -> dict[str, np.ndarray]:
+    """An instance model's detections on one HxWx3 uint8 image, at the image's size:
+    `masks` bool [N,H,W], `labels` int64 [N] (class ids 1..K), `scores` float32 [N] (highest
+    first) and `boxes` float32 [N,4] (x0, y0, x1, y1). The model resizes internally."""
+    if trained.kind != "instance":
+        raise ValueError(f"{trained.checkpoint} is a {trained.kind} model, not an instance model")
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255
+    (out,) = trained.model([tensor.to(trained.device)])
+    masks = out["masks"].detach().float().cpu()
+    masks = masks[:, 0] if masks.ndim == 4 else masks
+    return {
+        "masks": (masks > mask_threshold).numpy(),
+        "labels": out["labels"].cpu().numpy().astype(np.int64),
+        "scores": out["scores"].float().cpu().numpy(),
+        "boxes": out["boxes"].float().cpu().numpy(),
+    }
+
+
 SLIDE_ABOVE = 1.5  # a side longer than this many input sizes is predicted tile by tile
 
 
@@ -67,15 +104,29 @@ def predict_image(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mask (HxW uint8 class ids) and class probabilities (CxHxW float32) at the image's size.
 
+    An instance model's mask is painted from its detections (`predict_instances_image`).
     Images up to `SLIDE_ABOVE` times the model's input size are resized to it and the logits
     resized back bilinearly. Larger ones (or `sliding=True`) are predicted at native resolution
     with a sliding window (`predict_sliding`), so small objects are not shrunk away.
     """
+    if trained.kind == "instance":
+        return _painted(trained, image)
     size = trained.config.data.image_size
     if sliding is None:
         sliding = max(image.shape[:2]) > SLIDE_ABOVE * size
     probs = sliding_probs(trained, image) if sliding else _resized_probs(trained, image)
     return probs.argmax(0).byte().cpu().numpy(), probs.cpu().numpy()
+
+
+def _painted(trained: TrainedModel, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An instance model's (class map painted from its detections scoring >= 0.5, one-hot
+    probabilities of that map): what semantic consumers of `predict_image` need."""
+    from segops.evaluate.instance_metrics import semantic_from_instances
+
+    found = predict_instances_image(trained, image)
+    classes = len(trained.classes)
+    mask = semantic_from_instances(found, classes, *image.shape[:2]).astype(np.uint8)
+    return mask, np.eye(classes, dtype=np.float32)[mask].transpose(2, 0, 1)
 
 
 def _resized_probs(trained: TrainedModel, image: np.ndarray) -> torch.Tensor:

@@ -25,12 +25,15 @@ def _cfg(config: dict[str, Any]) -> Config:
 def attempt_config(config: dict[str, Any], attempt_key: str) -> dict[str, Any]:
     """`config` with outputs under `runs/<attempt_key>/` (checkpoints, eval, validation).
 
-    Refuses an instance model here, before the flow validates or versions anything.
+    Refuses here, before the flow validates or versions anything, an unknown model, an
+    instance model on data without instances and a promotion metric the model cannot have.
     """
-    from segops.models import require_semantic
+    from segops.promotion.decide import check_metric
+    from segops.train.run import check_model_data, model_kind
 
     cfg = _cfg(config)
-    require_semantic(cfg.model.name)
+    check_model_data(cfg)
+    check_metric(cfg.promotion.metric, model_kind(cfg))
     out = Path(cfg.train.out_dir).parent / attempt_key
     updated = config | {
         "train": {**config["train"], "out_dir": str(out)},
@@ -125,7 +128,7 @@ def train_step(
     """
     from segops import tracking
     from segops.train.callbacks import EpochPrinter
-    from segops.train.loop import train
+    from segops.train.run import train_configured
 
     cfg = _cfg(config)
     store = tracking.connect(cfg.tracking)
@@ -137,7 +140,7 @@ def train_step(
             tracking.log_text(run_id, value, name)
     callbacks = [tracking.MlflowMetrics(store, run_id), EpochPrinter()]
     try:
-        result = train(cfg, resume=True, callbacks=callbacks)
+        result = train_configured(cfg, resume=True, callbacks=callbacks)
     except Exception:
         tracking.finish_run(run_id, failed=True)
         raise
@@ -155,12 +158,16 @@ def train_step(
 
 def _explain_worst(cfg: Config, checkpoint: str, eval_dir: str) -> str:
     """Grad-CAM overlays of the worst images into `eval_dir/explanations` (logged with eval/);
-    returns how many, or the error: an explanation must never fail the evaluation."""
+    returns how many, or the error: an explanation must never fail the evaluation. Instance
+    models are not explained (Grad-CAM here targets a class's pixel logits)."""
     from segops.explain import explain_worst
     from segops.inference import load_trained
 
     try:
-        written = explain_worst(load_trained(checkpoint), cfg, eval_dir, k=cfg.evaluate.worst_k)
+        trained = load_trained(checkpoint)
+        if trained.kind != "semantic":
+            return f"skipped: Grad-CAM explains semantic models, {cfg.model.name} is {trained.kind}"
+        written = explain_worst(trained, cfg, eval_dir, k=cfg.evaluate.worst_k)
     except Exception as exc:
         return f"failed: {type(exc).__name__}: {exc}"[:300]
     return f"{len(written)} Grad-CAM overlays in eval/explanations"
@@ -191,12 +198,22 @@ def export_step(config: dict[str, Any], run_id: str, checkpoint: str) -> dict[st
     """Export the checkpoint to ONNX and compare onnxruntime with PyTorch on the evaluation
     split; log `onnx/model.onnx` and the `segops.onnx.*` tags (parity numbers, or status
     "failed" with the error) to the run, from where registration copies them to the version.
-    A failed export is recorded, not raised: the PyTorch model is still registered."""
+    A failed export is recorded, not raised: the PyTorch model is still registered. Instance
+    models are not exported (status "skipped", with the reason)."""
     from segops import tracking
     from segops.serving.onnx import export_and_check
+    from segops.train.run import model_kind
 
     cfg = _cfg(config)
     tracking.connect(cfg.tracking)
+    if model_kind(cfg) == "instance":
+        tags = {
+            LINEAGE + "onnx.status": "skipped",
+            LINEAGE + "onnx.reason": "instance models (Mask R-CNN) are served by the PyTorch "
+            "pyfunc only: their detection post-processing is not exported",
+        }
+        tracking.set_tags(run_id, tags)
+        return tags
     tags = export_and_check(checkpoint, Path(cfg.train.out_dir) / "onnx", cfg)
     path = tags.pop(LINEAGE + "onnx.path", "")
     if tags.get(LINEAGE + "onnx.status") == "ok" and path:
@@ -223,7 +240,9 @@ def register_step(
         tracking.set_tags(run_id, {LINEAGE + "model_uri": model_uri})
         summary = tracking.run_summary(run_id)  # now with segops.weights_sha256
     tags = {k: v for k, v in summary["tags"].items() if k.startswith(LINEAGE)}
-    tags |= {"metrics.mean_iou": str(summary["metrics"].get("mean_iou"))}
+    for metric in ("mean_iou", "mask_ap"):
+        if metric in summary["metrics"]:
+            tags[f"metrics.{metric}"] = str(summary["metrics"][metric])
     ref = register(model_uri, cfg.promotion.model_name, run_id, attempt_key, tags)
     return {"name": ref.name, "version": ref.version, "run_id": ref.run_id, "uri": ref.uri}
 

@@ -95,17 +95,19 @@ def train(
         bool, typer.Option(help="continue from <train.out_dir>/checkpoints/last.pt")
     ] = False,
 ) -> None:
-    """Check the dataset, then train; checkpoints every epoch, keeps the best by val mean IoU."""
+    """Check the dataset, then train; checkpoints every epoch, keeps the best by val mean IoU
+    (semantic models) or val mask AP (instance models such as maskrcnn_resnet50_fpn)."""
     from segops.cli.progress import RichTrainProgress, counter
     from segops.data.manifest import load_dataset
-    from segops.train.loop import train as run_training
+    from segops.train.run import check_model_data, train_configured
 
     cfg = config(params, overrides, dataset)
+    check_model_data(cfg)
     with counter("checking dataset") as update:
         info = load_dataset(cfg.data, eval_split="val", progress=update)
     bars = RichTrainProgress()
     try:
-        result = run_training(cfg, resume=resume, callbacks=[bars], dataset=info)
+        result = train_configured(cfg, resume=resume, callbacks=[bars], dataset=info)
     finally:
         bars.close()
     echo(
@@ -251,10 +253,13 @@ def run(
     import importlib
 
     from segops.cli.report import print_run_result
-    from segops.models import require_semantic
+    from segops.promotion.decide import check_metric
+    from segops.train.run import check_model_data, model_kind
 
-    # Fail fast on a bad config or an instance model, before Prefect starts.
-    require_semantic(config(params, overrides, dataset).model.name)
+    # Fail fast on a bad config, model/data or promotion metric, before Prefect starts.
+    cfg = config(params, overrides, dataset)
+    check_model_data(cfg)
+    check_metric(cfg.promotion.metric, model_kind(cfg))
     retrain = importlib.import_module("flows.retrain").retrain
     path = str(params) if params.exists() or params != Path("params.yaml") else None
     result = retrain(

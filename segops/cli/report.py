@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 from rich.table import Table
 
@@ -30,7 +32,15 @@ def print_dataset_summary(info) -> None:
 
 
 def print_eval_report(report) -> None:
-    """Headline metrics and the files an `EvalReport` wrote."""
+    """Headline metrics and the files an `EvalReport` wrote (COCO mask metrics too for an
+    instance model)."""
+    metrics = json.loads(Path(report.metrics_json).read_text())
+    if "mask_ap" in metrics:
+        console.print(
+            f"[bold]{report.split}[/] split: mask AP {metrics['mask_ap']:.4f}, AP50 "
+            f"{metrics['mask_ap50']:.4f}, AP75 {metrics['mask_ap75']:.4f}, "
+            f"AR {metrics['mask_ar']:.4f}"
+        )
     console.print(
         f"[bold]{report.split}[/] split: mean IoU {report.mean_iou:.4f}, mean Dice "
         f"{report.mean_dice:.4f}, pixel accuracy {report.pixel_accuracy:.4f}"

@@ -20,7 +20,7 @@ from segops.data.formats import SampleRef, load_sample, ref_from_row
 from segops.data.manifest import dataset_fingerprint, load_dataset
 from segops.errors import DatasetError
 from segops.evaluate import html_parts as hp
-from segops.evaluate.report import HEADLINE
+from segops.evaluate.report import HEADLINE, INSTANCE_HEADLINE
 from segops.inference import TrainedModel, predict_image
 
 PLOTS = (
@@ -171,15 +171,20 @@ def compare_with_champion(
         challenger=str(challenger.checkpoint),
         split=new["split"],
         dataset_hash=new["dataset_hash"],
-        headline=tuple(Delta(m, old.get(m), new.get(m)) for m in HEADLINE),
+        headline=tuple(Delta(m, old.get(m), new.get(m)) for m in _headline_keys(new)),
         per_class_iou=_deltas(new, old, "iou"),
         per_class_dice=_deltas(new, old, "dice"),
         changed=changed,
     )
 
 
+def _headline_keys(metrics: dict) -> tuple[str, ...]:
+    """The headline metrics of an evaluation: COCO mask metrics first for instance models."""
+    return tuple(m for m in INSTANCE_HEADLINE if m in metrics) + HEADLINE
+
+
 def _headline_section(metrics: dict) -> str:
-    rows = [(m.replace("_", " "), hp.fmt(metrics.get(m))) for m in HEADLINE]
+    rows = [(m.replace("_", " "), hp.fmt(metrics.get(m))) for m in _headline_keys(metrics)]
     info = [
         ("split", str(metrics.get("split"))),
         ("images", str(metrics.get("images"))),
@@ -196,11 +201,13 @@ def _per_class_section(eval_dir: Path) -> str:
         [
             str(r["class"]),
             *(hp.fmt(r[c]) for c in PER_CLASS_COLUMNS),
+            *([hp.fmt(r["ap"])] if "ap" in r else []),
             *(hp.fmt(int(r[c])) for c in ("true_pixels", "predicted_pixels") if c in r),
         ]
         for r in frame.to_dict("records")
     ]
     header = ["class", "IoU", "Dice", "precision", "recall", "F1"]
+    header += ["mask AP"] if "ap" in frame else []
     header += [
         h for c, h in (("true_pixels", "true px"), ("predicted_pixels", "pred px")) if c in frame
     ]

@@ -140,6 +140,23 @@ def coco_mask_metrics(
     return _summary(_evaluate(coco_pair(predictions, targets, mask_threshold), iou_type))
 
 
+def per_class_mask_ap(
+    predictions: Sequence[Instances],
+    targets: Sequence[Instances],
+    iou_type: str = "segm",
+    mask_threshold: float = 0.5,
+) -> dict[int, float]:
+    """Each category's COCO AP (IoU .50:.95, all areas, 100 detections), keyed by class id;
+    NaN for a category without ground truth. Read from the same COCOeval as `AP`."""
+    evaluator = _evaluate(coco_pair(predictions, targets, mask_threshold), iou_type)
+    params, precision = evaluator.params, evaluator.eval["precision"]  # [T, R, K, A, M]
+    area, dets = params.areaRngLbl.index("all"), params.maxDets.index(100)
+    return {
+        int(cat): _mean_defined(precision[:, :, k, area, dets])
+        for k, cat in enumerate(params.catIds)
+    }
+
+
 def per_image_mask_ap(
     predictions: Sequence[Instances],
     targets: Sequence[Instances],

@@ -41,14 +41,25 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+CURVES = {
+    "val_miou": "val mean IoU",
+    "val_pixel_acc": "val pixel accuracy",
+    "val_AP": "val mask AP",
+    "val_AP50": "val mask AP50",
+}
+
+
 def plot_curves(history: pd.DataFrame, path: Path) -> Path:
-    """Train/val loss and val mean IoU / pixel accuracy per epoch."""
+    """Train/val loss and the validation metrics in `history` (mean IoU, pixel accuracy;
+    mask AP and AP50 for instance models) per epoch. A loss never measured is left out."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax1.plot(history["epoch"], history["train_loss"], label="train")
-    ax1.plot(history["epoch"], history["val_loss"], label="val")
+    if history["val_loss"].notna().any():
+        ax1.plot(history["epoch"], history["val_loss"], label="val")
     ax1.set(xlabel="epoch", ylabel="loss", title="Loss")
-    ax2.plot(history["epoch"], history["val_miou"], label="val mean IoU")
-    ax2.plot(history["epoch"], history["val_pixel_acc"], label="val pixel accuracy")
+    for column, label in CURVES.items():
+        if column in history:
+            ax2.plot(history["epoch"], history[column], label=label)
     ax2.set(xlabel="epoch", ylim=(0, 1), title="Validation metrics")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
@@ -100,11 +111,12 @@ def plot_confusion(mat: np.ndarray, classes: list[str], path: Path) -> Path:
 
 
 def plot_overlays(samples: list[dict], path: Path) -> Path:
-    """Grid: one row per sample (dicts with id, image, truth, pred, iou), worst first."""
+    """Grid: one row per sample (dicts with id, image, truth, pred, iou and optionally
+    `metric`, the name of the score in `iou`), worst first."""
     fig, axes = plt.subplots(len(samples), 3, figsize=(7.5, 2.5 * len(samples)), squeeze=False)
     for row, s in zip(axes, samples, strict=True):
         panels = (s["image"], overlay(s["image"], s["truth"]), overlay(s["image"], s["pred"]))
-        titles = (s["id"], "truth", f"prediction (IoU {s['iou']:.3f})")
+        titles = (s["id"], "truth", f"prediction ({s.get('metric', 'IoU')} {s['iou']:.3f})")
         for ax, img, title in zip(row, panels, titles, strict=True):
             ax.imshow(img, interpolation="nearest")
             ax.set_title(title, fontsize=9)

@@ -42,12 +42,16 @@ class EvalReport:
 
 
 HEADLINE = ("mean_iou", "mean_dice", "pixel_accuracy", "mean_precision", "mean_recall", "mean_f1")
+INSTANCE_HEADLINE = ("mask_ap", "mask_ap50", "mask_ap75", "mask_ar")  # instance models only
 
 
 def headline_metrics(summary: dict) -> dict[str, float]:
-    """The flat metrics logged per run: the means and `iou.<class>`, from metrics.json."""
-    metrics = {k: summary[k] for k in HEADLINE}
-    return metrics | {f"iou.{name}": v["iou"] for name, v in summary["per_class"].items()}
+    """The flat metrics logged per run, from metrics.json: the means and `iou.<class>`; for an
+    instance model also the COCO mask metrics and `ap.<class>`."""
+    metrics = {k: summary[k] for k in HEADLINE + INSTANCE_HEADLINE if k in summary}
+    per_class = summary["per_class"].items()
+    metrics |= {f"iou.{name}": v["iou"] for name, v in per_class}
+    return metrics | {f"ap.{name}": v["ap"] for name, v in per_class if v.get("ap") is not None}
 
 
 @torch.inference_mode()
@@ -80,7 +84,8 @@ def _per_class_table(summary: dict, mat: np.ndarray) -> pd.DataFrame:
         }
         for i, (name, values) in enumerate(summary["per_class"].items())
     ]
-    return pd.DataFrame(rows).astype({"iou": float, "dice": float})
+    frame = pd.DataFrame(rows)
+    return frame.astype({c: float for c in ("iou", "dice", "ap") if c in frame})
 
 
 def _worst_samples(
@@ -140,7 +145,12 @@ def evaluate_model(
     history: Path | None = None,
 ) -> EvalReport:
     """Score `trained` on `split` of `cfg.data`: metrics.json, per_class.csv, per_image.csv and
-    plots/ (curves too when a `history` CSV exists) under `out`. Returns the EvalReport."""
+    plots/ (curves too when a `history` CSV exists) under `out`. Returns the EvalReport.
+    An instance model is scored by `segops.evaluate.instance_report` (same files, plus AP)."""
+    if trained.kind == "instance":
+        from segops.evaluate.instance_report import evaluate_instance_model
+
+        return evaluate_instance_model(trained, cfg, split, out, dataset, progress, history)
     split = split or cfg.evaluate.split
     info = dataset or load_dataset(cfg.data, eval_split=split)
     _check_classes(trained, info)

@@ -258,7 +258,9 @@ def _environment(chain: _Chain) -> Link:
 def _metrics(chain: _Chain) -> Link:
     recorded = chain.run["metrics"].get("mean_iou")
     chain.record["metrics"] = {
-        k: v for k, v in chain.run["metrics"].items() if k.startswith(("mean_", "iou.", "pixel"))
+        k: v
+        for k, v in chain.run["metrics"].items()
+        if k.startswith(("mean_", "iou.", "pixel", "mask_", "ap."))
     }
     local = chain.artifact("eval/metrics.json")
     if local is None or recorded is None:

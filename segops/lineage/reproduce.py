@@ -142,7 +142,7 @@ def reproduce(model_uri: str, out_dir: str | Path, callbacks: Sequence = ()) -> 
     from segops.evaluate.report import evaluate_checkpoint, headline_metrics
     from segops.promotion.registry import resolve
     from segops.train.checkpoint import load_checkpoint
-    from segops.train.loop import train
+    from segops.train.run import train_configured
     from segops.versioning import dvc_text_md5, restore_dataset
 
     out = Path(out_dir).resolve()
@@ -158,7 +158,7 @@ def reproduce(model_uri: str, out_dir: str | Path, callbacks: Sequence = ()) -> 
     data_dir = out / "workspace" / tags.get("segops.data.path", "data")
     restore_dataset(dvc_text, tags["segops.data.remote_url"], data_dir)
     cfg = _rebuild_config(raw, data_dir / subdir, out)
-    result = train(cfg, resume=False, callbacks=list(callbacks))
+    result = train_configured(cfg, resume=False, callbacks=list(callbacks))
     report = evaluate_checkpoint(cfg, result.best_checkpoint, out_dir=out / "eval")
     model_dir = tracking.download_model(ref.uri, out / "registered")
     registered = torch.load(next(model_dir.rglob("weights.pt")), weights_only=True)

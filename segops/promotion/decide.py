@@ -1,10 +1,12 @@
 """Whether a challenger model replaces the champion: a pure function with its reasons and numbers.
 
 Rules (all must pass, on the same evaluation data version):
-  min_delta       challenger.mean - champion.mean >= cfg.min_delta (dataset-level mean IoU);
+  min_delta       challenger.mean - champion.mean >= cfg.min_delta (the dataset-level primary
+                  metric: mean IoU by default, mask AP for instance models);
   bootstrap       the one-sided lower bound, at cfg.confidence, of the mean per-image improvement
                   is above 0 (a paired bootstrap that resamples images);
-  max_class_drop  no class's IoU falls by more than cfg.max_class_drop (None = absent: skipped).
+  max_class_drop  no class's value (IoU, Dice or AP) falls by more than cfg.max_class_drop
+                  (None = absent: skipped).
 
 The bootstrap is one-sided because the question is directional (is the challenger better?): at
 confidence 0.95 the lower bound is the 5% quantile of the resampled means. The matching upper
@@ -21,10 +23,44 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from segops.config import PromotionConfig
+from segops.errors import ConfigError
 
 _BLOCK = 1 << 22  # resampled values held in memory at once (32 MiB of float64)
 _SLACK = 1e-12  # a gain of exactly min_delta passes despite float rounding (0.705 - 0.7)
 _SHOWN = 5  # ids or classes named in one message
+# Primary metric -> (its name for the split, its name for one class), as reasons say them.
+LABELS = {
+    "mean_iou": ("mean IoU", "IoU"),
+    "mean_dice": ("mean Dice", "Dice"),
+    "mask_ap": ("mask AP", "AP"),
+}
+
+
+# Primary metric -> (its key in metrics.json's per-class values and per_image.csv column,
+# the model kinds that have it).
+METRICS = {
+    "mean_iou": ("iou", ("semantic", "instance")),
+    "mean_dice": ("dice", ("semantic", "instance")),
+    "mask_ap": ("ap", ("instance",)),
+}
+
+
+def primary_metric(metric: str, kind: str) -> str:
+    """The metric the gate compares: `metric`, or for "auto" mask_ap (instance models) or
+    mean_iou (semantic models)."""
+    if metric == "auto":
+        return "mask_ap" if kind == "instance" else "mean_iou"
+    return metric
+
+
+def check_metric(metric: str, kind: str) -> None:
+    """ConfigError when `promotion.metric` is not one a model of `kind` is evaluated with."""
+    chosen = primary_metric(metric, kind)
+    if chosen not in METRICS or kind not in METRICS[chosen][1]:
+        usable = ["auto", *(m for m, (_, kinds) in METRICS.items() if kind in kinds)]
+        raise ConfigError(
+            f"promotion.metric {metric!r} does not exist for {kind} models; use one of {usable}"
+        )
 
 
 @dataclass(frozen=True)
@@ -32,9 +68,10 @@ class Scores:
     """Evaluation of one model on one evaluation data version."""
 
     data_version: str  # dataset hash the scores were computed on
-    per_image: dict[str, float]  # image id -> that image's mean IoU (primary metric)
-    per_class: dict[str, float | None]  # class name -> IoU over the split (None = absent)
-    mean: float  # mean IoU over the split (the headline metric)
+    per_image: dict[str, float]  # image id -> that image's primary metric (e.g. its mean IoU)
+    per_class: dict[str, float | None]  # class -> primary metric over the split (None = absent)
+    mean: float  # primary metric over the split (e.g. mean IoU)
+    metric: str = "mean_iou"  # which metric: mean_iou, mean_dice or mask_ap
 
 
 @dataclass(frozen=True)
@@ -54,7 +91,8 @@ class PromotionDecision:
     ci_high: float | None = None  # one-sided upper bound at confidence
     prob_improvement: float | None = None  # fraction of resamples with a positive mean gain
     worst_class: str | None = None
-    worst_class_drop: float | None = None  # champion - challenger IoU; positive = regression
+    worst_class_drop: float | None = None  # champion - challenger value; positive = regression
+    metric: str = "mean_iou"  # the primary metric compared (Scores.metric)
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict of every field (tuples as lists)."""
@@ -109,7 +147,16 @@ def _shown(names: list[str]) -> str:
     return ", ".join(repr(n) for n in names[:_SHOWN]) + more
 
 
+def _labels(metric: str) -> tuple[str, str]:
+    return LABELS.get(metric, (metric, metric))
+
+
 def _check_comparable(challenger: Scores, champion: Scores) -> None:
+    if challenger.metric != champion.metric:
+        raise ValueError(
+            f"the challenger is scored by {challenger.metric}, the champion by {champion.metric}:"
+            " models of different kinds need different promotion.model_name values"
+        )
     version = challenger.data_version
     if champion.data_version != version:
         raise ValueError(
@@ -126,7 +173,9 @@ def _check_comparable(challenger: Scores, champion: Scores) -> None:
         )
     for who, scores in (("challenger", challenger), ("champion", champion)):
         if not math.isfinite(scores.mean):
-            raise ValueError(f"{who} mean IoU is {scores.mean}: there is nothing to compare")
+            raise ValueError(
+                f"{who} {_labels(scores.metric)[0]} is {scores.mean}: there is nothing to compare"
+            )
 
 
 def _paired_images(challenger: Scores, champion: Scores) -> tuple[np.ndarray, np.ndarray, int]:
@@ -163,7 +212,8 @@ def _class_rule(challenger: Scores, champion: Scores, cfg: PromotionConfig) -> t
             both[name] = (old, new)
     skip = f", skipping {len(skipped)} absent in either: {_shown(skipped)}" if skipped else ""
     if not both:
-        return (None, None, False), f"no class has an IoU from both models{skip}"
+        label = _labels(challenger.metric)[1]
+        return (None, None, False), f"no class has a value ({label}) from both models{skip}"
     order = sorted(both, key=lambda n: both[n][1] - both[n][0])  # largest drop first
     over = [n for n in order if both[n][0] - both[n][1] > cfg.max_class_drop]
     told = ", ".join(
@@ -183,19 +233,23 @@ def decide(challenger: Scores, champion: Scores | None, cfg: PromotionConfig) ->
     champion first), on different image ids, or when either mean is not a number.
     """
     if champion is None:
-        first = f"no champion yet: the first version becomes champion (mean {challenger.mean:.4f})"
+        label = _labels(challenger.metric)[0]
+        first = (
+            f"no champion yet: the first version becomes champion ({label} {challenger.mean:.4f})"
+        )
         n_nan = sum(math.isnan(v) for v in challenger.per_image.values())
         return PromotionDecision(
             promote=True, reasons=(first,), failed_rules=(), data_version=challenger.data_version,
             challenger_mean=challenger.mean, n_images=len(challenger.per_image) - n_nan,
-            n_dropped=n_nan,
+            n_dropped=n_nan, metric=challenger.metric,
         )  # fmt: skip
     _check_comparable(challenger, champion)
     a, b, n_dropped = _paired_images(challenger, champion)
     delta = challenger.mean - champion.mean
     delta_ok = delta + _SLACK >= cfg.min_delta
     reasons = [
-        f"mean IoU {challenger.mean:.4f} vs champion {champion.mean:.4f}: gain {delta:+.4f}"
+        f"{_labels(challenger.metric)[0]} {challenger.mean:.4f} vs champion"
+        f" {champion.mean:.4f}: gain {delta:+.4f}"
         f" {'meets' if delta_ok else 'is below'} min_delta {cfg.min_delta:.4f}"
     ]
     (low, high, prob), text = _bootstrap_rule(a, b, cfg)
@@ -212,5 +266,5 @@ def decide(challenger: Scores, champion: Scores | None, cfg: PromotionConfig) ->
         data_version=challenger.data_version, challenger_mean=challenger.mean,
         champion_mean=champion.mean, delta=delta, ci_low=low, ci_high=high,
         prob_improvement=prob, worst_class=worst, worst_class_drop=worst_drop,
-        n_images=int(a.size), n_dropped=n_dropped,
+        n_images=int(a.size), n_dropped=n_dropped, metric=challenger.metric,
     )  # fmt: skip

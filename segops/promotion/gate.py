@@ -16,7 +16,7 @@ import pandas as pd
 from segops.config import Config
 from segops.data.manifest import DatasetInfo
 from segops.evaluate.report import EvalReport, evaluate_model
-from segops.promotion.decide import PromotionDecision, Scores, decide
+from segops.promotion.decide import METRICS, PromotionDecision, Scores, decide, primary_metric
 from segops.promotion.registry import (
     ModelRef,
     champion,
@@ -26,25 +26,38 @@ from segops.promotion.registry import (
 )
 
 
-def scores_from_files(metrics_json: str | Path, per_image_csv: str | Path) -> Scores:
-    """Scores from an evaluation's metrics.json and per_image.csv."""
+def scores_from_files(
+    metrics_json: str | Path, per_image_csv: str | Path, metric: str = "auto"
+) -> Scores:
+    """Scores by primary `metric` (see `primary_metric`) from an evaluation's metrics.json and
+    per_image.csv. ValueError when the evaluation lacks that metric."""
     metrics = json.loads(Path(metrics_json).read_text())
+    kind = metrics.get("kind", "semantic")
+    name = primary_metric(metric, kind)
+    column = METRICS[name][0] if name in METRICS else name
     frame = pd.read_csv(per_image_csv, dtype={"id": str})
+    if name not in metrics or column not in frame:
+        raise ValueError(
+            f"{metrics_json} (a {kind} model's evaluation) has no {name!r}: set "
+            f"promotion.metric to one it has (auto, {', '.join(METRICS)})"
+        )
     return Scores(
         data_version=metrics["dataset_hash"],
-        per_image=dict(zip(frame["id"], frame["iou"].astype(float), strict=True)),
-        per_class={name: v["iou"] for name, v in metrics["per_class"].items()},
-        mean=float(metrics["mean_iou"]),
+        per_image=dict(zip(frame["id"], frame[column].astype(float), strict=True)),
+        per_class={n: v.get(column) for n, v in metrics["per_class"].items()},
+        mean=float(metrics[name]),
+        metric=name,
     )
 
 
-def run_scores(run_id: str) -> Scores:
-    """Scores logged by the evaluation step of run `run_id`."""
+def run_scores(run_id: str, metric: str = "auto") -> Scores:
+    """Scores by `metric` logged by the evaluation step of run `run_id`."""
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(
             run_id=run_id, artifact_path="eval", dst_path=tmp
         )
-        return scores_from_files(Path(local) / "metrics.json", Path(local) / "per_image.csv")
+        local = Path(local)
+        return scores_from_files(local / "metrics.json", local / "per_image.csv", metric)
 
 
 def reevaluate(ref: ModelRef, cfg: Config, dataset: DatasetInfo | None = None) -> EvalReport:
@@ -69,11 +82,11 @@ def champion_eval_dir(ref: ModelRef, cfg: Config, data_version: str, dst: str | 
 
 
 def _champion_scores(current: ModelRef, cfg: Config, data_version: str) -> Scores:
-    scores = run_scores(current.run_id)
+    scores = run_scores(current.run_id, cfg.promotion.metric)
     if scores.data_version == data_version:
         return scores
     report = reevaluate(current, cfg)
-    return scores_from_files(report.metrics_json, report.per_image_csv)
+    return scores_from_files(report.metrics_json, report.per_image_csv, cfg.promotion.metric)
 
 
 def promote(ref: ModelRef, cfg: Config, lock_dir: str | Path) -> PromotionDecision:
@@ -81,7 +94,7 @@ def promote(ref: ModelRef, cfg: Config, lock_dir: str | Path) -> PromotionDecisi
 
     Serialised by a lock in `lock_dir` so that concurrent flows decide one after the other.
     """
-    challenger = run_scores(ref.run_id)
+    challenger = run_scores(ref.run_id, cfg.promotion.metric)
     with promotion_lock(lock_dir):
         current = champion(ref.name)
         # A retried step may find `ref` already champion: then there is nothing to beat.

@@ -43,12 +43,15 @@ def input_example(size: int, n: int = 2) -> pd.DataFrame:
 def log_pyfunc(run_id: str, checkpoint: str | Path, name: str = "model") -> str:
     """Log `checkpoint` into run `run_id` as a pyfunc model; returns its `models:/` URI.
 
+    An instance checkpoint (`kind` "instance", e.g. Mask R-CNN) gets the instance signature:
+    detection columns and the `score_threshold` param.
     Tags the run with `segops.weights_sha256`, the hash of the logged `weights.pt`, so an
     audit can prove the registered weights are the ones trained.
     The segops package travels with the model (code_paths), so serving needs only the pinned
     pip requirements, not a segops install.
     """
     ckpt = load_checkpoint(checkpoint)
+    # MLflow predicts the example while logging: image_size keeps it small (Mask R-CNN on CPU).
     size = int(ckpt["config"]["data"]["image_size"])
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
         artifacts = write_model_files(ckpt, Path(tmp))
@@ -57,7 +60,7 @@ def log_pyfunc(run_id: str, checkpoint: str | Path, name: str = "model") -> str:
             python_model=str(MODEL_CODE),
             artifacts=artifacts,
             code_paths=[str(Path(segops.__file__).parent)],
-            signature=signature(ckpt["classes"]),
+            signature=signature(ckpt["classes"], ckpt.get("kind", "semantic")),
             input_example=input_example(size),
             pip_requirements=_requirements(),
         )

@@ -27,7 +27,7 @@ from segops.data.manifest import load_dataset
 from segops.errors import DatasetError
 from segops.evaluate.confusion import ConfusionMatrix
 from segops.evaluate.metrics import iou, nanmean
-from segops.inference import TrainedModel, load_trained
+from segops.inference import TrainedModel, load_trained, require_semantic_model
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
@@ -45,6 +45,7 @@ def export_onnx(trained: TrainedModel, out_path: str | Path, *, dynamic_hw: bool
     then only accepts sides that divide by 2**depth like `data.image_size` does (others fail in
     onnxruntime, loudly).
     """
+    require_semantic_model(trained, "ONNX export")
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)  # so a failed export leaves no stale file that looks valid

@@ -13,6 +13,14 @@ optional columns:
 Output: a DataFrame with `mask` (base64 PNG at the input's size, pixel = class id) and one
 `pixels_<class>` column per class (pixel counts; they sum to H*W).
 
+Instance models (model.json `kind` "instance", e.g. Mask R-CNN) paint `mask` from their
+detections (higher scores on top) and add, one entry per detection, highest score first:
+`instances` (the count), `classes` (names), `labels` (class ids), `scores` (floats), `boxes`
+([x0, y0, x1, y1] in input pixels) and `masks` (base64 PNG, uint8 0/255 at the input's size).
+Detections scoring below `score_threshold` (default 0.5; per request with the pyfunc params,
+`predict(df, params={"score_threshold": 0.3})` or `"params": {...}` in the JSON) are left out
+of every column. A threshold outside 0..1 is refused with `INVALID_PARAMETER_VALUE`.
+
 Bad input (not an image, ragged or non-integer arrays, wrong channels, more pixels than the
 limit) raises `MlflowException` with `INVALID_PARAMETER_VALUE`, naming the row: the scoring
 server answers 400 with that message and keeps serving.
@@ -42,12 +50,14 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
-from mlflow.types.schema import AnyType
+from mlflow.types.schema import AnyType, ParamSchema, ParamSpec
 from PIL import Image
 
 MODEL_CODE = Path(__file__).with_name("model_code.py")
 MAX_PIXELS_ENV = "SEGOPS_SERVE_MAX_PIXELS"
 DEFAULT_MAX_PIXELS = 4096 * 4096
+DEFAULT_SCORE_THRESHOLD = 0.5
+INSTANCE_LISTS = ("classes", "labels", "scores", "boxes", "masks")
 
 
 def encode_png(array: np.ndarray) -> str:
@@ -62,15 +72,21 @@ def decode_png(text: str) -> np.ndarray:
     return np.array(Image.open(io.BytesIO(base64.b64decode(text))))
 
 
-def signature(classes: list[str]) -> ModelSignature:
+def signature(classes: list[str], kind: str = "semantic") -> ModelSignature:
     """Inputs `image` (string) and `array` (nested list), both optional; outputs `mask`
-    (string) and `pixels_<class>` (long)."""
+    (string) and `pixels_<class>` (long). An instance model also outputs `instances` (long)
+    and the lists `classes`, `labels`, `scores`, `boxes`, `masks`, and takes the param
+    `score_threshold` (double, default 0.5)."""
     # AnyType: an HxW and an HxWx3 list differ in depth, so no single Array type fits both.
     inputs = Schema(
         [ColSpec("string", "image", required=False), ColSpec(AnyType(), "array", required=False)]
     )
     outputs = [ColSpec("string", "mask")] + [ColSpec("long", f"pixels_{c}") for c in classes]
-    return ModelSignature(inputs=inputs, outputs=Schema(outputs))
+    if kind != "instance":
+        return ModelSignature(inputs=inputs, outputs=Schema(outputs))
+    outputs += [ColSpec("long", "instances")] + [ColSpec(AnyType(), c) for c in INSTANCE_LISTS]
+    params = ParamSchema([ParamSpec("score_threshold", "double", DEFAULT_SCORE_THRESHOLD)])
+    return ModelSignature(inputs=inputs, outputs=Schema(outputs), params=params)
 
 
 def bad_input(row: int, problem: str) -> MlflowException:
@@ -91,6 +107,31 @@ def max_pixels_setting(model_config: dict[str, Any] | None) -> int:
     if value < 1:
         raise ValueError(f"{MAX_PIXELS_ENV} / max_pixels = {raw!r}: give a positive integer")
     return value
+
+
+def score_threshold_param(params: dict[str, Any] | None) -> float:
+    """`score_threshold` from the pyfunc params (default 0.5); raises INVALID_PARAMETER_VALUE
+    unless it is a number from 0 to 1."""
+    raw = (params or {}).get("score_threshold")
+    if raw is None:
+        return DEFAULT_SCORE_THRESHOLD
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if isinstance(raw, bool) or not 0.0 <= value <= 1.0:
+        raise MlflowException.invalid_parameter_value(
+            f"score_threshold = {raw!r}: give a number from 0 to 1"
+        )
+    return value
+
+
+def kept_detections(found: dict[str, np.ndarray], threshold: float) -> dict[str, np.ndarray]:
+    """The detections scoring at least `threshold`, highest score first."""
+    scores = np.asarray(found["scores"])
+    order = np.argsort(-scores, kind="stable")
+    order = order[scores[order] >= threshold]
+    return {key: np.asarray(value)[order] for key, value in found.items()}
 
 
 def _present(value: Any) -> bool:
@@ -182,32 +223,61 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
 
         artifacts = context.artifacts
         self.trained = load_model_files(artifacts["weights"], artifacts["meta"], default_device())
+        self.kind = self.trained.kind
         self.classes = list(self.trained.classes)
         self.max_pixels = max_pixels_setting(getattr(context, "model_config", None))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        """One row per input row: `mask` (base64 PNG) and `pixels_<class>` counts."""
+        """One row per input row: `mask` (base64 PNG) and `pixels_<class>` counts, plus the
+        detections of an instance model (see the module docstring)."""
+        decoded = self._decode(model_input)
+        if self.kind == "instance":
+            threshold = score_threshold_param(params)
+            return pd.DataFrame([self._instance_row(im, threshold) for im in decoded])
         from segops.inference import predict_image
 
+        return pd.DataFrame([self._row(predict_image(self.trained, im)[0]) for im in decoded])
+
+    def _decode(self, model_input: pd.DataFrame) -> list[np.ndarray]:
+        """Every row's HxWx3 uint8 image: all are checked before any is predicted, so a bad
+        batch fails fast and whole."""
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
         images = model_input.get("image", pd.Series([None] * len(model_input)))
         arrays = model_input.get("array", pd.Series([None] * len(model_input)))
-        # Check every row before predicting any: a bad batch fails fast and whole.
-        decoded = [
+        return [
             row_image(i, im, arr, self.max_pixels)
             for i, (im, arr) in enumerate(zip(images, arrays, strict=True))
         ]
-        return pd.DataFrame([self._row(predict_image(self.trained, im)[0]) for im in decoded])
 
     def _row(self, mask: np.ndarray) -> dict[str, Any]:
         counts = np.bincount(mask.ravel(), minlength=len(self.classes))
         pixels = {f"pixels_{c}": int(counts[k]) for k, c in enumerate(self.classes)}
         return {"mask": encode_png(mask), **pixels}
 
+    def _instance_row(self, image: np.ndarray, threshold: float) -> dict[str, Any]:
+        from segops.evaluate.instance_metrics import semantic_from_instances
+        from segops.inference import predict_instances_image
+
+        found = kept_detections(predict_instances_image(self.trained, image), threshold)
+        height, width = image.shape[:2]
+        painted = semantic_from_instances(found, len(self.classes), height, width, 0.0)
+        return {**self._row(painted.astype(np.uint8)), **self._detections(found)}
+
+    def _detections(self, found: dict[str, np.ndarray]) -> dict[str, Any]:
+        labels = [int(k) for k in found["labels"]]
+        return {
+            "instances": len(labels),
+            "classes": [self.classes[k] for k in labels],
+            "labels": labels,
+            "scores": [float(s) for s in found["scores"]],
+            "boxes": [[float(v) for v in box] for box in found["boxes"]],
+            "masks": [encode_png(m.astype(np.uint8) * 255) for m in found["masks"]],
+        }
+
 
 def write_model_files(checkpoint: dict, out: Path) -> dict[str, str]:
-    """Write `weights.pt` (state dict) and `model.json` (config, classes) for logging."""
+    """Write `weights.pt` (state dict) and `model.json` (config, classes, kind) for logging."""
     import torch
 
     out.mkdir(parents=True, exist_ok=True)
@@ -216,6 +286,7 @@ def write_model_files(checkpoint: dict, out: Path) -> dict[str, str]:
         "config": checkpoint["config"],
         "classes": checkpoint["classes"],
         "model_name": checkpoint["model_name"],
+        "kind": checkpoint.get("kind", "semantic"),
         "dataset_hash": checkpoint["dataset_hash"],
         "config_hash": checkpoint["config_hash"],
     }

@@ -65,9 +65,10 @@ class EpochPrinter(Callback):
         )
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:
+        ap = f"val mask AP {row['val_AP']:.4f}  " if "val_AP" in row else ""
         print(
             f"epoch {row['epoch']:>3}  train loss {row['train_loss']:.4f}  val loss "
-            f"{row['val_loss']:.4f}  val mIoU {row['val_miou']:.4f}  "
+            f"{row['val_loss']:.4f}  val mIoU {row['val_miou']:.4f}  {ap}"
             f"{row['images_per_s']:.0f} img/s",
             flush=True,
         )

@@ -197,7 +197,9 @@ def evaluate_instance(
     }
 
 
-def _checkpoint(model, optimizer, scheduler, scaler, state, cfg, classes) -> dict[str, Any]:
+def _checkpoint(
+    model, optimizer, scheduler, scaler, state, cfg, classes, dataset_hash
+) -> dict[str, Any]:
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -210,6 +212,7 @@ def _checkpoint(model, optimizer, scheduler, scaler, state, cfg, classes) -> dic
         "classes": list(classes),
         "model_name": cfg.model.name,
         "kind": "instance",
+        "dataset_hash": dataset_hash,
         "versions": {"segops": segops.__version__, "torch": str(torch.__version__)},
     }
 
@@ -288,11 +291,13 @@ def train_instance(
     *,
     classes: list[str] | None = None,
     optimizer: str = "adamw",
+    dataset_hash: str = "unknown",
 ) -> InstanceTrainResult:
     """Train `cfg.model` (an instance model) for `epochs` (default `cfg.train.epochs`) with the
     `optimizer` ("adamw" or "sgd"), saving to `out_dir` (default `cfg.train.out_dir`; see the
-    module docstring). `classes` default to `dataset_train.classes`. Returns where things are
-    and the best epoch by validation mask AP."""
+    module docstring). `classes` default to `dataset_train.classes`; `dataset_hash` (the
+    data's fingerprint) is stored in the checkpoints. Returns where things are and the best
+    epoch by validation mask AP."""
     cbs, names = CallbackList(list(callbacks)), _classes(classes, dataset_train)
     epochs, out = epochs or cfg.train.epochs, Path(out_dir or cfg.train.out_dir)
     runtime, loader, model, *optim = _setup(cfg, dataset_train, len(names), epochs, optimizer)
@@ -314,7 +319,7 @@ def train_instance(
             model, dataset_val, names, device=runtime.device, batch_size=cfg.evaluate.batch_size
         )
         state.epoch = epoch
-        ckpt = _checkpoint(model, *optim, state, cfg, names)
+        ckpt = _checkpoint(model, *optim, state, cfg, names, dataset_hash)
         _record(state, _row(epoch, fit, val, lr), ckpt, out, cbs)
     last = out / "checkpoints" / "last.pt"
     result = InstanceTrainResult(

@@ -103,7 +103,10 @@ def test_torchvision_weights_are_opt_in(monkeypatch):
     build_model(NAMES[1], num_classes=3, **SMALL)
 
 
-def test_semantic_training_and_the_flow_refuse_an_instance_model(shapes_root, tmp_path):
+def test_semantic_loop_and_flow_refuse_what_does_not_fit(shapes_root, tmp_path):
+    """The semantic loop refuses an instance model; the flow (before it validates or versions
+    anything) refuses an instance model on data without instances, and a promotion metric the
+    model is not evaluated with."""
     from conftest import tiny_config
 
     from segops import pipeline
@@ -113,5 +116,12 @@ def test_semantic_training_and_the_flow_refuse_an_instance_model(shapes_root, tm
     cfg = tiny_config(shapes_root, tmp_path, "model.name=maskrcnn_resnet50_fpn", "model.options={}")
     with pytest.raises(ConfigError, match="instance model"):
         train(cfg)
-    with pytest.raises(ConfigError, match="instance model"):
+    with pytest.raises(ConfigError, match=r"needs instance annotations.*folder_instance"):
         pipeline.attempt_config(cfg.to_dict(), "attempt")
+    semantic = tiny_config(shapes_root, tmp_path, "promotion.metric=mask_ap")
+    with pytest.raises(ConfigError, match="'mask_ap' does not exist for semantic models"):
+        pipeline.attempt_config(semantic.to_dict(), "attempt")
+    instance = tiny_config(
+        shapes_root, tmp_path, "model.name=maskrcnn_resnet50_fpn", "data.format=folder_instance"
+    )
+    assert pipeline.attempt_config(instance.to_dict(), "a")["train"]["out_dir"].endswith("a")

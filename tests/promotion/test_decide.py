@@ -110,7 +110,7 @@ def test_no_champion_promotes_the_first_version():
     decision = decide(scores(BASE), None, CFG)
     assert decision.promote is True and decision.failed_rules == ()
     assert decision.reasons == (
-        "no champion yet: the first version becomes champion (mean 0.5950)",
+        "no champion yet: the first version becomes champion (mean IoU 0.5950)",
     )
     assert decision.challenger_mean == pytest.approx(0.595)
     assert (decision.champion_mean, decision.delta, decision.ci_low) == (None, None, None)

@@ -1,0 +1,127 @@
+"""Evaluate an instance model (Mask R-CNN) on a dataset split, in the layout of `report.py`.
+
+The same files as a semantic evaluation, so that promotion, the model report and `dvc metrics`
+read both kinds alike: `metrics.json` holds the semantic metrics of the masks painted from the
+detections (score >= 0.5, higher scores on top) plus the COCO mask metrics `mask_ap`,
+`mask_ap50`, `mask_ap75` and `mask_ar` (pycocotools), `kind: "instance"`, and per class an
+`ap` beside the IoU/Dice values; `per_image.csv` adds each image's own mask `ap` (NaN for an
+image without ground truth instances); `per_class.csv` an `ap` column. The worst images are
+those with the lowest mask AP. Images are scored at their own size (the model resizes
+internally and returns masks at the input's size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from segops.config import Config
+from segops.data.instance_dataset import InstanceDataset
+from segops.data.io import read_image
+from segops.data.manifest import DatasetInfo, dataset_fingerprint, load_dataset
+from segops.evaluate.confusion import ConfusionMatrix
+from segops.evaluate.instance_metrics import (
+    coco_mask_metrics,
+    per_class_mask_ap,
+    per_image_mask_ap,
+    semantic_from_instances,
+)
+from segops.evaluate.metrics import per_image_scores, summarize
+from segops.evaluate.report import (
+    EvalReport,
+    _check_classes,
+    _per_class_table,
+    _write_plots,
+    _write_tables,
+)
+from segops.inference import TrainedModel
+
+COCO_KEYS = {"AP": "mask_ap", "AP50": "mask_ap50", "AP75": "mask_ap75", "AR": "mask_ar"}
+
+
+def _painted(found: list[dict], targets: list[dict], classes: int) -> tuple:
+    """(predicted maps, true maps) painted from instances, one [H,W] int64 map per image."""
+    preds, truths = [], []
+    for pred, target in zip(found, targets, strict=True):
+        height, width = np.asarray(target["masks"]).shape[-2:]
+        preds.append(semantic_from_instances(pred, classes, height, width, 0.5))
+        truths.append(semantic_from_instances(target, classes, height, width, 0.0))
+    return preds, truths
+
+
+def _confusions(preds: list, truths: list, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split matrix [C,C] and per-image matrices [N,C,C] of painted maps (any sizes)."""
+    matrix, per_image = ConfusionMatrix(classes), []
+    for pred, truth in zip(preds, truths, strict=True):
+        per_image.append(matrix.update(torch.from_numpy(pred)[None], torch.from_numpy(truth)[None]))
+    stacked = torch.cat(per_image).numpy() if per_image else np.zeros((0, classes, classes))
+    return matrix.compute(), stacked
+
+
+def _worst(info: DatasetInfo, ds: InstanceDataset, scores: pd.DataFrame, maps: tuple, k: int):
+    """The `k` images with the lowest mask AP (images without ground truth last)."""
+    order = scores["ap"].fillna(np.inf).sort_values(kind="stable").index[:k]
+    return [
+        {
+            "id": ds.refs[i].id,
+            "image": read_image(info.root / ds.refs[i].image),
+            "truth": maps[1][i].astype(np.uint8),
+            "pred": maps[0][i].astype(np.uint8),
+            "iou": float(scores.loc[i, "ap"]),
+            "metric": "mask AP",
+        }
+        for i in order
+    ]
+
+
+def evaluate_instance_model(
+    trained: TrainedModel,
+    cfg: Config,
+    split: str | None,
+    out: Path,
+    dataset: DatasetInfo | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    history: Path | None = None,
+) -> EvalReport:
+    """Score instance model `trained` on `split` of `cfg.data` (see the module docstring);
+    writes under `out` what `segops.evaluate.report.evaluate_model` writes."""
+    from segops.train.instance import predict_instances
+
+    split = split or cfg.evaluate.split
+    info = dataset or load_dataset(cfg.data, eval_split=split)
+    _check_classes(trained, info)
+    ds = InstanceDataset(info.split(split), root=info.root)
+    found, targets = predict_instances(trained.model, ds, cfg.evaluate.batch_size, trained.device)
+    if progress:
+        progress(len(ds), len(ds))
+    maps = _painted(found, targets, len(info.classes))
+    mat, per_image = _confusions(*maps, len(info.classes))
+    summary = summarize(mat, info.classes)
+    coco = coco_mask_metrics(found, targets)
+    class_ap = per_class_mask_ap(found, targets)
+    for k, name in enumerate(info.classes):  # None: background, or no instance of the class
+        ap = class_ap.get(k, float("nan"))
+        summary["per_class"][name]["ap"] = None if k == 0 or np.isnan(ap) else ap
+    summary |= {COCO_KEYS[key]: value for key, value in coco.items()} | {"kind": "instance"}
+    ious, dices = per_image_scores(per_image)
+    correct = np.trace(per_image, axis1=1, axis2=2) / np.maximum(per_image.sum((1, 2)), 1)
+    image_ap = per_image_mask_ap(found, targets)
+    ids = [ref.id for ref in ds.refs]
+    scores = pd.DataFrame(
+        {"id": ids, "ap": [image_ap[i] for i in range(len(ids))], "iou": ious, "dice": dices,
+         "pixel_accuracy": correct}
+    )  # fmt: skip
+    per_class = _per_class_table(summary, mat)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    files = _write_tables(out, summary, scores, per_class, mat, split, trained.checkpoint, info)
+    worst = _worst(info, ds, scores, maps, cfg.evaluate.worst_k)
+    figures = _write_plots(out / "plots", history, per_class, mat, info, worst)
+    return EvalReport(
+        str(out), split, str(trained.checkpoint), dataset_fingerprint(info),
+        summary["mean_iou"], summary["mean_dice"], summary["pixel_accuracy"], *files,
+        tuple(figures),
+    )  # fmt: skip

@@ -1,0 +1,74 @@
+"""Train whatever `cfg.model` names: one entry point for `segops train`, the flow and reproduce.
+
+Semantic models go through `segops.train.loop.train`; instance models (Mask R-CNN) through
+`segops.train.instance.train_instance` on the dataset's instance targets (`data.format` coco or
+folder_instance). Both return a `TrainResult` (for an instance model, `best_miou` is the
+validation mean IoU of the painted masks at the epoch with the best mask AP).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from segops.config import Config
+from segops.data.manifest import DatasetInfo, dataset_fingerprint, load_dataset
+from segops.errors import ConfigError
+from segops.models import model_info
+from segops.train.callbacks import Callback
+from segops.train.loop import TrainResult, train
+
+INSTANCE_FORMATS = ("coco", "folder_instance")
+
+
+def model_kind(cfg: Config) -> str:
+    """ "semantic" or "instance": the kind of `cfg.model.name` (ConfigError if unknown)."""
+    return model_info(cfg.model.name).kind
+
+
+def check_model_data(cfg: Config) -> None:
+    """ConfigError when an instance model is asked to train on data without instances."""
+    if model_kind(cfg) == "instance" and cfg.data.format not in INSTANCE_FORMATS:
+        raise ConfigError(
+            f"model.name {cfg.model.name!r} is an instance model and needs instance annotations,"
+            f" but data.format is {cfg.data.format!r}: use one of {list(INSTANCE_FORMATS)} "
+            "(e.g. `segops data shapes --instances folder` and data.format=folder_instance)"
+        )
+
+
+def train_configured(
+    cfg: Config,
+    *,
+    resume: bool = False,
+    callbacks: list[Callback] | tuple = (),
+    dataset: DatasetInfo | None = None,
+) -> TrainResult:
+    """Train `cfg.model` on `cfg.data` whatever its kind (see the module docstring).
+
+    `resume` continues a semantic run exactly; an instance run starts again from epoch 1.
+    """
+    check_model_data(cfg)
+    if model_kind(cfg) == "semantic":
+        return train(cfg, resume=resume, callbacks=callbacks, dataset=dataset)
+    return _train_instance(cfg, callbacks, dataset or load_dataset(cfg.data, eval_split="val"))
+
+
+def _train_instance(cfg: Config, callbacks, info: DatasetInfo) -> TrainResult:
+    from segops.data.instance_dataset import InstanceDataset, instance_transforms
+    from segops.train.instance import train_instance
+
+    flip = instance_transforms(cfg.augment.hflip) if cfg.augment.hflip > 0 else None
+    fit = InstanceDataset(info.split("train"), root=info.root, transforms=flip)
+    val = InstanceDataset(info.split("val"), root=info.root)
+    fingerprint = dataset_fingerprint(info)
+    result = train_instance(
+        cfg, fit, val, callbacks=callbacks, classes=list(info.classes), dataset_hash=fingerprint
+    )
+    history = pd.read_csv(result.history_csv)
+    best = history.loc[history["epoch"] == result.best_epoch, "val_miou"]
+    miou = float(best.iloc[0]) if len(best) else math.nan
+    return TrainResult(
+        result.out_dir, result.last_checkpoint, result.best_checkpoint, result.best_epoch, miou,
+        result.epochs_run, False, result.config_hash, fingerprint, result.history_csv,
+    )  # fmt: skip
