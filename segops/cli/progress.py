@@ -66,10 +66,11 @@ class RichTrainProgress(Callback):
     def on_epoch_end(self, row: dict[str, Any]) -> None:
         self.bar.update(self.epochs, completed=row["epoch"], info=f"val mIoU {row['val_miou']:.4f}")
         self.bar.reset(self.steps)
+        ap = f"mask AP {row['val_AP']:.4f}  " if "val_AP" in row else ""
         self.bar.console.print(
             f"epoch {row['epoch']:>3}  train loss {row['train_loss']:.4f}  val loss "
             f"{row['val_loss']:.4f}  val mIoU {row['val_miou']:.4f}  pixel acc "
-            f"{row['val_pixel_acc']:.4f}  {row['images_per_s']:.0f} img/s"
+            f"{row['val_pixel_acc']:.4f}  {ap}{row['images_per_s']:.0f} img/s"
         )
 
     def close(self) -> None:

@@ -275,6 +275,7 @@ def _row(epoch: int, fit: dict, val: dict, lr: float) -> dict[str, Any]:
         "val_loss": float("nan"),  # detection models give losses in train mode only
         **{f"val_{k}": val[k] for k in ("AP", "AP50", "AP75", "AR")},
         "val_miou": val["mean_iou"],
+        "val_pixel_acc": val["pixel_accuracy"],
         "lr": lr,
         "seconds": fit["seconds"],
         "images_per_s": fit["images"] / fit["seconds"],
