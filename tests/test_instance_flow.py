@@ -126,6 +126,9 @@ def test_maskrcnn_is_trained_gated_on_mask_ap_registered_and_served(harness, wor
     assert images == 5 and any("paired bootstrap" in r or "no image" in r for r in reasons)
     tags = client.get_model_version(MODEL, "2").tags
     assert tags["promotion.champion_version"] == "1" and tags["promotion.metric"] == "mask_ap"
+    assert second["report"]["error"] is None, second["report"]
+    compared = Path(second["report"]["html"]).read_text()
+    assert 'id="comparison"' in compared and f"models:/{MODEL}/1" in compared
 
     audited = audit(f"models:/{MODEL}/1", workspace)
     assert audited.ok, audited.broken
