@@ -147,6 +147,37 @@ def test_maskrcnn_is_trained_gated_on_mask_ap_registered_and_served(harness, wor
     for mask in row["masks"]:
         decoded = np.array(Image.open(io.BytesIO(base64.b64decode(mask))))
         assert decoded.shape == (48, 80)
+    _served_over_http(workspace, f"models:/{MODEL}@champion", image)
+
+
+def _served_over_http(ws: Path, model: str, image: np.ndarray) -> None:
+    """`segops serve MODEL` answers a PNG with masks, classes and scores, a bad row with 400."""
+    import os
+    import signal
+    import sys
+
+    from serving.test_serving import free_port, post, wait_ready
+
+    port, bin_dir = free_port(), Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    cmd = [sys.executable, "-m", "segops.cli.main", "serve", model, "--port", str(port)]
+    with open(ws / "serve.log", "w") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(proc, base)
+        request = {"dataframe_records": [{"image": _png(image)}], "params": {"score_threshold": 0}}
+        status, body = post(base + "/invocations", request)
+        assert status == 200, body
+        (row,) = body["predictions"]
+        assert len(row["masks"]) == len(row["classes"]) == len(row["scores"]) == row["instances"]
+        status, body = post(base + "/invocations", {"dataframe_records": [{"image": "eA=="}]})
+        assert status == 400 and "row 0" in json.dumps(body)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
 
 
 def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
