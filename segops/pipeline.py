@@ -25,14 +25,15 @@ def _cfg(config: dict[str, Any]) -> Config:
 def attempt_config(config: dict[str, Any], attempt_key: str) -> dict[str, Any]:
     """`config` with outputs under `runs/<attempt_key>/` (checkpoints, eval, validation).
 
-    Refuses here, before the flow validates or versions anything, an unknown model, an
-    instance model on data without instances and a promotion metric the model cannot have.
+    Refuses here, before the flow validates or versions anything, an unknown model, options
+    it does not take, an instance model on data without instances and a promotion metric the
+    model cannot have.
     """
     from segops.promotion.decide import check_metric
-    from segops.train.run import check_model_data, model_kind
+    from segops.train.run import check_model_config, model_kind
 
     cfg = _cfg(config)
-    check_model_data(cfg)
+    check_model_config(cfg)
     check_metric(cfg.promotion.metric, model_kind(cfg))
     out = Path(cfg.train.out_dir).parent / attempt_key
     updated = config | {

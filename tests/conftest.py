@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -76,3 +77,45 @@ def folder_dataset(tmp_path) -> Path:
         write_sample(root, f"s{i}", rng.integers(0, 255, (12, 16, 3), dtype=np.uint8), mask)
     (root / "classes.txt").write_text("bg\na\nb\n")
     return root
+
+
+def dvc_workspace(tmp_path: Path, commit: bool = False) -> Path:
+    """`tmp_path/ws`: a git repository (with one commit when `commit`, so lineage can name
+    it) that is a DVC workspace whose remote "local" is the folder `tmp_path/remote`."""
+    from segops.versioning import configure_remote, ensure_workspace
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=ws, check=True)
+    ensure_workspace(ws)
+    configure_remote(ws, "local", str(tmp_path / "remote"))
+    if commit:
+        (ws / "README").write_text("test workspace\n")
+        subprocess.run(["git", "add", "-A"], cwd=ws, check=True)
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
+            cwd=ws,
+            check=True,
+        )
+    return ws
+
+
+@pytest.fixture(scope="module")
+def harness():
+    """Prefect's test harness (a temporary local API) for one test module."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture
+def own_mlflow(tmp_path, monkeypatch) -> str:
+    """A fresh sqlite MLflow store for one test (env and MLflow's process-wide cache)."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)  # MLflow caches the URI of earlier tests process-wide
+    yield uri
+    mlflow.set_tracking_uri(None)  # also unsets the env var: monkeypatch restores it after

@@ -4,8 +4,6 @@ reported, audited and served (masks, classes and scores)."""
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import subprocess
 from pathlib import Path
@@ -14,48 +12,26 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import dvc_workspace
 from mlflow import MlflowClient
 from PIL import Image
 
 from segops.data.shapes import generate_shapes
+from segops.serving.pyfunc import decode_png, encode_png
 
 pytestmark = pytest.mark.slow
 
 MODEL = "segops-instances"
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
-
-
 @pytest.fixture
-def workspace(tmp_path, monkeypatch):
-    """A git + DVC workspace with a local remote, tiny instance shapes and its own MLflow."""
-    from segops.versioning import configure_remote, ensure_workspace
-
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    subprocess.run(["git", "init", "-q"], cwd=ws, check=True)
-    ensure_workspace(ws)
-    configure_remote(ws, "local", str(tmp_path / "remote"))
-    (ws / "README").write_text("instance flow test workspace\n")
-    subprocess.run(["git", "add", "-A"], cwd=ws, check=True)
-    subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
-        cwd=ws,
-        check=True,
-    )
+def workspace(tmp_path, monkeypatch, own_mlflow):
+    """A committed git + DVC workspace with a local remote, tiny instance shapes and its own
+    MLflow."""
+    ws = dvc_workspace(tmp_path, commit=True)
     generate_shapes(ws / "data" / "shapes", n=15, size=64, seed=5, instances="folder")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)  # MLflow caches the URI of earlier tests process-wide
     monkeypatch.chdir(ws)
-    yield ws
-    mlflow.set_tracking_uri(None)  # monkeypatch then restores MLFLOW_TRACKING_URI
+    return ws
 
 
 def run_flow(ws: Path, *extra: str) -> dict:
@@ -83,12 +59,6 @@ def run_flow(ws: Path, *extra: str) -> dict:
         *extra,
     ]
     return retrain(params=None, overrides=overrides, workspace=str(ws))
-
-
-def _png(array: np.ndarray) -> str:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
 
 
 def test_maskrcnn_is_trained_gated_on_mask_ap_registered_and_served(harness, workspace):
@@ -138,14 +108,15 @@ def test_maskrcnn_is_trained_gated_on_mask_ap_registered_and_served(harness, wor
 
     served = mlflow.pyfunc.load_model(f"models:/{MODEL}/1")
     image = np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8)
-    out = served.predict(pd.DataFrame({"image": [_png(image)]}), params={"score_threshold": 0.0})
+    request = pd.DataFrame({"image": [encode_png(image)]})
+    out = served.predict(request, params={"score_threshold": 0.0})
     row = out.iloc[0]
     assert {"masks", "classes", "scores", "boxes", "mask"} <= set(out.columns)
     assert len(row["masks"]) == len(row["classes"]) == len(row["scores"]) == row["instances"]
     classes = {"ellipse", "rectangle", "triangle", "cross"}
     assert set(row["classes"]) <= classes
     for mask in row["masks"]:
-        decoded = np.array(Image.open(io.BytesIO(base64.b64decode(mask))))
+        decoded = decode_png(mask)
         assert decoded.shape == (48, 80)
     _served_over_http(workspace, f"models:/{MODEL}@champion", image)
 
@@ -168,7 +139,8 @@ def _served_over_http(ws: Path, model: str, image: np.ndarray) -> None:
     try:
         base = f"http://127.0.0.1:{port}"
         wait_ready(proc, base)
-        request = {"dataframe_records": [{"image": _png(image)}], "params": {"score_threshold": 0}}
+        rows = [{"image": encode_png(image)}]
+        request = {"dataframe_records": rows, "params": {"score_threshold": 0}}
         status, body = post(base + "/invocations", request)
         assert status == 200, body
         (row,) = body["predictions"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import dvc_workspace
 from mlflow import MlflowClient
 from PIL import Image
 
@@ -20,33 +21,13 @@ pytestmark = pytest.mark.slow
 MODEL = "segops-test"
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
-
-
 @pytest.fixture
-def workspace(tmp_path, monkeypatch):
+def workspace(tmp_path, monkeypatch, own_mlflow):
     """A git + DVC workspace with a local remote, a tiny shapes dataset and its own MLflow."""
-    from segops.versioning import configure_remote, ensure_workspace
-
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    subprocess.run(["git", "init", "-q"], cwd=ws, check=True)
-    ensure_workspace(ws)
-    configure_remote(ws, "local", str(tmp_path / "remote"))
+    ws = dvc_workspace(tmp_path)
     generate_shapes(ws / "data" / "shapes", n=60, size=32, seed=4)
-    import mlflow
-
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)  # MLflow caches the URI of earlier tests process-wide
     monkeypatch.chdir(ws)
-    yield ws
-    mlflow.set_tracking_uri(None)
+    return ws
 
 
 def base_overrides(ws: Path) -> list[str]:

@@ -20,6 +20,7 @@ from uuid import UUID
 import pytest
 import typer
 import yaml
+from conftest import dvc_workspace
 from typer.testing import CliRunner
 
 from segops.data.shapes import generate_shapes
@@ -175,13 +176,7 @@ def test_no_server_gives_a_clear_error():
 @pytest.fixture
 def workspace(tmp_path, monkeypatch):
     """A git + DVC workspace with a local remote, a tiny shapes dataset and its own MLflow."""
-    from segops.versioning import configure_remote, ensure_workspace
-
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    subprocess.run(["git", "init", "-q"], cwd=ws, check=True)
-    ensure_workspace(ws)
-    configure_remote(ws, "local", str(tmp_path / "remote"))
+    ws = dvc_workspace(tmp_path)
     generate_shapes(ws / "data" / "shapes", n=60, size=32, seed=4)
     # The schedule command forwards MLFLOW_TRACKING_URI to the flow run.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")

@@ -9,9 +9,6 @@ Each layout is re-laid from the built-in shapes generator."""
 
 from __future__ import annotations
 
-import base64
-import io
-import subprocess
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,11 +19,13 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import dvc_workspace
 from mlflow import MlflowClient
 from PIL import Image
 
 from segops.data.formats import VOC_CLASSES
 from segops.data.shapes import CLASSES, generate_shapes
+from segops.serving.pyfunc import decode_png, encode_png
 
 pytestmark = pytest.mark.slow
 
@@ -37,37 +36,12 @@ ELSEWHERE = {("maskrcnn_resnet50_fpn", "folder_instance"): "tests/test_instance_
 CITYSCAPES_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
-
-
 @pytest.fixture
-def workspace(tmp_path, monkeypatch):
-    """A git + DVC workspace with a local remote and its own MLflow; no data yet."""
-    from segops.versioning import configure_remote, ensure_workspace
-
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    subprocess.run(["git", "init", "-q"], cwd=ws, check=True)
-    ensure_workspace(ws)
-    configure_remote(ws, "local", str(tmp_path / "remote"))
-    (ws / "README").write_text("zoo flow test workspace\n")
-    subprocess.run(["git", "add", "-A"], cwd=ws, check=True)
-    subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
-        cwd=ws,
-        check=True,
-    )
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)  # MLflow caches the URI of earlier tests process-wide
+def workspace(tmp_path, monkeypatch, own_mlflow):
+    """A committed git + DVC workspace with a local remote and its own MLflow; no data yet."""
+    ws = dvc_workspace(tmp_path, commit=True)
     monkeypatch.chdir(ws)
-    yield ws
-    mlflow.set_tracking_uri(None)  # monkeypatch then restores MLFLOW_TRACKING_URI
+    return ws
 
 
 # --- layouts, re-laid from the shapes generator -------------------------------------------
@@ -222,16 +196,6 @@ def test_every_model_and_format_has_a_flow_test():
     assert {f for _, f in pairs} == set(formats)
 
 
-def _png(array: np.ndarray) -> str:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def _decoded(text: str) -> np.ndarray:
-    return np.array(Image.open(io.BytesIO(base64.b64decode(text))))
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_model_trains_registers_promotes_and_serves(harness, workspace, case):
     from flows.retrain import retrain
@@ -281,9 +245,9 @@ def test_model_trains_registers_promotes_and_serves(harness, workspace, case):
     served = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     image = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
     params = {"score_threshold": 0.0} if case.metric == "mask_ap" else None
-    row = served.predict(pd.DataFrame({"image": [_png(image)]}), params=params).iloc[0]
-    assert _decoded(row["mask"]).shape == (40, 56)
+    row = served.predict(pd.DataFrame({"image": [encode_png(image)]}), params=params).iloc[0]
+    assert decode_png(row["mask"]).shape == (40, 56)
     if case.metric == "mask_ap":
         assert len(row["masks"]) == len(row["classes"]) == len(row["scores"]) > 0
         assert set(row["classes"]) <= set(CLASSES[1:])
-        assert all(_decoded(m).shape == (40, 56) for m in row["masks"])
+        assert all(decode_png(m).shape == (40, 56) for m in row["masks"])

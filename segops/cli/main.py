@@ -99,10 +99,10 @@ def train(
     (semantic models) or val mask AP (instance models such as maskrcnn_resnet50_fpn)."""
     from segops.cli.progress import RichTrainProgress, counter
     from segops.data.manifest import load_dataset
-    from segops.train.run import check_model_data, train_configured
+    from segops.train.run import check_model_config, train_configured
 
     cfg = config(params, overrides, dataset)
-    check_model_data(cfg)
+    check_model_config(cfg)
     with counter("checking dataset") as update:
         info = load_dataset(cfg.data, eval_split="val", progress=update)
     bars = RichTrainProgress()
@@ -254,11 +254,11 @@ def run(
 
     from segops.cli.report import print_run_result
     from segops.promotion.decide import check_metric
-    from segops.train.run import check_model_data, model_kind
+    from segops.train.run import check_model_config, model_kind
 
     # Fail fast on a bad config, model/data or promotion metric, before Prefect starts.
     cfg = config(params, overrides, dataset)
-    check_model_data(cfg)
+    check_model_config(cfg)
     check_metric(cfg.promotion.metric, model_kind(cfg))
     retrain = importlib.import_module("flows.retrain").retrain
     path = str(params) if params.exists() or params != Path("params.yaml") else None

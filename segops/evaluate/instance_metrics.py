@@ -116,16 +116,26 @@ def _mean_defined(values: np.ndarray) -> float:
     return float(defined.mean()) if defined.size else float("nan")
 
 
+def _all_areas(evaluator: COCOeval) -> tuple[np.ndarray, np.ndarray]:
+    """Precision [T, R, K] and recall [T, K] over all areas at 100 detections per image."""
+    params = evaluator.params
+    area, dets = params.areaRngLbl.index("all"), params.maxDets.index(100)
+    return (
+        evaluator.eval["precision"][:, :, :, area, dets],
+        evaluator.eval["recall"][:, :, area, dets],
+    )
+
+
 def _summary(evaluator: COCOeval) -> dict[str, float]:
     """AP (IoU .50:.95), AP50, AP75 and AR (100 detections), all areas, as in `summarize()`."""
-    params, precision = evaluator.params, evaluator.eval["precision"]  # [T, R, K, A, M]
-    area, dets = params.areaRngLbl.index("all"), params.maxDets.index(100)
-    at = {thr: int(np.argmin(np.abs(params.iouThrs - thr))) for thr in (0.5, 0.75)}
+    precision, recall = _all_areas(evaluator)
+    thresholds = evaluator.params.iouThrs
+    at = {thr: int(np.argmin(np.abs(thresholds - thr))) for thr in (0.5, 0.75)}
     return {
-        "AP": _mean_defined(precision[:, :, :, area, dets]),
-        "AP50": _mean_defined(precision[at[0.5], :, :, area, dets]),
-        "AP75": _mean_defined(precision[at[0.75], :, :, area, dets]),
-        "AR": _mean_defined(evaluator.eval["recall"][:, :, area, dets]),
+        "AP": _mean_defined(precision),
+        "AP50": _mean_defined(precision[at[0.5]]),
+        "AP75": _mean_defined(precision[at[0.75]]),
+        "AR": _mean_defined(recall),
     }
 
 
@@ -149,11 +159,9 @@ def per_class_mask_ap(
     """Each category's COCO AP (IoU .50:.95, all areas, 100 detections), keyed by class id;
     NaN for a category without ground truth. Read from the same COCOeval as `AP`."""
     evaluator = _evaluate(coco_pair(predictions, targets, mask_threshold), iou_type)
-    params, precision = evaluator.params, evaluator.eval["precision"]  # [T, R, K, A, M]
-    area, dets = params.areaRngLbl.index("all"), params.maxDets.index(100)
+    precision = _all_areas(evaluator)[0]
     return {
-        int(cat): _mean_defined(precision[:, :, k, area, dets])
-        for k, cat in enumerate(params.catIds)
+        int(cat): _mean_defined(precision[:, :, k]) for k, cat in enumerate(evaluator.params.catIds)
     }
 
 

@@ -2,10 +2,18 @@
 
 from segops.models.registry import (
     build_model,
+    check_options,
     list_models,
     model_info,
     register_model,
     require_semantic,
 )
 
-__all__ = ["build_model", "list_models", "model_info", "register_model", "require_semantic"]
+__all__ = [
+    "build_model",
+    "check_options",
+    "list_models",
+    "model_info",
+    "register_model",
+    "require_semantic",
+]

@@ -77,7 +77,20 @@ def build_model(name: str, *, num_classes: int, pretrained: str | None = None, *
     try:
         return entry.builder(num_classes=num_classes, pretrained=pretrained, **options)
     except TypeError as exc:
-        raise ConfigError(f"model {name!r}: bad model.options ({exc})") from None
+        raise ConfigError(
+            f"model {name!r}: bad model.options ({exc}); options are per model, so after "
+            "changing model.name set them too, e.g. --set 'model.options={}'"
+        ) from None
+
+
+def check_options(name: str, options: dict) -> None:
+    """ConfigError unless model `name` accepts `options`: the model is built on PyTorch's
+    `meta` device (no memory, no weights: a few milliseconds), so a bad option fails before
+    any data is validated, versioned or trained on."""
+    import torch
+
+    with torch.device("meta"):
+        build_model(name, num_classes=2, **options)
 
 
 def require_semantic(name: str) -> None:

@@ -15,7 +15,7 @@ import pandas as pd
 from segops.config import Config
 from segops.data.manifest import DatasetInfo, dataset_fingerprint, load_dataset
 from segops.errors import ConfigError
-from segops.models import model_info
+from segops.models import check_options, model_info
 from segops.train.callbacks import Callback
 from segops.train.loop import TrainResult, train
 
@@ -27,8 +27,10 @@ def model_kind(cfg: Config) -> str:
     return model_info(cfg.model.name).kind
 
 
-def check_model_data(cfg: Config) -> None:
-    """ConfigError when an instance model is asked to train on data without instances."""
+def check_model_config(cfg: Config) -> None:
+    """ConfigError for an unknown `model.name`, `model.options` it does not take, or an
+    instance model asked to train on data without instances: cheap, so callers check first."""
+    check_options(cfg.model.name, dict(cfg.model.options))
     if model_kind(cfg) == "instance" and cfg.data.format not in INSTANCE_FORMATS:
         raise ConfigError(
             f"model.name {cfg.model.name!r} is an instance model and needs instance annotations,"
@@ -48,7 +50,7 @@ def train_configured(
 
     `resume` continues a semantic run exactly; an instance run starts again from epoch 1.
     """
-    check_model_data(cfg)
+    check_model_config(cfg)
     if model_kind(cfg) == "semantic":
         return train(cfg, resume=resume, callbacks=callbacks, dataset=dataset)
     return _train_instance(cfg, callbacks, dataset or load_dataset(cfg.data, eval_split="val"))

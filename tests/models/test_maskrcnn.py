@@ -122,6 +122,10 @@ def test_semantic_loop_and_flow_refuse_what_does_not_fit(shapes_root, tmp_path):
     with pytest.raises(ConfigError, match="'mask_ap' does not exist for semantic models"):
         pipeline.attempt_config(semantic.to_dict(), "attempt")
     instance = tiny_config(
-        shapes_root, tmp_path, "model.name=maskrcnn_resnet50_fpn", "data.format=folder_instance"
+        shapes_root,
+        tmp_path,
+        "model.name=maskrcnn_resnet50_fpn",
+        "model.options={}",
+        "data.format=folder_instance",
     )
     assert pipeline.attempt_config(instance.to_dict(), "a")["train"]["out_dir"].endswith("a")

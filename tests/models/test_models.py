@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -70,3 +72,18 @@ def test_pretrained_file_errors(tmp_path):
 def test_torchvision_models_offer_torchvision_weights():
     assert "torchvision" in model_info("deeplabv3_resnet50").pretrained
     assert "torchvision" not in model_info("unet").pretrained
+
+
+def test_the_shipped_params_take_any_model_name():
+    """params.yaml leaves model.options empty, so `--set model.name=X` works for every model;
+    options a model does not take fail before anything runs, naming the fix."""
+    from segops.config import load_config
+    from segops.train.run import check_model_config
+
+    params = Path(__file__).parents[2] / "params.yaml"
+    for entry in list_models(kind=None):
+        fmt = "folder_instance" if entry.kind == "instance" else "folder"
+        check_model_config(load_config(params, [f"model.name={entry.name}", f"data.format={fmt}"]))
+    wrong = load_config(params, ["model.name=deeplabv3_resnet50", "model.options={width: 8}"])
+    with pytest.raises(ConfigError, match=r"bad model.options .*--set 'model.options=\{\}'"):
+        check_model_config(wrong)
