@@ -17,6 +17,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,8 @@ from segops.models import build_model
 from segops.train.callbacks import Callback, CallbackList
 from segops.train.checkpoint import rng_state, save_checkpoint
 from segops.train.device import Runtime, configure_determinism, resolve_runtime
+from segops.train.loop import epoch_seed
+from segops.train.parts import restore_state
 from segops.train.schedule import build_scheduler
 
 
@@ -249,7 +252,7 @@ def _setup(cfg: Config, dataset: Dataset, num_classes: int, epochs: int, optimiz
     configure_determinism(runtime)
     random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
-    generator = torch.Generator().manual_seed(cfg.train.seed)
+    generator = torch.Generator()  # reseeded each epoch: shuffling depends on (seed, epoch)
     loader = DataLoader(
         dataset,
         cfg.train.batch_size,
@@ -265,7 +268,7 @@ def _setup(cfg: Config, dataset: Dataset, num_classes: int, epochs: int, optimiz
     warmup = min(total - 1, round(len(loader) * cfg.train.warmup_epochs))
     scheduler = build_scheduler(opt, total, warmup, cfg.train.schedule)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.use_scaler)
-    return runtime, loader, model, opt, scheduler, scaler
+    return runtime, loader, generator, model, opt, scheduler, scaler
 
 
 def _row(epoch: int, fit: dict, val: dict, lr: float) -> dict[str, Any]:
@@ -293,24 +296,35 @@ def train_instance(
     classes: list[str] | None = None,
     optimizer: str = "adamw",
     dataset_hash: str = "unknown",
+    resume: bool = False,
 ) -> InstanceTrainResult:
     """Train `cfg.model` (an instance model) for `epochs` (default `cfg.train.epochs`) with the
     `optimizer` ("adamw" or "sgd"), saving to `out_dir` (default `cfg.train.out_dir`; see the
     module docstring). `classes` default to `dataset_train.classes`; `dataset_hash` (the
-    data's fingerprint) is stored in the checkpoints. Returns where things are and the best
+    data's fingerprint) is stored in the checkpoints. With `resume`, continues from
+    `checkpoints/last.pt` when it exists (refusing one of another config or dataset) and ends
+    with the same weights as an uninterrupted run. Returns where things are and the best
     epoch by validation mask AP."""
     cbs, names = CallbackList(list(callbacks)), _classes(classes, dataset_train)
     epochs, out = epochs or cfg.train.epochs, Path(out_dir or cfg.train.out_dir)
-    runtime, loader, model, *optim = _setup(cfg, dataset_train, len(names), epochs, optimizer)
+    setup = _setup(cfg, dataset_train, len(names), epochs, optimizer)
+    runtime, loader, generator, model, *optim = setup
+    last = out / "checkpoints" / "last.pt"
+    state = InstanceRunState()
+    if resume and last.is_file():
+        opt, scheduler, scaler = optim
+        parts = SimpleNamespace(model=model, optimizer=opt, scheduler=scheduler, scaler=scaler)
+        state = InstanceRunState(**restore_state(last, parts, (config_hash(cfg), dataset_hash)))
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     sizes = {"train_images": len(dataset_train), "val_images": len(dataset_val)}
     cbs.on_train_start(
-        {**runtime.describe(), **sizes, "epochs": epochs, "start_epoch": 1,
+        {**runtime.describe(), **sizes, "epochs": epochs, "start_epoch": state.epoch + 1,
          "steps_per_epoch": len(loader), "out_dir": str(out)}
     )  # fmt: skip
-    state = InstanceRunState()
-    for epoch in range(1, epochs + 1):
+    for epoch in range(state.epoch + 1, epochs + 1):
+        generator.manual_seed(epoch_seed(cfg.train.seed, epoch))
+        torch.manual_seed(epoch_seed(cfg.train.seed, epoch))
         lr = optim[0].param_groups[0]["lr"]
         fit = train_instance_epoch(
             model, loader, *optim, runtime, epoch=epoch, callbacks=cbs,
@@ -322,7 +336,6 @@ def train_instance(
         state.epoch = epoch
         ckpt = _checkpoint(model, *optim, state, cfg, names, dataset_hash)
         _record(state, _row(epoch, fit, val, lr), ckpt, out, cbs)
-    last = out / "checkpoints" / "last.pt"
     result = InstanceTrainResult(
         str(out), str(last), str(last.with_name("best.pt")), state.best_epoch, state.best_ap,
         state.epoch, config_hash(cfg), str(out / "history.csv"),

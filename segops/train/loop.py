@@ -183,7 +183,7 @@ def _end_epoch(
     return patience is not None and state.bad_epochs >= patience
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
+def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
@@ -226,8 +226,8 @@ def train(
     stopped = False
     for epoch in range(state.epoch + 1, cfg.train.epochs + 1):
         # Shuffling and augmentation of each epoch depend only on (seed, epoch).
-        generator.manual_seed(_epoch_seed(cfg.train.seed, epoch))
-        torch.manual_seed(_epoch_seed(cfg.train.seed, epoch))
+        generator.manual_seed(epoch_seed(cfg.train.seed, epoch))
+        torch.manual_seed(epoch_seed(cfg.train.seed, epoch))
         lr = parts.optimizer.param_groups[0]["lr"]
         fit = train_one_epoch(
             parts.model,

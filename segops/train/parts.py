@@ -96,8 +96,10 @@ def checkpoint_state(
     }
 
 
-def restore(path: Path, parts: Parts, hashes: tuple[str, str]) -> RunState:
-    """Load `path` into `parts`; refuse a checkpoint made with another config or dataset."""
+def restore_state(path: Path, parts: Any, hashes: tuple[str, str]) -> dict[str, Any]:
+    """Load checkpoint `path` into `parts` (anything with model, optimizer, scheduler and
+    scaler) and the RNGs; returns the loop's saved state dict. Refuses a checkpoint made with
+    another config or dataset (`hashes` = (config hash, dataset hash))."""
     ckpt = load_checkpoint(path)
     for key, want, what in (
         ("config_hash", hashes[0], "config"),
@@ -116,4 +118,9 @@ def restore(path: Path, parts: Parts, hashes: tuple[str, str]) -> RunState:
     random.setstate(ckpt["rng"]["python"])
     if ckpt["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-    return RunState(**ckpt["state"])
+    return ckpt["state"]
+
+
+def restore(path: Path, parts: Parts, hashes: tuple[str, str]) -> RunState:
+    """Load `path` into `parts`; refuse a checkpoint made with another config or dataset."""
+    return RunState(**restore_state(path, parts, hashes))

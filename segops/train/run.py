@@ -23,7 +23,7 @@ INSTANCE_FORMATS = ("coco", "folder_instance")
 
 
 def model_kind(cfg: Config) -> str:
-    """ "semantic" or "instance": the kind of `cfg.model.name` (ConfigError if unknown)."""
+    """The kind of `cfg.model.name`, "semantic" or "instance" (ConfigError if unknown)."""
     return model_info(cfg.model.name).kind
 
 
@@ -48,15 +48,16 @@ def train_configured(
 ) -> TrainResult:
     """Train `cfg.model` on `cfg.data` whatever its kind (see the module docstring).
 
-    `resume` continues a semantic run exactly; an instance run starts again from epoch 1.
+    `resume` continues from `<train.out_dir>/checkpoints/last.pt` when it exists, exactly.
     """
     check_model_config(cfg)
     if model_kind(cfg) == "semantic":
         return train(cfg, resume=resume, callbacks=callbacks, dataset=dataset)
-    return _train_instance(cfg, callbacks, dataset or load_dataset(cfg.data, eval_split="val"))
+    info = dataset or load_dataset(cfg.data, eval_split="val")
+    return _train_instance(cfg, callbacks, info, resume)
 
 
-def _train_instance(cfg: Config, callbacks, info: DatasetInfo) -> TrainResult:
+def _train_instance(cfg: Config, callbacks, info: DatasetInfo, resume: bool) -> TrainResult:
     from segops.data.instance_dataset import InstanceDataset, instance_transforms
     from segops.train.instance import train_instance
 
@@ -65,8 +66,9 @@ def _train_instance(cfg: Config, callbacks, info: DatasetInfo) -> TrainResult:
     val = InstanceDataset(info.split("val"), root=info.root)
     fingerprint = dataset_fingerprint(info)
     result = train_instance(
-        cfg, fit, val, callbacks=callbacks, classes=list(info.classes), dataset_hash=fingerprint
-    )
+        cfg, fit, val, callbacks=callbacks, classes=list(info.classes),
+        dataset_hash=fingerprint, resume=resume,
+    )  # fmt: skip
     history = pd.read_csv(result.history_csv)
     best = history.loc[history["epoch"] == result.best_epoch, "val_miou"]
     miou = float(best.iloc[0]) if len(best) else math.nan

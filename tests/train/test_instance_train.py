@@ -115,7 +115,7 @@ def test_maskrcnn_trains_checkpoints_and_evaluates(tmp_path):
 @pytest.mark.slow
 def test_loss_decreases_on_a_repeated_batch(tmp_path):
     """A few optimiser steps on the same two images lower the summed loss."""
-    cfg = _config(tmp_path / "unused", tmp_path / "run", "train.epochs=4", "train.lr=0.0003")
+    cfg = _config(tmp_path / "unused", tmp_path / "run", "train.epochs=4", "train.lr=0.0001")
     losses = Losses()
     data = TinyInstances(2)
     train_instance(cfg, data, TinyInstances(1, seed=1), callbacks=[losses])
@@ -131,3 +131,39 @@ def test_optimizer_choice_and_class_names(tmp_path):
         build_optimizer(layer, cfg, "adam")
     with pytest.raises(ConfigError, match="class names"):
         train_instance(cfg, [], [], classes=["background"])
+
+
+@pytest.mark.slow
+def test_resume_after_a_crash_gives_identical_weights(tmp_path):
+    """An interrupted instance run resumed from last.pt ends exactly like an uninterrupted
+    one (what a retried flow step relies on); a checkpoint of other data is refused."""
+    import pandas as pd
+    from train.test_loop import Crash
+
+    from segops.errors import CheckpointError
+
+    train_data, val_data = TinyInstances(4), TinyInstances(2, seed=1)
+    straight = _config(tmp_path, tmp_path / "straight", "train.epochs=2")
+    train_instance(straight, train_data, val_data, dataset_hash="d")
+    crashed = _config(tmp_path, tmp_path / "crashed", "train.epochs=2")
+    with pytest.raises(KeyboardInterrupt):
+        train_instance(crashed, train_data, val_data, callbacks=[Crash(after=1)], dataset_hash="d")
+    started = []
+
+    class Start(Callback):
+        def on_train_start(self, info: dict) -> None:
+            started.append(info["start_epoch"])
+
+    train_instance(
+        crashed, train_data, val_data, callbacks=[Start()], resume=True, dataset_hash="d"
+    )
+    assert started == [2]
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "crashed" / "checkpoints" / "last.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    drop = ["seconds", "images_per_s"]
+    history_a = pd.read_csv(tmp_path / "straight" / "history.csv").drop(columns=drop)
+    history_b = pd.read_csv(tmp_path / "crashed" / "history.csv").drop(columns=drop)
+    pd.testing.assert_frame_equal(history_a, history_b)
+    with pytest.raises(CheckpointError, match="different dataset"):
+        train_instance(crashed, train_data, val_data, resume=True, dataset_hash="other")
