@@ -97,6 +97,8 @@ def test_maskrcnn_is_trained_gated_on_mask_ap_registered_and_served(harness, wor
     tags = client.get_model_version(MODEL, "2").tags
     assert tags["promotion.champion_version"] == "1" and tags["promotion.metric"] == "mask_ap"
     assert second["report"]["error"] is None, second["report"]
+    listing = _cli(workspace, "models", "registered", MODEL)
+    assert listing.returncode == 0 and "mask_ap 0." in listing.stdout + listing.stderr
     compared = Path(second["report"]["html"]).read_text()
     assert 'id="comparison"' in compared and f"models:/{MODEL}/1" in compared
 

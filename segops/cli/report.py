@@ -50,20 +50,22 @@ def print_eval_report(report) -> None:
 
 
 def print_registered(name: str) -> None:
-    """Versions of registered model `name`: aliases, mean IoU, data md5, decision."""
+    """Versions of registered model `name`: aliases, the gate's metric (mean IoU or mask AP),
+    data md5, decision."""
     from segops.promotion.registry import list_versions
 
     versions = list_versions(name)
     if not versions:
         console.print(f"no registered versions of {name!r}")
         return
-    table = Table("version", "aliases", "mean IoU", "data md5", "promoted", "decision", "created")
+    table = Table("version", "aliases", "metric", "data md5", "promoted", "decision", "created")
     for v in versions:
         tags = v["tags"]
+        metric = tags.get("promotion.metric", "mean_iou")
         table.add_row(
             v["version"],
             ", ".join(v["aliases"]),
-            tags.get("metrics.mean_iou", ""),
+            f"{metric} {tags.get(f'metrics.{metric}', '')}",
             tags.get("segops.data.md5", "")[:12],
             tags.get("promotion.promote", ""),
             tags.get("promotion.reasons", "")[:80],
@@ -81,10 +83,15 @@ def print_run_result(result: dict) -> None:
             f"{result['data']['md5']}, this config and this code (use --force to retrain)"
         )
         return
+    from segops.promotion.decide import LABELS
+
     alias = "champion" if decision["promote"] else "challenger"
+    metric = decision.get("metric", "mean_iou")
+    label = LABELS.get(metric, (metric,))[0]
     console.print(
-        f"registered [bold]{model['uri']}[/] (alias {alias}); mean IoU {metrics['mean_iou']:.4f} "
-        f"on data {result['data']['md5']}"
+        f"registered [bold]{model['uri']}[/] (alias {alias}); {label} "
+        f"{decision['challenger_mean']:.4f}, mean IoU {metrics['mean_iou']:.4f}, on data "
+        f"{result['data']['md5']}"
     )
     for reason in decision["reasons"]:
         console.print(f"  - {reason}")

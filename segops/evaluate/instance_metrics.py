@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+from pycocotools import coco as coco_module
+from pycocotools import cocoeval as cocoeval_module
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -67,6 +69,26 @@ def _annotations(image_id: int, inst: Instances, threshold: float, scored: bool)
     ]
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence pycocotools' progress prints. Redirecting stdout is not enough: under Prefect's
+    `log_prints` the builtin `print` itself is replaced and sends the text to the run's log,
+    so the modules' own `print` is shadowed for the duration."""
+    modules = (coco_module, cocoeval_module)
+    saved = [module.__dict__.get("print") for module in modules]
+    for module in modules:
+        module.print = lambda *args, **kwargs: None
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for module, previous in zip(modules, saved, strict=True):
+            if previous is None:
+                del module.print
+            else:
+                module.print = previous
+
+
 def _coco(images: list[dict], categories: list[int], anns: list[dict]) -> COCO:
     """An in-memory COCO object (annotation ids from 1: pycocotools treats id 0 as unmatched)."""
     coco = COCO()
@@ -77,7 +99,7 @@ def _coco(images: list[dict], categories: list[int], anns: list[dict]) -> COCO:
         "categories": [{"id": c, "name": str(c)} for c in categories],
         "annotations": anns,
     }
-    with contextlib.redirect_stdout(io.StringIO()):
+    with _quiet():
         coco.createIndex()
     return coco
 
@@ -105,7 +127,7 @@ def _evaluate(pair: tuple[COCO, COCO], iou_type: str, image_ids: list[int] | Non
     evaluator = COCOeval(pair[0], pair[1], iou_type)
     if image_ids is not None:
         evaluator.params.imgIds = image_ids
-    with contextlib.redirect_stdout(io.StringIO()):
+    with _quiet():
         evaluator.evaluate()
         evaluator.accumulate()
     return evaluator
