@@ -27,6 +27,11 @@ class ValidationFailed(SegopsError):
     """The dataset failed its Great Expectations suite; nothing was trained or registered."""
 
 
+@task(name="check-registry", cache_policy=NO_CACHE)
+def check_registry(config: dict) -> None:
+    pipeline.registry_step(config)
+
+
 @task(name="validate-data", cache_policy=NO_CACHE)
 def validate_data(config: dict) -> dict:
     return pipeline.validate_step(config)
@@ -95,6 +100,7 @@ def retrain(
     key = str(flow_run.id or uuid.uuid4())
     cfg = load_config(params, [*(overrides or []), *extra])
     config = pipeline.attempt_config(cfg.to_dict(), key)
+    check_registry(config)
     report = validate_data(config)
     if not report["success"]:
         create_markdown_artifact(report["markdown"], key="validation-report")

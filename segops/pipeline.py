@@ -43,6 +43,32 @@ def attempt_config(config: dict[str, Any], attempt_key: str) -> dict[str, Any]:
     return _cfg(updated).to_dict()
 
 
+def registry_step(config: dict[str, Any]) -> None:
+    """ConfigError when `promotion.model_name` already has a champion of the other model kind
+    (semantic vs instance): the gate could not compare their metrics, so the flow stops here,
+    before anything is validated, versioned, trained or registered."""
+    from segops import tracking
+    from segops.errors import ConfigError
+    from segops.models import model_info
+    from segops.promotion.registry import champion
+    from segops.train.run import model_kind
+
+    cfg = _cfg(config)
+    tracking.connect(cfg.tracking)
+    current = champion(cfg.promotion.model_name)
+    name = current and tracking.run_summary(current.run_id)["params"].get("model.name")
+    if not name:
+        return
+    theirs, ours = model_info(name).kind, model_kind(cfg)
+    if theirs != ours:
+        raise ConfigError(
+            f"{current.uri}, the champion of {cfg.promotion.model_name!r}, is {name} ({theirs}) "
+            f"and {cfg.model.name} is {ours}: the gate cannot compare them. "
+            f"Register it under another promotion.model_name, e.g. "
+            f"{cfg.promotion.model_name}-{ours}"
+        )
+
+
 def version_step(config: dict[str, Any], workspace: str = ".") -> dict[str, Any]:
     """DVC: add and push the dataset directory; returns the DataVersion as a dict."""
     from segops.versioning import version_dataset

@@ -62,6 +62,7 @@ def run_flow(ws: Path, *extra: str) -> dict:
 
 
 def test_maskrcnn_is_trained_gated_on_mask_ap_registered_and_served(harness, workspace):
+    from segops.errors import ConfigError
     from segops.lineage.audit import audit
     from segops.lineage.reproduce import reproduce
 
@@ -101,6 +102,12 @@ def test_maskrcnn_is_trained_gated_on_mask_ap_registered_and_served(harness, wor
     assert listing.returncode == 0 and "mask_ap 0." in listing.stdout + listing.stderr
     compared = Path(second["report"]["html"]).read_text()
     assert 'id="comparison"' in compared and f"models:/{MODEL}/1" in compared
+
+    runs = len(client.search_runs([run.info.experiment_id]))
+    with pytest.raises(ConfigError, match=r"cannot compare them.*another promotion.model_name"):
+        run_flow(workspace, "model.name=unet", "model.options={}", "data.format=folder")
+    assert len(client.search_runs([run.info.experiment_id])) == runs
+    assert len(client.search_model_versions(f"name='{MODEL}'")) == 2
 
     audited = audit(f"models:/{MODEL}/1", workspace)
     assert audited.ok, audited.broken
