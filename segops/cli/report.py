@@ -83,11 +83,11 @@ def print_run_result(result: dict) -> None:
             f"{result['data']['md5']}, this config and this code (use --force to retrain)"
         )
         return
-    from segops.promotion.decide import LABELS
+    from segops.promotion.decide import METRICS
 
     alias = "champion" if decision["promote"] else "challenger"
     metric = decision.get("metric", "mean_iou")
-    label = LABELS.get(metric, (metric,))[0]
+    label = METRICS[metric].label if metric in METRICS else metric
     console.print(
         f"registered [bold]{model['uri']}[/] (alias {alias}); {label} "
         f"{decision['challenger_mean']:.4f}, mean IoU {metrics['mean_iou']:.4f}, on data "

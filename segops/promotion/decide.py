@@ -28,20 +28,22 @@ from segops.errors import ConfigError
 _BLOCK = 1 << 22  # resampled values held in memory at once (32 MiB of float64)
 _SLACK = 1e-12  # a gain of exactly min_delta passes despite float rounding (0.705 - 0.7)
 _SHOWN = 5  # ids or classes named in one message
-# Primary metric -> (its name for the split, its name for one class), as reasons say them.
-LABELS = {
-    "mean_iou": ("mean IoU", "IoU"),
-    "mean_dice": ("mean Dice", "Dice"),
-    "mask_ap": ("mask AP", "AP"),
-}
 
 
-# Primary metric -> (its key in metrics.json's per-class values and per_image.csv column,
-# the model kinds that have it).
+@dataclass(frozen=True)
+class Metric:
+    """A primary metric the gate can compare."""
+
+    column: str  # its per-class key in metrics.json and its column in per_image.csv
+    kinds: tuple[str, ...]  # the model kinds evaluated with it
+    label: str  # how reasons name it for the split
+    class_label: str  # how reasons name it for one class
+
+
 METRICS = {
-    "mean_iou": ("iou", ("semantic", "instance")),
-    "mean_dice": ("dice", ("semantic", "instance")),
-    "mask_ap": ("ap", ("instance",)),
+    "mean_iou": Metric("iou", ("semantic", "instance"), "mean IoU", "IoU"),
+    "mean_dice": Metric("dice", ("semantic", "instance"), "mean Dice", "Dice"),
+    "mask_ap": Metric("ap", ("instance",), "mask AP", "AP"),
 }
 
 
@@ -56,8 +58,8 @@ def primary_metric(metric: str, kind: str) -> str:
 def check_metric(metric: str, kind: str) -> None:
     """ConfigError when `promotion.metric` is not one a model of `kind` is evaluated with."""
     chosen = primary_metric(metric, kind)
-    if chosen not in METRICS or kind not in METRICS[chosen][1]:
-        usable = ["auto", *(m for m, (_, kinds) in METRICS.items() if kind in kinds)]
+    if chosen not in METRICS or kind not in METRICS[chosen].kinds:
+        usable = ["auto", *(m for m, spec in METRICS.items() if kind in spec.kinds)]
         raise ConfigError(
             f"promotion.metric {metric!r} does not exist for {kind} models; use one of {usable}"
         )
@@ -148,7 +150,8 @@ def _shown(names: list[str]) -> str:
 
 
 def _labels(metric: str) -> tuple[str, str]:
-    return LABELS.get(metric, (metric, metric))
+    spec = METRICS.get(metric)
+    return (spec.label, spec.class_label) if spec else (metric, metric)
 
 
 def _check_comparable(challenger: Scores, champion: Scores) -> None:

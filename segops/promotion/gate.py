@@ -34,7 +34,7 @@ def scores_from_files(
     metrics = json.loads(Path(metrics_json).read_text())
     kind = metrics.get("kind", "semantic")
     name = primary_metric(metric, kind)
-    column = METRICS[name][0] if name in METRICS else name
+    column = METRICS[name].column if name in METRICS else name
     frame = pd.read_csv(per_image_csv, dtype={"id": str})
     if name not in metrics or column not in frame:
         raise ValueError(

@@ -235,3 +235,27 @@ def test_bootstrap_interval_covers_a_zero_mean_in_most_seeds():
 def test_bootstrap_rejects_bad_input(a, b, match):
     with pytest.raises(ValueError, match=match):
         paired_bootstrap(a, b, samples=100, confidence=0.95, seed=0)
+
+
+def test_the_primary_metric_names_itself_and_must_match():
+    """Instance models are gated on mask AP: the reasons say so; a champion scored by another
+    metric is refused; a metric a model kind does not have is a ConfigError."""
+    import dataclasses
+
+    from segops.errors import ConfigError
+    from segops.promotion.decide import check_metric, primary_metric
+
+    old = dataclasses.replace(scores([0.3] * 30), metric="mask_ap")
+    new = dataclasses.replace(scores([0.5] * 30), metric="mask_ap")
+    first = decide(new, None, PromotionConfig())
+    assert first.metric == "mask_ap" and "(mask AP 0.5000)" in first.reasons[0]
+    gated = decide(new, old, PromotionConfig(bootstrap_samples=200))
+    assert gated.promote and gated.reasons[0].startswith("mask AP 0.5000 vs champion 0.3000")
+    assert gated.to_tags()["promotion.metric"] == "mask_ap"
+    with pytest.raises(ValueError, match="scored by mask_ap, the champion by mean_iou"):
+        decide(new, scores([0.3] * 30), PromotionConfig())
+    assert primary_metric("auto", "instance") == "mask_ap"
+    assert primary_metric("auto", "semantic") == "mean_iou"
+    check_metric("mean_dice", "instance")
+    with pytest.raises(ConfigError, match=r"use one of \['auto', 'mean_iou', 'mean_dice'\]"):
+        check_metric("mask_ap", "semantic")
