@@ -133,10 +133,9 @@ def test_maskrcnn_is_trained_gated_on_mask_ap_registered_and_served(harness, wor
 def _served_over_http(ws: Path, model: str, image: np.ndarray) -> None:
     """`segops serve MODEL` answers a PNG with masks, classes and scores, a bad row with 400."""
     import os
-    import signal
     import sys
 
-    from serving.test_serving import free_port, post, wait_ready
+    from serving.test_serving import free_port, post, stop, wait_ready
 
     port, bin_dir = free_port(), Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -157,8 +156,7 @@ def _served_over_http(ws: Path, model: str, image: np.ndarray) -> None:
         status, body = post(base + "/invocations", {"dataframe_records": [{"image": "eA=="}]})
         assert status == 400 and "row 0" in json.dumps(body)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        stop(proc)
 
 
 def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import subprocess
 from pathlib import Path
 
 import mlflow
@@ -17,7 +14,7 @@ import pytest
 from conftest import tiny_config
 from mlflow.exceptions import MlflowException
 from PIL import Image
-from test_serving import BAD, encoded, free_port, post, start_server, wait_ready
+from test_serving import BAD, encoded, free_port, post, start_server, stop, wait_ready
 from train.test_instance_train import CLASSES, TinyInstances, _config
 
 from segops.serving.pyfunc import (
@@ -208,15 +205,6 @@ def test_a_semantic_model_keeps_its_columns(store, shapes_root, tmp_path):
 
 
 # --- a real server on loopback -----------------------------------------------------------------
-
-
-def stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def good_request(url: str) -> None:

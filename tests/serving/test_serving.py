@@ -186,6 +186,16 @@ def wait_ready(proc: subprocess.Popen, base: str, timeout: float = 120) -> None:
     raise AssertionError(f"server not ready after {timeout} s")
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """End a server started in its own process group (SIGTERM, then SIGKILL after 20 s)."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def start_server(store: dict, port: int, log: Path) -> subprocess.Popen:
     bin_dir = Path(sys.executable).parent
     mlflow_bin = bin_dir / "mlflow"
@@ -235,12 +245,7 @@ def test_mlflow_models_serve_answers_and_survives_bad_payloads(store, tmp_path):
             assert body["error_code"] == "INVALID_PARAMETER_VALUE" and message in body["message"]
         good_requests(base + "/invocations")  # still serving
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop(proc)
     assert proc.returncode is not None
 
 
