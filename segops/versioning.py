@@ -112,9 +112,7 @@ def version_dataset(workspace: str | Path, cfg: VersioningConfig) -> DataVersion
     root = find_workspace(workspace)
     rel = _relative(root, cfg.path)
     dvc_file = root / f"{rel}.dvc"
-    with _locked(root):
-        if cfg.remote_url:
-            _set_remote(root, cfg.remote, cfg.remote_url)
+    with _locked(root), _remote_for_call(root, cfg.remote, cfg.remote_url):
         previous = dvc_file.read_text() if dvc_file.is_file() else None
         with _open_repo(root) as repo:
             _step("add", rel, dvc_file, previous, lambda: repo.add(str(root / rel)))
@@ -217,6 +215,29 @@ def _open_repo(root: Path) -> Iterator[Repo]:
     # `_wait_for_lock` is what the CLI's --wait-for-lock sets: wait for `dvc` run by hand.
     with Repo(str(root), _wait_for_lock=True) as repo:
         yield repo
+
+
+@contextmanager
+def _remote_for_call(root: Path, name: str, url: str | None) -> Iterator[None]:
+    """Set remote `name` to `url` (if given) for the body; if the body fails, put
+    `.dvc/config` back byte for byte, so a bad `versioning.remote_url` is not kept."""
+    if not url:
+        yield
+        return
+    conf = root / ".dvc" / "config"
+    saved = conf.read_bytes() if conf.is_file() else None
+    try:
+        _set_remote(root, name, url)
+        yield
+    except BaseException as exc:
+        if saved is None:
+            conf.unlink(missing_ok=True)
+        else:
+            conf.write_bytes(saved)
+        if isinstance(exc, VersioningError):
+            note = f" .dvc/config was put back as it was: remote {name} is not set to {url}."
+            raise VersioningError(f"{exc}{note}") from exc
+        raise
 
 
 def _set_remote(root: Path, name: str, url: str) -> None:

@@ -351,3 +351,29 @@ def test_export_a_registered_model_to_onnx_with_a_parity_check(chain, tmp_path):
     assert out.stat().st_size > 1000 and "parity on" in proc.stderr
     diff = float(proc.stderr.split("max |logit diff| ")[1].split(",")[0])
     assert diff < 1e-3
+
+
+def test_deep_audit_finds_an_overwritten_remote_object_the_plain_audit_passes(chain, tmp_path):
+    import json
+
+    from segops.lineage.audit import audit
+
+    md5 = chain.data["md5"]
+    manifest = chain.remote / "files" / "md5" / md5[:2] / md5[2:]
+    oid = json.loads(manifest.read_text())[0]["md5"]
+    path = chain.remote / "files" / "md5" / oid[:2] / oid[2:]
+    kept = path.read_bytes()
+    path.chmod(0o644)  # DVC stores objects read-only
+    path.write_bytes(kept[:-1] + bytes([kept[-1] ^ 1]))  # same size, other bytes
+    try:
+        plain = audit(URI, chain.ws)
+        deep = audit(URI, chain.ws, deep=True)
+        proc = _cli("audit", URI, "--deep", "--out", str(tmp_path), env_uri=chain.uri, cwd=chain.ws)
+    finally:
+        path.write_bytes(kept)
+    assert plain.ok and "data.deep" not in [link.name for link in plain.links]
+    assert deep.broken == ["data.deep"], deep.to_markdown()
+    (link,) = [link for link in deep.links if link.name == "data.deep"]
+    assert f"corrupt: {oid}" in link.detail and "re-hashed in" in link.detail
+    assert proc.returncode == 1 and "broken: data.deep" in proc.stderr
+    assert audit(URI, chain.ws, deep=True).ok  # put back: intact again

@@ -35,6 +35,14 @@ def audit(
     repo: Annotated[Path, typer.Option(help="git repository that must hold the commit")] = Path(
         "."
     ),
+    deep: Annotated[
+        bool,
+        typer.Option(
+            "--deep",
+            help="also read and re-hash every object of the data version on the DVC remote "
+            "(finds overwritten or corrupt objects; reads the whole dataset)",
+        ),
+    ] = False,
     params: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
 ) -> None:
@@ -42,14 +50,15 @@ def audit(
 
     Model version -> MLflow run -> dataset md5 and .dvc text -> data on the DVC remote -> git
     commit -> config -> validation report -> Prefect flow run -> environment -> metrics ->
-    promotion decision, and the weights' hash. Writes audit.md and audit.json; exits with 1
-    when a link is broken (each one named).
+    promotion decision, and the weights' hash. --deep re-hashes the data on the remote (link
+    data.deep, with how long it took). Writes audit.md and audit.json; exits with 1 when a link
+    is broken (each one named).
     """
     from segops.cli.report import print_audit
     from segops.lineage.audit import audit as run_audit
 
     _connect(params, overrides)
-    report = run_audit(model, repo)
+    report = run_audit(model, repo, deep=deep)
     paths = report.write(out or Path("runs") / "audit" / _slug(model))
     print_audit(report, paths)
     if not report.ok:

@@ -4,16 +4,20 @@ The chain: model version -> MLflow run -> dataset md5 and `.dvc` text -> data on
 remote -> git commit -> resolved config -> validation report -> Prefect flow run ->
 environment -> metrics -> promotion decision, plus the registered weights' hash. Each link is
 one small check; a broken link is named, with what to do, and the audit goes on with the rest.
+`deep` adds `data.deep`: every object of the data on the remote is read and re-hashed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import tempfile
+import time
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,10 +102,11 @@ class _Chain:
         return tracking.download_artifact(self.version.run_id, path, self.scratch / "artifacts")
 
 
-def audit(model_uri: str, repo: str | Path = ".") -> AuditReport:
+def audit(model_uri: str, repo: str | Path = ".", deep: bool = False) -> AuditReport:
     """Audit registered version `model_uri` (`models:/name/3` or `models:/name@champion`).
 
-    `repo` is the git repository whose history must hold the recorded commit.
+    `repo` is the git repository whose history must hold the recorded commit; `deep` re-hashes
+    every object of the data version on the DVC remote (link `data.deep`).
     """
     from segops import tracking
     from segops.promotion.registry import RegistryError, resolve, version_tags
@@ -118,7 +123,10 @@ def audit(model_uri: str, repo: str | Path = ".") -> AuditReport:
     links.append(Link("mlflow_run", OK, f"run {ref.run_id} ({run['status']})"))
     with tempfile.TemporaryDirectory(prefix="segops-audit-") as tmp:
         chain = _Chain(ref, version_tags(ref), run, Path(tmp), Path(repo).resolve())
-        links += [check(chain) for check in CHECKS]
+        for check in CHECKS:
+            links.append(check(chain))
+            if deep and check is _data_remote:
+                links.append(_data_deep(chain))
     return AuditReport(model_uri, ref.uri, tuple(links), chain.record)
 
 
@@ -177,6 +185,54 @@ def _data_remote(chain: _Chain) -> Link:
             "from a workspace that has it (segops.versioning.version_dataset)",
         )
     return Link("data.remote", OK, f"every object of the dataset is on {url}")
+
+
+def _data_deep(chain: _Chain) -> Link:
+    url, text = chain.tag("data.remote_url"), chain.record.get("data.dvc")
+    if not text or not url:
+        return Link("data.deep", UNCHECKED, "no .dvc text or remote URL recorded (data.remote)")
+    return deep_check(text, url)
+
+
+def deep_check(dvc_text: str, remote_url: str) -> Link:
+    """Read every object of the data version on the remote, md5 it and compare with its name:
+    link `data.deep`, broken (naming them) when objects are corrupt or missing."""
+    from segops.versioning import VersioningError, _manifest, _remote_odb, dvc_text_md5
+
+    start = time.monotonic()
+    try:
+        md5 = dvc_text_md5(dvc_text)
+        odb = _remote_odb(remote_url)
+        entries = _manifest(odb, md5)  # None when missing or not matching its hash
+    except (VersioningError, OSError, ValueError) as exc:
+        return Link("data.deep", BROKEN, f"cannot read the manifest on {remote_url}: {exc}")
+    if entries is None:
+        return Link("data.deep", BROKEN, f"manifest {md5} on {remote_url} is missing or corrupt")
+    oids = sorted({e["md5"] for e in entries})
+    with ThreadPoolExecutor(8) as pool:
+        got = dict(zip(oids, pool.map(lambda oid: _object_md5(odb, oid), oids), strict=True))
+    took = f"{len(oids) + 1} objects re-hashed in {time.monotonic() - start:.2f} s"
+    bad = {"corrupt": [o for o in oids if got[o] not in (o, None)]}
+    bad["missing"] = [o for o in oids if got[o] is None]
+    if not any(bad.values()):
+        return Link("data.deep", OK, f"every object on {remote_url} matches its hash ({took})")
+    named = "; ".join(
+        f"{k}: {', '.join(v[:10])}{' ...' * (len(v) > 10)}" for k, v in bad.items() if v
+    )
+    fix = "delete the corrupt objects from the remote, then version the data again"
+    return Link("data.deep", BROKEN, f"{remote_url}: {named} ({took}). Fix: {fix}")
+
+
+def _object_md5(odb: Any, oid: str) -> str | None:
+    """md5 of the object stored under `oid` (read in 1 MiB chunks); None when it is absent."""
+    digest = hashlib.md5()
+    try:
+        with odb.fs.open(odb.oid_to_path(oid), "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except FileNotFoundError:
+        return None
+    return digest.hexdigest()
 
 
 def _git(chain: _Chain) -> Link:
