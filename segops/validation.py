@@ -1,16 +1,17 @@
 """Dataset validation with Great Expectations (GX Core 1.x), suites defined in code.
 
-`validate_dataset` scans the dataset once (`scan_dataset`), turns the scan into two frames, one
-row per sample (`sample_statistics`) and one row per class (`class_statistics`), runs one GX
-suite on each in a fresh ephemeral context, maps failing rows back to sample ids and files, and
-writes validation.json and validation.md. GX is imported inside functions: it takes seconds.
+`validate_dataset` scans the dataset once (`scan_dataset`), turns the scan into three frames,
+one row per problem the loader refuses (`problem_frame`: symlinks, ids that are paths, unknown
+ids, unreadable files, ...), one per sample (`sample_statistics`) and one per class
+(`class_statistics`), runs one GX suite on each in a fresh ephemeral context, maps failing rows
+back to sample ids and files, and writes validation.json and validation.md (see
+segops.validation_report). A dataset passes only if the loader would accept it too. GX is
+imported inside functions: it takes seconds.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,73 +19,19 @@ import pandas as pd
 
 from segops.config import Config, ValidationConfig
 from segops.data.manifest import FLAG_COLUMNS, MANIFEST_COLUMNS, Scan, scan_dataset
+from segops.data.problems import split_problem
+from segops.validation_report import (
+    MAX_LISTED,
+    CheckResult,
+    Problem,
+    ValidationReport,
+    write_report,
+)
+from segops.validation_wording import CHECK_NAMES, WORDING
 
 if TYPE_CHECKING:
     from great_expectations.data_context import AbstractDataContext
     from great_expectations.expectations import Expectation
-
-MAX_LISTED = 50  # rows and files kept per check: enough to act on, few enough to read
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """One expectation's verdict. `rows` holds the failing rows' ids (sample ids; class names
-    for classes_in_train); `files` the failing samples' paths relative to the dataset root."""
-
-    expectation: str
-    gx_type: str
-    success: bool
-    errored: bool
-    reason: str
-    rows: tuple[str, ...] = ()
-    files: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ValidationReport:
-    success: bool
-    dataset: str
-    checks: tuple[CheckResult, ...]
-
-    def failures(self) -> list[CheckResult]:
-        """The checks that failed or errored, in report order."""
-        return [check for check in self.checks if not check.success]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (tuples as lists); `from_dict` reads it back."""
-        checks = [{**asdict(c), "rows": list(c.rows), "files": list(c.files)} for c in self.checks]
-        return {"success": self.success, "dataset": self.dataset, "checks": checks}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ValidationReport:
-        """The report that `to_dict` wrote."""
-        checks = tuple(
-            CheckResult(**{**c, "rows": tuple(c["rows"]), "files": tuple(c["files"])})
-            for c in data["checks"]
-        )
-        return cls(bool(data["success"]), str(data["dataset"]), checks)
-
-    def to_markdown(self) -> str:
-        """A table of every check, then the failing rows and files of each failed check."""
-        passed = sum(check.success for check in self.checks)
-        lines = [
-            f"# Dataset validation {'passed' if self.success else 'FAILED'}",
-            "",
-            f"`{self.dataset}`: {passed} of {len(self.checks)} checks passed.",
-            "",
-            "| check | result | GX expectation | reason |",
-            "|---|---|---|---|",
-        ]
-        for c in self.checks:
-            verdict = "pass" if c.success else "**ERROR**" if c.errored else "**FAIL**"
-            reason = c.reason.replace("|", "\\|")
-            lines.append(f"| {c.expectation} | {verdict} | `{c.gx_type}` | {reason} |")
-        for c in self.failures():
-            if c.rows or c.files:
-                lines += ["", f"## {c.expectation}", ""]
-                lines += [f"- rows: {', '.join(f'`{r}`' for r in c.rows)}"] if c.rows else []
-                lines += [f"- files: {', '.join(f'`{f}`' for f in c.files)}"] if c.files else []
-        return "\n".join(lines) + "\n"
 
 
 def sample_statistics(scan: Scan) -> pd.DataFrame:
@@ -120,67 +67,20 @@ def class_statistics(scan: Scan, samples: pd.DataFrame) -> pd.DataFrame:
     return frame.astype({"id": "str", "class_id": "int64", "train_pixels": "int64"})
 
 
-def _paths(*columns: str) -> Callable[[pd.DataFrame], list[str]]:
-    """Lists the `columns` paths of each failing row, row by row."""
-    return lambda failed: [str(row[c]) for _, row in failed.iterrows() for c in columns]
+def problem_frame(scan: Scan) -> pd.DataFrame:
+    """One row per scan problem: `file` (relative to the dataset root, "" for the dataset as a
+    whole), `id` (the file, or "(dataset)") and `reason` (never null)."""
+    parsed = [split_problem(line, scan.layout.root) for line in scan.problems]
+    frame = pd.DataFrame(parsed, columns=["file", "reason"], dtype="str")
+    frame.insert(0, "id", frame["file"].where(frame["file"] != "", "(dataset)"))
+    return frame.astype("str")
 
 
-def _unreadable_paths(failed: pd.DataFrame) -> list[str]:
-    """Only the file of each pair that could not be read (a missing mask counts)."""
-    pairs = [(c, row) for _, row in failed.iterrows() for c in ("image", "mask")]
-    return [str(row[c]) for c, row in pairs if not row[f"{c}_readable"]]
+def _problem_expectations() -> dict[str, Expectation]:
+    """The expectation on the problem frame: it has no problem (every row fails)."""
+    import great_expectations.expectations as gxe
 
-
-@dataclass(frozen=True)
-class _Wording:
-    ok: str  # the reason when it passes
-    fail: str  # when it fails; formatted with n, items (the first few) and the run's params
-    files: Callable[[pd.DataFrame], list[str]] = lambda failed: []
-
-
-_WORDING = {
-    "files_readable": _Wording(
-        "Every image and mask exists and decodes.",
-        "{n} sample(s) have a missing or unreadable image or mask ({items}): restore or "
-        "re-export the files listed, or delete those samples.",
-        _unreadable_paths,
-    ),
-    "sizes_match": _Wording(
-        "Every mask has the size of its image.",
-        "{n} sample(s) have a mask whose size differs from its image ({items}): re-export "
-        "those masks at their image's size.",
-        _paths("image", "mask"),
-    ),
-    "mask_values_valid": _Wording(
-        "Every mask holds only {class_ids} or 255 (ignore).",
-        "{n} mask(s) hold values that are neither {class_ids} nor 255 ({items}): fix those "
-        "masks, or name the missing classes in classes.txt.",
-        _paths("mask"),
-    ),
-    "no_leakage_across_splits": _Wording(
-        "No image appears in more than one split.",
-        "{n} sample(s) have the same image bytes as a sample in another split ({items}): keep "
-        "each image in one split only.",
-        _paths("image"),
-    ),
-    "required_splits_present": _Wording(
-        "The required splits ({splits}) all have samples.",
-        "{n} required split(s) have no samples ({items}): list ids in splits/<split>.txt, or "
-        "change data.val_fraction/test_fraction or validation.required_splits.",
-    ),
-    "classes_in_train": _Wording(
-        "Every class has pixels in the train split.",
-        "{n} class(es) have no pixels in the train split ({items}): add training samples that "
-        "contain them, or remove them from classes.txt.",
-    ),
-    "foreground_fraction_in_bounds": _Wording(
-        "Every mask's foreground fraction is within [{lo}, {hi}].",
-        "{n} mask(s) have a foreground fraction outside [{lo}, {hi}] ({items}): check those "
-        "masks, or widen validation.foreground_fraction.",
-        _paths("mask"),
-    ),
-}
-CHECK_NAMES = tuple(_WORDING)  # the report's order
+    return {"dataset_loads": gxe.ExpectColumnValuesToBeNull(column="reason")}
 
 
 def _sample_expectations(cfg: ValidationConfig) -> dict[str, Expectation]:
@@ -252,7 +152,7 @@ def _check_result(
     if error:
         reason = f"GX could not evaluate it ({error}); the frame segops built is wrong: report it."
         return CheckResult(name, gx_type, False, True, reason)
-    wording = _WORDING[name]
+    wording = WORDING[name]
     if result.success:
         return CheckResult(name, gx_type, True, False, wording.ok.format(**params))
     details = result.result or {}
@@ -311,29 +211,25 @@ def _params(cfg: Config, scan: Scan) -> dict[str, Any]:
     }
 
 
-def write_report(report: ValidationReport, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write `out_dir`/validation.json and validation.md; returns their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out / "validation.json", out / "validation.md"
-    json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    md_path.write_text(report.to_markdown())
-    return json_path, md_path
-
-
 def validate_dataset(cfg: Config, out_dir: str | Path | None = None) -> ValidationReport:
     """Scan `cfg.data`, run every check in CHECK_NAMES with GX, write the report to `out_dir`
     (default `cfg.validation.report_dir`) and return it. Raises DatasetError only when the
-    layout itself cannot be read; bad samples become failed checks."""
+    layout itself cannot be read; bad samples and files become failed checks and problems
+    (file + reason), and any problem fails the report."""
     scan = scan_dataset(cfg.data, eval_split=None)
+    problems = problem_frame(scan)
     samples = sample_statistics(scan)
     context = _new_context()
-    found = _run_suite(
+    (loads,) = _run_suite(context, "problems", problems, _problem_expectations(), {})
+    found = [replace(loads, rows=())]  # its rows would repeat its files
+    found += _run_suite(
         context, "samples", samples, _sample_expectations(cfg.validation), _params(cfg, scan)
     )
     classes = class_statistics(scan, samples)
     found += _run_suite(context, "classes", classes, _class_expectations(), {})
     checks = tuple(sorted(found, key=lambda c: CHECK_NAMES.index(c.expectation)))
-    report = ValidationReport(all(c.success for c in checks), str(scan.layout.root), checks)
+    listed = tuple(Problem(f, r) for f, r in zip(problems["file"], problems["reason"], strict=True))
+    success = all(c.success for c in checks) and not listed
+    report = ValidationReport(success, str(scan.layout.root), checks, listed)
     write_report(report, out_dir if out_dir is not None else cfg.validation.report_dir)
     return report

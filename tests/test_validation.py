@@ -42,21 +42,27 @@ def _write_splits(root, **splits):
         (root / "splits" / f"{name}.txt").write_text("\n".join(ids) + "\n")
 
 
-def _only_failure(report, name):
-    """Assert that `name` is the one check that failed (not errored); return it."""
-    assert {c.expectation: c.success for c in report.checks} == {n: n != name for n in CHECK_NAMES}
+def _only_failure(report, name, loader=False):
+    """Assert that `name` is the one check that failed (not errored), besides dataset_loads
+    when the `loader` refuses the same files too; return it."""
+    failing = {name, "dataset_loads"} if loader else {name}
+    assert {c.expectation: c.success for c in report.checks} == {
+        n: n not in failing for n in CHECK_NAMES
+    }
     assert report.success is False
-    (failed,) = report.failures()
-    assert failed.errored is False
+    assert all(not c.errored for c in report.failures())
+    assert bool(report.problems) is loader
+    (failed,) = [c for c in report.failures() if c.expectation == name]
     return failed
 
 
-def test_valid_dataset_passes_all_seven_checks(folder_dataset, tmp_path):
+def test_valid_dataset_passes_all_eight_checks(folder_dataset, tmp_path):
     report = validate_dataset(_config(folder_dataset, tmp_path))
     assert report.success is True
     assert report.dataset == str(folder_dataset)
     assert [c.expectation for c in report.checks] == list(CHECK_NAMES)
-    assert len(CHECK_NAMES) == 7
+    assert len(CHECK_NAMES) == 8
+    assert report.problems == ()
     assert all(c.success and not c.errored for c in report.checks)
     assert all(c.rows == () and c.files == () for c in report.checks)
     assert report.failures() == []
@@ -67,6 +73,7 @@ def test_valid_dataset_passes_all_seven_checks(folder_dataset, tmp_path):
     )
     assert by_name["required_splits_present"].gx_type == "ExpectColumnDistinctValuesToContainSet"
     assert by_name["files_readable"].gx_type == "ExpectColumnPairValuesToBeInSet"
+    assert by_name["dataset_loads"].gx_type == "ExpectColumnValuesToBeNull"
 
 
 def test_generated_shapes_dataset_passes(shapes_root, tmp_path):
@@ -75,20 +82,27 @@ def test_generated_shapes_dataset_passes(shapes_root, tmp_path):
 
 def test_unreadable_image(folder_dataset, tmp_path):
     (folder_dataset / "images" / "s2.png").write_bytes(b"not a png")
-    failed = _only_failure(validate_dataset(_config(folder_dataset, tmp_path)), "files_readable")
+    report = validate_dataset(_config(folder_dataset, tmp_path))
+    failed = _only_failure(report, "files_readable", loader=True)
     assert (failed.rows, failed.files) == (("s2",), ("images/s2.png",))
     assert failed.reason.startswith("1 sample(s) have a missing or unreadable image or mask (s2)")
+    assert [(p.file, p.reason.split(":")[0]) for p in report.problems] == [
+        ("images/s2.png", "not an image")
+    ]
 
 
 def test_missing_mask_counts_as_unreadable(folder_dataset, tmp_path):
     (folder_dataset / "masks" / "s3.png").unlink()
-    failed = _only_failure(validate_dataset(_config(folder_dataset, tmp_path)), "files_readable")
+    report = validate_dataset(_config(folder_dataset, tmp_path))
+    failed = _only_failure(report, "files_readable", loader=True)
     assert (failed.rows, failed.files) == (("s3",), ("masks/s3.png",))
+    assert report.problem_summary() == "masks/s3.png: missing mask for image s3.png"
 
 
 def test_size_mismatch(folder_dataset, tmp_path):
     _write_mask(folder_dataset, "s4", np.zeros((10, 10)))
-    failed = _only_failure(validate_dataset(_config(folder_dataset, tmp_path)), "sizes_match")
+    report = validate_dataset(_config(folder_dataset, tmp_path))
+    failed = _only_failure(report, "sizes_match", loader=True)
     assert (failed.rows, failed.files) == (("s4",), ("images/s4.png", "masks/s4.png"))
 
 
@@ -96,7 +110,8 @@ def test_mask_value_not_a_class_id(folder_dataset, tmp_path):
     mask = np.zeros((12, 16))
     mask[2:6, 3:9], mask[0, 0] = 1, 7
     _write_mask(folder_dataset, "s5", mask)
-    failed = _only_failure(validate_dataset(_config(folder_dataset, tmp_path)), "mask_values_valid")
+    report = validate_dataset(_config(folder_dataset, tmp_path))
+    failed = _only_failure(report, "mask_values_valid", loader=True)
     assert (failed.rows, failed.files) == (("s5",), ("masks/s5.png",))
     assert "neither class ids 0..2 nor 255 (s5)" in failed.reason
 
@@ -180,7 +195,8 @@ def test_report_files_round_trip(folder_dataset, tmp_path):
     markdown = (tmp_path / "report" / "validation.md").read_text()
     assert markdown == report.to_markdown()
     assert markdown.startswith("# Dataset validation FAILED\n")
-    assert "6 of 7 checks passed." in markdown
+    assert "6 of 8 checks passed; 1 problem(s) the loader refuses." in markdown
+    assert "## Problems\n\n- `masks/s3.png`: missing mask for image s3.png\n" in markdown
     assert (
         "| files_readable | **FAIL** | `ExpectColumnPairValuesToBeInSet` | 1 sample(s)" in markdown
     )

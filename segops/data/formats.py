@@ -23,6 +23,7 @@ import numpy as np
 
 from segops.config import DataConfig
 from segops.data.io import IMAGE_SUFFIXES, Part, ReadError, read_file, read_image, read_mask
+from segops.data.problems import id_problem, symlink_problem, symlink_reason
 
 SPLITS = ("train", "val", "test")
 
@@ -74,6 +75,8 @@ class Layout:
 
 def read_classes(path: Path) -> tuple[list[str], list[str]]:
     """Class names from `classes.txt` (line number = id) and the problems found in it."""
+    if path.is_symlink():
+        return [], [symlink_problem(path)]
     if not path.is_file():
         return [], [f"{path}: missing; write one class name per line (line 1 = id 0)"]
     names = [line.strip() for line in path.read_text().splitlines()]
@@ -104,12 +107,19 @@ def _assign_splits(
     out, problems, seen = [], [], {}
     for split, name in files.items():
         path = split_dir / name
+        if path.is_symlink():
+            problems.append(symlink_problem(path))
+            continue
         if not path.is_file():
             continue
         ids = _read_split_file(path)
         if not ids:
             problems.append(f"{path}: split '{split}' is empty; list at least one id or delete it")
         for sid in ids:
+            not_plain = id_problem(sid)
+            if not_plain:
+                problems.append(f"{path}: {not_plain}")
+                continue
             if sid in seen:
                 problems.append(f"{path}: id '{sid}' is also in split '{seen[sid]}'")
                 continue
@@ -126,6 +136,9 @@ def read_folder_layout(root: str | Path) -> Layout:
     """Samples of a folder-layout dataset (see module docstring)."""
     root = Path(root)
     problems: list[str] = []
+    if (root / "images").is_symlink():  # listed through the link, it would be read too
+        classes, class_problems = read_classes(root / "classes.txt")
+        return Layout(root, classes, [], False, [symlink_problem(root / "images"), *class_problems])
     if not (root / "images").is_dir():
         raise FileNotFoundError(f"{root}/images: no such directory (expected the folder layout)")
     classes, class_problems = read_classes(root / "classes.txt")
@@ -214,9 +227,17 @@ def read_layout(root: str | Path, fmt: str, cfg: DataConfig | None = None) -> La
 
 def read_sample(root: Path, ref: SampleRef) -> tuple[Part, Part]:
     """(image, mask) of `ref` as Parts: image HxWx3 uint8, mask HxW uint8 (class ids, 255 =
-    ignore), each with its sha256 and problem; never raises for bad files."""
+    ignore), each with its sha256 and problem; never raises for bad files. Nothing is read
+    through a symlink or from outside `root` (that side's problem says so)."""
+    refused = [symlink_reason(root, ref.image), symlink_reason(root, ref.mask)]
     if ref.reader == "png":
-        return read_file(root / ref.image, read_image), read_file(root / ref.mask, read_mask)
+        return (
+            Part("", None, refused[0]) if refused[0] else read_file(root / ref.image, read_image),
+            Part("", None, refused[1]) if refused[1] else read_file(root / ref.mask, read_mask),
+        )
+    if any(refused):  # the format's reader reads both: neither is read
+        image, mask = (Part("", None, problem) for problem in refused)
+        return image, mask
     try:
         module = _module(ref.reader)
     except (KeyError, ValueError) as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,23 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from segops.data.problems import symlink_problem
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"II*\0": "TIFF",
+    b"MM\0*": "TIFF",
+}
+# Images above this many pixels are refused from their header, before decoding (PIL's
+# default limit, about 9459x9459): a few KB of PNG can decode to gigabytes.
+MAX_PIXELS = 89_478_485
+# Problem texts start with a short reason; the rest says what to do.
+MISSING = "missing: no such file"
+NOT_A_FILE = "not a regular file (a folder, pipe or device); put the image file there"
+ZERO_BYTES = "0 bytes: the file is empty; copy or export it again"
+NOT_AN_IMAGE = "not an image: not a readable image file (PNG, JPEG, TIFF); replace it"
 
 
 class ReadError(ValueError):
@@ -29,13 +46,19 @@ class Part:
 
 
 def read_file(path: Path, decode: Callable[[Path], np.ndarray]) -> Part:
-    """The Part for the file at `path`: sha256 of its bytes and `decode(path)`."""
+    """The Part for the file at `path`: sha256 of its bytes and `decode(path)`. A symlink is
+    refused unread (see segops.data.problems); the problem starts with a short reason:
+    `missing`, `0 bytes`, `not an image`, `truncated PNG`, `symlink`, ..."""
+    if path.is_symlink():
+        return Part("", None, symlink_problem(path).removeprefix(f"{path}: "))
     if not path.is_file():
-        return Part("", None, "file does not exist")
+        return Part("", None, NOT_A_FILE if path.exists() else MISSING)
     try:
         data = path.read_bytes()
     except OSError as exc:
         return Part("", None, f"cannot be read ({exc.strerror})")
+    if not data:
+        return Part("", None, ZERO_BYTES)
     digest = hashlib.sha256(data).hexdigest()
     try:
         return Part(digest, decode(path), None)
@@ -48,16 +71,63 @@ def array_sha256(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
+def _kind(head: bytes) -> str | None:
+    """The image format that `head` (the first bytes of a file) announces, or None."""
+    return next((kind for sig, kind in SIGNATURES.items() if head.startswith(sig)), None)
+
+
+def _truncated(kind: str, data: bytes, exc: Exception) -> bool:
+    """True when `data` (a file of format `kind`) ends before its image does."""
+    if "truncat" in str(exc).lower():
+        return True
+    tail = data[-16:]
+    return (kind == "PNG" and b"IEND" not in tail) or (kind == "JPEG" and b"\xff\xd9" not in tail)
+
+
+def _decode_problem(data: bytes, kind: str | None, exc: Exception) -> str:
+    """The reason a file whose bytes are `data` failed to decode with `exc`."""
+    if not data:
+        return ZERO_BYTES
+    if kind is None:
+        return NOT_AN_IMAGE
+    if _truncated(kind, data, exc):
+        return f"truncated {kind}: the file ends before its image data; copy or export it again"
+    return f"corrupt {kind} ({exc}); export it again"
+
+
+def _too_large(size: str) -> ReadError:
+    return ReadError(
+        f"image larger than {MAX_PIXELS} pixels ({size}); PIL refuses it as a possible "
+        "decompression bomb: downscale or tile it"
+    )
+
+
 def _open(path: Path | io.BytesIO) -> Image.Image:
+    """Open and decode: the header first (lazy open), then, if the size is below MAX_PIXELS,
+    the pixels. ReadError with a short reason (see `read_file`) for anything else."""
     try:
-        img = Image.open(path)
-        img.load()  # decode now: truncated files fail here, not later in a worker
+        data = path.getvalue() if isinstance(path, io.BytesIO) else Path(path).read_bytes()
     except FileNotFoundError:
-        raise ReadError("file does not exist") from None
-    except UnidentifiedImageError:
-        raise ReadError("not a readable image (unknown or corrupt format)") from None
+        raise ReadError(MISSING) from None
+    except OSError as exc:
+        raise ReadError(f"cannot be read ({exc.strerror})") from None
+    kind = _kind(data[:8])
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:  # PIL's own header check: far above its limit
+        size = struct.unpack(">II", data[16:24]) if kind == "PNG" and len(data) >= 24 else ()
+        raise _too_large("x".join(map(str, size)) or "far above the limit") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ReadError(_decode_problem(data, kind, exc)) from None
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        raise _too_large(f"{width}x{height}")
+    try:
+        img.load()  # decode now: truncated files fail here, not later in a worker
+    except Image.DecompressionBombError:
+        raise _too_large(f"{width}x{height}") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ReadError(f"cannot be decoded ({exc}); the file may be truncated") from None
+        raise ReadError(_decode_problem(data, img.format or kind, exc)) from None
     return img
 
 
@@ -100,6 +170,11 @@ def read_mask(path: str | Path) -> np.ndarray:
                 f"holds values above 255 (max {int(arr.max())}); class ids must be 0..254"
             )
         return arr.astype(np.uint8)
+    if img.mode in ("RGB", "RGBA"):
+        raise ReadError(
+            f"{img.mode} mask: masks hold class ids, one channel (mode L or P) with pixel = "
+            "class id; convert colours to class ids"
+        )
     raise ReadError(
         f"is a {img.mode} image; masks must be single-channel (mode L or P) with pixel = class id"
     )

@@ -28,6 +28,8 @@ from segops.data.formats import (
     read_sample,
     reader_columns,
 )
+from segops.data.io import MISSING
+from segops.data.problems import symlink_problems
 from segops.errors import DatasetError
 
 MANIFEST_COLUMNS = [
@@ -78,7 +80,7 @@ def scan_one(root: Path, ref: SampleRef, num_classes: int) -> tuple[dict, list[s
     image_sha, image, image_err = image_part.sha256, image_part.array, image_part.problem
     mask_sha, mask, mask_err = mask_part.sha256, mask_part.array, mask_part.problem
     problems = [f"{image_path}: {image_err}"] if image_err else []
-    if mask_err == "file does not exist":
+    if mask_err in (MISSING, "file does not exist"):  # nifti, coco, ... say the latter
         problems.append(f"{mask_path}: missing mask for image {image_path.name}")
     elif mask_err:
         problems.append(f"{mask_path}: {mask_err}")
@@ -196,13 +198,14 @@ def scan_dataset(
     """Read the layout and decode every sample once; never raises for bad samples.
 
     Without split files, a seeded split is assigned (not written). Raises DatasetError only
-    when the layout itself cannot be read (no images/ folder, unknown format).
+    when the layout itself cannot be read (no images/ folder, unknown format). Every symlink
+    below the root is a problem, and nothing is read through one.
     """
     try:
         layout = read_layout(cfg.root, cfg.format, cfg)
     except (FileNotFoundError, ValueError) as exc:
         raise DatasetError(f"cannot read dataset at {cfg.root}: {exc}") from None
-    rows, problems = [], list(layout.problems)
+    rows, problems = [], [*symlink_problems(Path(cfg.root)), *layout.problems]
     with ThreadPoolExecutor(max_workers=4) as pool:
         jobs = [pool.submit(scan_one, layout.root, r, len(layout.classes)) for r in layout.samples]
         for done, job in enumerate(jobs, 1):
@@ -220,7 +223,8 @@ def scan_dataset(
         )
         frame["split"] = frame["group"].map(mapping)
     problems += _check_splits(frame, layout.root, eval_split)
-    return Scan(layout, frame, problems)
+    # A symlinked file is found by the walk and by its read: list it once.
+    return Scan(layout, frame, list(dict.fromkeys(problems)))
 
 
 def load_dataset(

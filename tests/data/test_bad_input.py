@@ -49,7 +49,7 @@ def test_truncated_image(folder_dataset):
 
 def test_unreadable_image(folder_dataset):
     (folder_dataset / "images" / "s5.png").write_bytes(b"not an image at all")
-    _check(folder_dataset, r"images/s5.png: not a readable image")
+    _check(folder_dataset, r"images/s5.png: not an image: not a readable image")
 
 
 def test_empty_split_file(folder_dataset):

@@ -131,7 +131,7 @@ def test_bad_annotations_are_reported(coco):
         load_dataset(DataConfig(root=coco, format="coco"))
     message = str(err.value)
     assert "instances_val.json: annotation 4: category_id 99 is not a category" in message
-    assert "images/train/b.png: file does not exist" in message
+    assert "images/train/b.png: missing: no such file" in message
 
 
 def test_not_a_coco_tree(tmp_path):

@@ -103,5 +103,5 @@ def test_grayscale_jpeg_and_tiff_read(tmp_path):
 
 def test_rgb_mask_is_refused_with_reason(folder_dataset):
     Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(folder_dataset / "masks" / "s0.png")
-    with pytest.raises(DatasetError, match=r"masks/s0.png: is a RGB image; masks must be single"):
+    with pytest.raises(DatasetError, match=r"masks/s0.png: RGB mask: masks hold class ids"):
         load_dataset(DataConfig(root=folder_dataset))
