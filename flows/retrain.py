@@ -1,5 +1,6 @@
-"""The `retrain` flow: validate -> version (DVC) -> train -> evaluate -> export (ONNX) ->
-register -> promote -> report.
+"""The `retrain` flow: check registry -> validate -> place (import a dataset from outside
+`data/`) -> version (DVC) -> train -> evaluate -> export (ONNX) -> register -> promote ->
+report.
 
 Every task calls one `segops.pipeline` function and passes small references (dicts of paths,
 hashes, run ids and `models:/` URIs). Validation runs before versioning so that data failing
@@ -27,9 +28,19 @@ class ValidationFailed(SegopsError):
     """The dataset failed its Great Expectations suite; nothing was trained or registered."""
 
 
+@task(name="check-stores", cache_policy=NO_CACHE)
+def check_stores(config: dict, workspace: str) -> list:
+    return pipeline.preflight_step(config, workspace)
+
+
 @task(name="check-registry", cache_policy=NO_CACHE)
-def check_registry(config: dict) -> None:
-    pipeline.registry_step(config)
+def check_registry(config: dict) -> dict:
+    return pipeline.registry_step(config)
+
+
+@task(name="place-data", cache_policy=NO_CACHE)
+def place_data(config: dict) -> dict:
+    return pipeline.place_step(config)
 
 
 @task(name="validate-data", cache_policy=NO_CACHE)
@@ -100,7 +111,9 @@ def retrain(
     key = str(flow_run.id or uuid.uuid4())
     cfg = load_config(params, [*(overrides or []), *extra])
     config = pipeline.attempt_config(cfg.to_dict(), key)
-    check_registry(config)
+    git = pipeline.source_state(config, workspace)  # before the flow writes anything
+    check_stores(config, workspace)
+    contract = check_registry(config)
     report = validate_data(config)
     if not report["success"]:
         create_markdown_artifact(report["markdown"], key="validation-report")
@@ -108,17 +121,21 @@ def retrain(
             f"dataset {cfg.data.root} failed validation ({', '.join(report['failures'])}); "
             f"nothing was trained or registered. Report: {report['json']}"
         )
+    placed = place_data(config)
+    print(placed["message"])
+    config = placed["config"]
     data = version_data(config, workspace)
     same = None if force else find_unchanged(config, data)
     if same is not None:
         note = (
-            f"Skipped training: {same['uri']} was already made from data {data['md5']}, "
+            f"Skipped training: {same['uri']} was already made from dataset {data['dataset']} "
+            f"({data['dataset_md5']}), "
             "this config and this code. Change any of them, or pass force=True, to retrain."
         )
         print(note)
         create_markdown_artifact(f"## Nothing to retrain\n\n{note}\n", key="retrain-skipped")
         return {"skipped": True, "model": same, "data": data, "metrics": None, "decision": None}
-    tags = pipeline.lineage_tags(data, report, key, workspace)
+    tags = pipeline.lineage_tags(data, report, key, git, contract)
     artifacts = {"lineage/data.dvc": data["dvc_text"], "lineage/validation.json": report["json"]}
     trained = train_model(config, key, tags, artifacts)
     metrics = evaluate_model(config, trained["run_id"], trained["checkpoint"])

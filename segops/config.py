@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -151,7 +152,9 @@ class TrackingConfig(_Section):
 class PromotionConfig(_Section):
     """Registry and promotion gate (segops.promotion)."""
 
-    model_name: str = "segops-shapes"
+    model_name: str = Field(
+        "auto", description="registered model name; auto = segops-<dataset folder name>"
+    )
     metric: Literal["auto", "mean_iou", "mean_dice", "mask_ap"] = Field(
         "auto",
         description="primary metric the gate compares (auto: mask_ap for instance models, "
@@ -178,9 +181,38 @@ class Config(_Section):
     tracking: TrackingConfig = TrackingConfig()
     promotion: PromotionConfig = PromotionConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _name_after_dataset(cls, raw: Any) -> Any:
+        """`promotion.model_name: auto` becomes `segops-<dataset folder>`: a new dataset never
+        lands under another dataset's registered name (and its champion's classes)."""
+        if not isinstance(raw, dict):
+            return raw
+        promo, data = raw.get("promotion") or {}, raw.get("data") or {}
+        name = promo.model_name if isinstance(promo, PromotionConfig) else promo.get("model_name")
+        if name not in (None, "auto"):
+            return raw
+        root = data.root if isinstance(data, DataConfig) else data.get("root", DataConfig().root)
+        derived = registered_name_for(root)
+        if isinstance(promo, PromotionConfig):
+            return {**raw, "promotion": promo.model_copy(update={"model_name": derived})}
+        return {**raw, "promotion": {**promo, "model_name": derived}}
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (paths as strings, tuples as lists)."""
         return self.model_dump(mode="json")
+
+
+def dataset_slug(root: str | Path) -> str:
+    """A registry-friendly name for a dataset folder: `data/My Scans` -> `my-scans`."""
+    path = Path(root)
+    name = path.resolve().name if path.name in ("", ".", "..") else path.name
+    return re.sub(r"[^a-z0-9_.-]+", "-", name.lower()).strip("-.") or "dataset"
+
+
+def registered_name_for(root: str | Path) -> str:
+    """The registered model name `promotion.model_name: auto` gives a dataset folder."""
+    return f"segops-{dataset_slug(root)}"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

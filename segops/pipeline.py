@@ -43,37 +43,56 @@ def attempt_config(config: dict[str, Any], attempt_key: str) -> dict[str, Any]:
     return _cfg(updated).to_dict()
 
 
-def registry_step(config: dict[str, Any]) -> None:
-    """ConfigError when `promotion.model_name` already has a champion of the other model kind
-    (semantic vs instance): the gate could not compare their metrics, so the flow stops here,
-    before anything is validated, versioned, trained or registered."""
+def preflight_step(config: dict[str, Any], workspace: str = ".") -> list[str]:
+    """MLflow, the DVC remote and the Prefect API answer (seconds, before anything runs)."""
+    from segops.preflight import check_stores
+
+    return check_stores(_cfg(config), workspace)
+
+
+def registry_step(config: dict[str, Any]) -> dict[str, Any]:
+    """The model's contract (`kind`, `classes`); ConfigError when `promotion.model_name`
+    already has a champion of the other model kind (semantic vs instance) or of other classes:
+    the gate could not compare them, so the flow stops here, before anything is validated,
+    versioned, trained or registered."""
     from segops import tracking
-    from segops.errors import ConfigError
-    from segops.models import model_info
-    from segops.promotion.registry import champion
+    from segops.data.formats import read_layout
+    from segops.promotion.compat import check_compatible
     from segops.train.run import model_kind
 
     cfg = _cfg(config)
     tracking.connect(cfg.tracking)
-    current = champion(cfg.promotion.model_name)
-    name = current and tracking.run_summary(current.run_id)["params"].get("model.name")
-    if not name:
-        return
-    theirs, ours = model_info(name).kind, model_kind(cfg)
-    if theirs != ours:
-        raise ConfigError(
-            f"{current.uri}, the champion of {cfg.promotion.model_name!r}, is {name} ({theirs}) "
-            f"and {cfg.model.name} is {ours}: the gate cannot compare them. "
-            f"Register it under another promotion.model_name, e.g. "
-            f"{cfg.promotion.model_name}-{ours}"
-        )
+    classes = read_layout(cfg.data.root, cfg.data.format, cfg.data).classes
+    kind = model_kind(cfg)
+    check_compatible(cfg.promotion.model_name, kind, classes, str(cfg.data.root))
+    return {"kind": kind, "classes": list(classes)}
+
+
+def place_step(config: dict[str, Any]) -> dict[str, Any]:
+    """The dataset inside the versioned tree: `config` with `data.root` there (a dataset
+    outside it is imported into `<versioning.path>/<folder>/` first) and a one-line message."""
+    from segops.data.place import place_dataset
+
+    cfg = _cfg(config)
+    placed = place_dataset(cfg.data.root, cfg.versioning.path)
+    moved = config | {"data": {**config["data"], "root": placed.root}}
+    return {"config": _cfg(moved).to_dict(), "message": placed.message}
+
+
+def source_state(config: dict[str, Any], workspace: str = ".") -> dict[str, str]:
+    """The code's git commit and whether the tree is dirty, read before the flow writes
+    anything; the `.dvc` file the flow itself rewrites does not count."""
+    from segops.tracking import git_state
+
+    return git_state(workspace, ignore=[f"{_cfg(config).versioning.path}.dvc"])
 
 
 def version_step(config: dict[str, Any], workspace: str = ".") -> dict[str, Any]:
     """DVC: add and push the dataset directory; returns the DataVersion as a dict."""
     from segops.versioning import version_dataset
 
-    return version_dataset(workspace, _cfg(config).versioning).to_dict()
+    cfg = _cfg(config)
+    return version_dataset(workspace, cfg.versioning, cfg.data.root).to_dict()
 
 
 def validate_step(config: dict[str, Any]) -> dict[str, Any]:
@@ -99,17 +118,25 @@ def validate_step(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def lineage_tags(
-    data_version: dict[str, Any], validation: dict[str, Any], flow_run_id: str, workspace: str = "."
+    data_version: dict[str, Any],
+    validation: dict[str, Any],
+    flow_run_id: str,
+    git: dict[str, str],
+    contract: dict[str, Any],
 ) -> dict[str, str]:
-    """The lineage tags every run and registered version carries (see ARCHITECTURE.md)."""
+    """The lineage tags every run and registered version carries (docs/architecture.md);
+    `git` is `source_state`, read when the flow started; `contract` is `registry_step`'s."""
     from segops.lineage.code import code_version
-    from segops.tracking import git_state
+    from segops.promotion.compat import CLASSES_TAG, KIND_TAG
 
-    git = git_state(workspace)
     return {
+        KIND_TAG: contract["kind"],
+        CLASSES_TAG: json.dumps(contract["classes"]),
         LINEAGE + "code.version": code_version(),
         LINEAGE + "data.md5": data_version["md5"],
         LINEAGE + "data.path": data_version["path"],
+        LINEAGE + "dataset.path": data_version["dataset"],
+        LINEAGE + "dataset.md5": data_version["dataset_md5"],
         LINEAGE + "data.dvc_file": data_version["dvc_file"],
         LINEAGE + "data.remote_url": data_version["remote_url"],
         LINEAGE + "git.commit": git["commit"],
@@ -122,8 +149,8 @@ def lineage_tags(
 def unchanged_step(config: dict[str, Any], data_version: dict[str, Any]) -> dict[str, str] | None:
     """The registered version already made from this data, config and code, or None.
 
-    Compares the dataset md5, the config hash (locations and promotion settings excluded) and
-    the code version with the tags of the registered versions of `promotion.model_name`.
+    Compares the dataset's own hash and path, the config hash (locations and promotion settings
+    excluded) and the code version with the tags of the versions of `promotion.model_name`.
     """
     from segops import tracking
     from segops.config import config_hash
@@ -133,7 +160,8 @@ def unchanged_step(config: dict[str, Any], data_version: dict[str, Any]) -> dict
     cfg = _cfg(config)
     tracking.connect(cfg.tracking)
     same = {
-        LINEAGE + "data.md5": data_version["md5"],
+        LINEAGE + "dataset.md5": data_version["dataset_md5"],
+        LINEAGE + "dataset.path": data_version["dataset"],
         LINEAGE + "config_hash": config_hash(cfg),
         LINEAGE + "code.version": code_version(),
     }
@@ -173,7 +201,9 @@ def train_step(
         raise
     tracking.log_file(run_id, result.history_csv)
     tracking.log_file(run_id, Path(result.out_dir) / "config.yaml")
-    tracking.set_tags(run_id, {LINEAGE + "dataset_hash": result.dataset_hash})
+    tracking.set_tags(
+        run_id, {LINEAGE + "dataset_hash": result.dataset_hash, LINEAGE + "run_dir": result.out_dir}
+    )
     return {
         "run_id": run_id,
         "checkpoint": result.best_checkpoint,

@@ -76,15 +76,18 @@ def environment() -> dict[str, str]:
     }
 
 
-def git_state(path: str | Path = ".") -> dict[str, str]:
-    """Commit of the repository holding `path` and whether its tree has uncommitted changes."""
+def git_state(path: str | Path = ".", ignore: list[str] | None = None) -> dict[str, str]:
+    """Commit of the repository holding `path` and whether its tree has uncommitted changes
+    to tracked files other than `ignore` (paths relative to `path`)."""
 
     def git(*args: str) -> str:
         out = subprocess.run(["git", *args], cwd=path, capture_output=True, text=True, timeout=30)
         return out.stdout.strip() if out.returncode == 0 else ""
 
     commit = git("rev-parse", "HEAD")
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit else True
+    skip = [f":(exclude){p}" for p in ignore or []]
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", *skip)
+    dirty = bool(status) if commit else True
     return {"commit": commit or "unknown", "dirty": str(dirty).lower()}
 
 

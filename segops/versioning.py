@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from segops.config import VersioningConfig
+from segops.data.place import dir_md5
 from segops.errors import SegopsError
 
 if TYPE_CHECKING:  # dvc costs ~0.5 s to import: load it only when a function needs it
@@ -54,6 +55,8 @@ class DataVersion:
     remote: str  # remote pushed to ("" if not pushed)
     remote_url: str  # its URL as configured
     pushed: int  # objects uploaded by this call (files + the .dir manifest; 0 when unchanged)
+    dataset: str = ""  # the dataset trained on, relative to the workspace (data/shapes)
+    dataset_md5: str = ""  # its own DVC directory hash (what `dvc add <dataset>` would write)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,28 +106,36 @@ def configure_remote(workspace: str | Path, name: str, url: str) -> None:
         _set_remote(root, name, url)
 
 
-def version_dataset(workspace: str | Path, cfg: VersioningConfig) -> DataVersion:
+def version_dataset(
+    workspace: str | Path, cfg: VersioningConfig, dataset: str | Path | None = None
+) -> DataVersion:
     """`dvc add` cfg.path and, if cfg.push, push it; return the version written to `<path>.dvc`.
 
+    `dataset`, a folder inside cfg.path, is the dataset trained on: its own hash is read from
+    the new manifest (`DataVersion.dataset_md5`). A tree holding symbolic links is refused
+    before DVC reads it: a link could send a file from outside the dataset to the remote.
     All or nothing: if the add or the push fails, the previous `.dvc` text is put back (or the new
     file removed) and a VersioningError names the step, the path and the fix.
     """
     root = find_workspace(workspace)
     rel = _relative(root, cfg.path)
+    sub = _dataset_subdir(root, rel, dataset)
+    _refuse_links(root / rel)
     dvc_file = root / f"{rel}.dvc"
     with _locked(root), _remote_for_call(root, cfg.remote, cfg.remote_url):
         previous = dvc_file.read_text() if dvc_file.is_file() else None
         with _open_repo(root) as repo:
             _step("add", rel, dvc_file, previous, lambda: repo.add(str(root / rel)))
             md5 = _dvc_md5(dvc_file.read_text(), str(dvc_file))
+            own = _own_md5(repo, md5, rel, sub)
             if not cfg.push:
-                return _version(root, rel, "", "", 0)
+                return _version(root, rel, "", "", 0, own)
             name = cfg.remote.lower()
             pushed = _step(
                 "push", rel, dvc_file, previous, lambda: _push(repo, dvc_file, name, md5)
             )
             url = str(repo.config["remote"][name]["url"])
-    return _version(root, rel, name, url, pushed)
+    return _version(root, rel, name, url, pushed, own)
 
 
 def read_version(workspace: str | Path, path: str = "data") -> DataVersion:
@@ -182,7 +193,7 @@ def restore_dataset(dvc_text: str, remote_url: str, dest: str | Path) -> Path:
         if not all(t.is_relative_to(tmp.resolve()) for t in targets):
             raise VersioningError(f"manifest {md5} has paths outside the folder: not restoring")
         odb.fs.get([odb.oid_to_path(e["md5"]) for e in entries], [str(t) for t in targets])
-        got = _dir_md5(tmp)
+        got = dir_md5(tmp)
         if got != md5:
             raise VersioningError(
                 f"restored {dest} hashes to {got}, not {md5}: objects on {remote_url} are corrupt; "
@@ -299,12 +310,51 @@ def _push(repo: Repo, dvc_file: Path, remote: str, md5: str) -> int:
     return pushed
 
 
-def _version(root: Path, rel: str, remote: str, url: str, pushed: int) -> DataVersion:
+def _version(
+    root: Path, rel: str, remote: str, url: str, pushed: int, own: tuple[str, str] = ("", "")
+) -> DataVersion:
     dvc_file = root / f"{rel}.dvc"
     if not dvc_file.is_file():
         raise VersioningError(f"{dvc_file} not found: version the dataset first (`dvc add {rel}`)")
     text = dvc_file.read_text()
-    return DataVersion(rel, _dvc_md5(text, str(dvc_file)), f"{rel}.dvc", text, remote, url, pushed)
+    md5 = _dvc_md5(text, str(dvc_file))
+    return DataVersion(rel, md5, f"{rel}.dvc", text, remote, url, pushed, *own)
+
+
+def _dataset_subdir(root: Path, rel: str, dataset: str | Path | None) -> str:
+    """`dataset`'s path inside the versioned folder `rel` ("" when not given)."""
+    if dataset is None:
+        return ""
+    full = (root / dataset).resolve() if not Path(dataset).is_absolute() else Path(dataset)
+    tree = (root / rel).resolve()
+    if not full.resolve().is_relative_to(tree) or full.resolve() == tree:
+        raise VersioningError(
+            f"dataset {dataset} is not a folder inside the versioned tree {rel}/: import it "
+            f"first (segops run --dataset does: it copies it into {rel}/<name>/)"
+        )
+    return full.resolve().relative_to(tree).as_posix()
+
+
+def _refuse_links(tree: Path) -> None:
+    from segops.data.place import find_symlinks
+
+    links = find_symlinks(tree)
+    if links:
+        raise VersioningError(
+            f"{tree} holds symbolic links ({', '.join(map(str, links))}): DVC would copy "
+            "what they point to into the data version and the remote. Replace each link by "
+            "the real file (cp -L) or remove it, then run again."
+        )
+
+
+def _own_md5(repo: Repo, md5: str, rel: str, sub: str) -> tuple[str, str]:
+    """(`rel/sub`, its own directory hash), read from the new manifest in the local cache."""
+    from segops.data.place import subtree_md5
+
+    if not sub:
+        return "", ""
+    entries = json.loads(Path(repo.cache.repo.oid_to_path(md5)).read_text())
+    return f"{rel}/{sub}", subtree_md5(entries, sub)
 
 
 def _dvc_md5(text: str, where: str) -> str:
@@ -369,10 +419,3 @@ def _missing(odb: HashFileDB, md5: str) -> list[str]:
     # any it finds corrupt, which an audit must not do.
     present = set(odb.list_oids_exists(oids))
     return [oid for oid in oids if oid not in present]
-
-
-def _dir_md5(root: Path) -> str:
-    """DVC 3's directory hash: md5 of the sorted JSON list of {"md5", "relpath"} entries."""
-    files = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file())
-    entries = [{"md5": hashlib.md5(p.read_bytes()).hexdigest(), "relpath": r} for r, p in files]
-    return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"

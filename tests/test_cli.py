@@ -65,4 +65,5 @@ def test_user_errors_exit_2_with_a_clear_message(tmp_path):
     proc = segops("train", "--set", "train.epocs=2", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "unknown key 'train.epocs'" in proc.stderr
     proc = segops("evaluate", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "best.pt: no checkpoint (train first" in proc.stderr
+    assert proc.returncode == 2 and "no checkpoint at runs/latest/checkpoints/best.pt" in proc.stderr
+    assert "segops evaluate models:/NAME@champion" in proc.stderr

@@ -52,9 +52,11 @@ def _make_version(config: dict, ws: Path, key: str) -> dict:
     """validate -> version -> train -> evaluate -> register -> promote, as the flow does."""
     from segops import pipeline
 
+    contract = pipeline.registry_step(config)
     report = pipeline.validate_step(config)
     data = pipeline.version_step(config, str(ws))
-    tags = pipeline.lineage_tags(data, report, f"flow-run-{key}", str(ws))
+    git = pipeline.source_state(config, str(ws))
+    tags = pipeline.lineage_tags(data, report, f"flow-run-{key}", git, contract)
     artifacts = {"lineage/data.dvc": data["dvc_text"], "lineage/validation.json": report["json"]}
     trained = pipeline.train_step(config, key, tags, artifacts)
     pipeline.evaluate_step(config, trained["run_id"], trained["checkpoint"])
@@ -249,7 +251,12 @@ def test_unchanged_step_finds_the_version_only_for_same_data_config_and_code(cha
     assert pipeline.unchanged_step(other_config, chain.data) is None
     moved = pipeline.attempt_config(chain.config, "elsewhere")  # locations do not count
     assert pipeline.unchanged_step(moved, chain.data)["version"] == "1"
-    assert pipeline.unchanged_step(chain.config, chain.data | {"md5": "0" * 32 + ".dir"}) is None
+    other_data = chain.data | {"dataset_md5": "0" * 32 + ".dir"}
+    assert pipeline.unchanged_step(chain.config, other_data) is None
+    other_path = chain.data | {"dataset": "data/other"}
+    assert pipeline.unchanged_step(chain.config, other_path) is None
+    # another dataset beside it changes the md5 of data/, not this dataset's identity
+    assert pipeline.unchanged_step(chain.config, chain.data | {"md5": "0" * 32 + ".dir"})
     monkeypatch.setattr(code, "code_version", lambda: "edited")
     assert pipeline.unchanged_step(chain.config, chain.data) is None
 

@@ -17,6 +17,7 @@ from segops.cli.common import DatasetOpt, ParamsOpt, SetOpt, config, echo
 from segops.cli.dataops import data_add
 from segops.cli.explain import explain
 from segops.cli.schedule import schedule
+from segops.cli.scoring import evaluate, predict
 from segops.cli.serve import export, serve
 from segops.errors import SegopsError
 
@@ -117,66 +118,6 @@ def train(
     )
 
 
-@app.command()
-def evaluate(
-    params: ParamsOpt = Path("params.yaml"),
-    overrides: SetOpt = None,
-    dataset: DatasetOpt = None,
-    checkpoint: Annotated[
-        Path | None, typer.Option(help="default: <train.out_dir>/checkpoints/best.pt")
-    ] = None,
-    split: Annotated[str | None, typer.Option(help="train, val or test (evaluate.split)")] = None,
-    out: Annotated[Path | None, typer.Option(help="default: <train.out_dir>/eval")] = None,
-) -> None:
-    """Evaluate a checkpoint: metrics.json, per-class and per-image CSVs, plots."""
-    from segops.cli.progress import counter
-    from segops.cli.report import print_eval_report
-    from segops.evaluate.report import evaluate_checkpoint
-
-    cfg = config(params, overrides, dataset)
-    with counter("evaluating") as update:
-        report = evaluate_checkpoint(cfg, checkpoint, split, out, progress=update)
-    print_eval_report(report)
-
-
-@app.command()
-def predict(
-    src: Annotated[Path, typer.Argument(help="an image file or a folder of images")],
-    out: Annotated[Path, typer.Argument(help="output folder for masks and overlays")],
-    model: Annotated[
-        str | None, typer.Option(help="a registered model: models:/NAME@champion or /NAME/3")
-    ] = None,
-    checkpoint: Annotated[
-        Path | None, typer.Option(help="a checkpoint instead (runs/latest/checkpoints/best.pt)")
-    ] = None,
-    params: ParamsOpt = Path("params.yaml"),
-    overrides: SetOpt = None,
-) -> None:
-    """Predict masks at original size: <id>_mask.png (class ids), <id>_overlay.png, summary.csv.
-
-    Images much larger than the model's input size are predicted with a sliding window.
-    summary.csv has one row per image with each class's pixel fraction.
-    """
-    from segops.cli.progress import counter
-    from segops.predict import predict_images
-
-    if model and checkpoint:
-        raise typer.BadParameter("give --model or --checkpoint, not both")
-    if model:
-        from segops import tracking
-        from segops.serving.registered import load_registered
-
-        tracking.connect(config(params, overrides).tracking)
-        trained = load_registered(model)
-    else:
-        from segops.inference import load_trained
-
-        trained = load_trained(checkpoint or Path("runs/latest/checkpoints/best.pt"))
-    with counter(f"predicting -> {out}") as update:
-        summary = predict_images(trained, src, out, progress=update)
-    echo(f"wrote masks and overlays to {out}; per-image class fractions: {summary}")
-
-
 models_app = typer.Typer(
     help="The model zoo (no subcommand) and the registry (subcommands).",
     invoke_without_command=True,
@@ -260,6 +201,9 @@ def run(
     cfg = config(params, overrides, dataset)
     check_model_config(cfg)
     check_metric(cfg.promotion.metric, model_kind(cfg))
+    from segops.preflight import check_stores
+
+    check_stores(cfg, workspace)  # seconds, not minutes of retries, for a store that is down
     retrain = importlib.import_module("flows.retrain").retrain
     path = str(params) if params.exists() or params != Path("params.yaml") else None
     result = retrain(
@@ -305,6 +249,8 @@ def promote(
 
 
 data_app.command("add")(data_add)
+app.command()(evaluate)
+app.command()(predict)
 app.command()(schedule)
 app.command()(serve)
 app.command()(export)

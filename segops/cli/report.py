@@ -45,8 +45,22 @@ def print_eval_report(report) -> None:
         f"[bold]{report.split}[/] split: mean IoU {report.mean_iou:.4f}, mean Dice "
         f"{report.mean_dice:.4f}, pixel accuracy {report.pixel_accuracy:.4f}"
     )
+    _print_per_class(Path(report.per_class_csv))
     console.print(f"metrics: {report.metrics_json}\nper image: {report.per_image_csv}")
     console.print("plots: " + ", ".join(report.plots))
+
+
+def _print_per_class(path: Path) -> None:
+    """The per-class CSV as a table (every column, figures to 4 places)."""
+    import pandas as pd
+
+    if not path.is_file():
+        return
+    frame = pd.read_csv(path)
+    table = Table(*map(str, frame.columns))
+    for row in frame.itertuples(index=False):
+        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+    console.print(table)
 
 
 def print_registered(name: str) -> None:
@@ -58,15 +72,19 @@ def print_registered(name: str) -> None:
     if not versions:
         console.print(f"no registered versions of {name!r}")
         return
-    table = Table("version", "aliases", "metric", "data md5", "promoted", "decision", "created")
+    columns = ("version", "aliases", "metric", "dataset", "run folder", "promoted", "decision")
+    table = Table(*columns, "created")
     for v in versions:
         tags = v["tags"]
         metric = tags.get("promotion.metric", "mean_iou")
+        dataset = tags.get("segops.dataset.path", tags.get("segops.data.path", ""))
+        md5 = tags.get("segops.dataset.md5", tags.get("segops.data.md5", ""))[:8]
         table.add_row(
             v["version"],
             ", ".join(v["aliases"]),
             f"{metric} {tags.get(f'metrics.{metric}', '')}",
-            tags.get("segops.data.md5", "")[:12],
+            f"{dataset} ({md5})" if md5 else dataset,
+            tags.get("segops.run_dir", ""),
             tags.get("promotion.promote", ""),
             tags.get("promotion.reasons", "")[:80],
             time.strftime("%Y-%m-%d %H:%M", time.localtime(v["created"] / 1000)),
@@ -79,8 +97,8 @@ def print_run_result(result: dict) -> None:
     model, decision, metrics = result["model"], result["decision"], result["metrics"]
     if result.get("skipped"):
         console.print(
-            f"nothing to retrain: [bold]{model['uri']}[/] was made from data "
-            f"{result['data']['md5']}, this config and this code (use --force to retrain)"
+            f"nothing to retrain: [bold]{model['uri']}[/] was made from {_dataset(result)}, "
+            "this config and this code (use --force to retrain)"
         )
         return
     from segops.promotion.decide import METRICS
@@ -88,10 +106,11 @@ def print_run_result(result: dict) -> None:
     alias = "champion" if decision["promote"] else "challenger"
     metric = decision.get("metric", "mean_iou")
     label = METRICS[metric].label if metric in METRICS else metric
+    figures = f"{label} {decision['challenger_mean']:.4f}"
+    if metric != "mean_iou":
+        figures += f", mean IoU {metrics['mean_iou']:.4f}"
     console.print(
-        f"registered [bold]{model['uri']}[/] (alias {alias}); {label} "
-        f"{decision['challenger_mean']:.4f}, mean IoU {metrics['mean_iou']:.4f}, on data "
-        f"{result['data']['md5']}"
+        f"registered [bold]{model['uri']}[/] (alias {alias}); {figures}, on {_dataset(result)}"
     )
     for reason in decision["reasons"]:
         console.print(f"  - {reason}")
@@ -103,6 +122,13 @@ def print_run_result(result: dict) -> None:
         "  make prefect-ui   -> http://127.0.0.1:4200 (then run with "
         "PREFECT_API_URL=http://127.0.0.1:4200/api to keep flow runs there)"
     )
+
+
+def _dataset(result: dict) -> str:
+    data = result["data"]
+    if data.get("dataset"):
+        return f"dataset {data['dataset']} ({data['dataset_md5']})"
+    return f"data {data['md5']}"
 
 
 _STATUS = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "unchecked": "unchecked"}
