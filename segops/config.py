@@ -35,6 +35,13 @@ class DataConfig(_Section):
     root: Path = Path("data/shapes")
     format: Literal["folder", "voc", "cityscapes", "nifti", "coco", "folder_instance"] = "folder"
     image_size: int = Field(64, ge=8, description="side of the square images the model sees")
+    crop_size: int | None = Field(
+        None,
+        ge=16,
+        description="native resolution: train on random crops of this side (padded when an "
+        "image is smaller) and predict with a sliding window of this side; None = resize "
+        "whole images to image_size",
+    )
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     split_seed: int = 0
@@ -59,7 +66,7 @@ class DataConfig(_Section):
         """Format options left at their defaults are not dumped: configs written before they
         existed keep their `config_hash` (lineage audits recompute it)."""
         data = handler(self)
-        for key in ("ct_window", "nifti_skip_empty", "coco_image_dir"):
+        for key in ("crop_size", "ct_window", "nifti_skip_empty", "coco_image_dir"):
             if getattr(self, key) == type(self).model_fields[key].default:
                 data.pop(key, None)
         return data
