@@ -117,8 +117,9 @@ def retrain(
     report = validate_data(config)
     if not report["success"]:
         create_markdown_artifact(report["markdown"], key="validation-report")
+        found = f": {report['summary']}" if report["summary"] else ""
         raise ValidationFailed(
-            f"dataset {cfg.data.root} failed validation ({', '.join(report['failures'])}); "
+            f"dataset {cfg.data.root} failed validation ({', '.join(report['failures'])}){found}; "
             f"nothing was trained or registered. Report: {report['json']}"
         )
     placed = place_data(config)

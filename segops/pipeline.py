@@ -114,6 +114,7 @@ def validate_step(config: dict[str, Any]) -> dict[str, Any]:
         "json": str(out / "validation.json"),
         "markdown": report.to_markdown(),
         "failures": [c.expectation for c in report.failures()],
+        "summary": report.problem_summary(),
     }
 
 
