@@ -21,6 +21,20 @@ DatasetOpt = Annotated[
     Path | None, typer.Option("--dataset", "-d", help="dataset root (overrides data.root)")
 ]
 
+PlanOpt = Annotated[
+    Path | None,
+    typer.Option(help="plan file from `segops plan`: layered params.yaml < plan < --set"),
+]
+
+
+def with_plan(plan: Path | None, overrides: list[str] | None) -> list[str]:
+    """The plan file's values as overrides, before `overrides` (so a --set beats the plan)."""
+    if plan is None:
+        return list(overrides or [])
+    from segops.plan.planfile import plan_overrides
+
+    return [*plan_overrides(plan), *(overrides or [])]
+
 
 def config(params: Path, overrides: list[str] | None, dataset: Path | None = None) -> Config:
     """The resolved config: `params` (may be absent if it is the default) plus overrides."""

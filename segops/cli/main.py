@@ -13,9 +13,10 @@ from typing import Annotated
 import typer
 
 from segops.cli import lineage
-from segops.cli.common import DatasetOpt, ParamsOpt, SetOpt, config, echo
+from segops.cli.common import DatasetOpt, ParamsOpt, PlanOpt, SetOpt, config, echo, with_plan
 from segops.cli.dataops import data_add
 from segops.cli.explain import explain
+from segops.cli.plan import plan
 from segops.cli.schedule import schedule
 from segops.cli.scoring import evaluate, predict
 from segops.cli.serve import export, serve
@@ -185,6 +186,7 @@ def run(
     force: Annotated[
         bool, typer.Option(help="retrain even if this data, config and code made a version")
     ] = False,
+    plan: PlanOpt = None,
 ) -> None:
     """Run the `retrain` Prefect flow: data to a registered, gated model.
 
@@ -197,6 +199,7 @@ def run(
     from segops.promotion.decide import check_metric
     from segops.train.run import check_model_config, model_kind
 
+    overrides = with_plan(plan, overrides)  # the plan's values travel as the first overrides
     # Fail fast on a bad config, model/data or promotion metric, before Prefect starts.
     cfg = config(params, overrides, dataset)
     check_model_config(cfg)
@@ -255,6 +258,7 @@ app.command()(schedule)
 app.command()(serve)
 app.command()(export)
 app.command()(explain)
+app.command()(plan)
 app.command()(lineage.audit)
 app.command()(lineage.reproduce)
 models_app.command("history")(lineage.models_history)
