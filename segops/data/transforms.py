@@ -22,9 +22,14 @@ def _finish(aug: AugmentConfig) -> list:
     ]
 
 
-def train_transform(aug: AugmentConfig, size: int) -> v2.Compose:
-    """Random resized crop, flips, optional rotation, colour jitter, then normalise."""
-    steps: list = [v2.RandomResizedCrop((size, size), scale=aug.scale, antialias=True)]
+def train_transform(aug: AugmentConfig, size: int, crop: int | None = None) -> v2.Compose:
+    """Random resized crop to `size` (or, with `crop`, a random `crop`-sided window at native
+    resolution, images smaller than it padded: 0 in the image, ignore in the mask), flips,
+    optional rotation, colour jitter, then normalise."""
+    if crop is None:
+        steps: list = [v2.RandomResizedCrop((size, size), scale=aug.scale, antialias=True)]
+    else:
+        steps = [v2.RandomCrop((crop, crop), pad_if_needed=True, fill=_FILL)]
     if aug.hflip:
         steps.append(v2.RandomHorizontalFlip(aug.hflip))
     if aug.vflip:
@@ -37,9 +42,10 @@ def train_transform(aug: AugmentConfig, size: int) -> v2.Compose:
     return v2.Compose(steps + _finish(aug))
 
 
-def eval_transform(aug: AugmentConfig, size: int) -> v2.Compose:
-    """Resize to the model's input size, then normalise (no randomness)."""
-    return v2.Compose([v2.Resize((size, size), antialias=True), *_finish(aug)])
+def eval_transform(aug: AugmentConfig, size: int, native: bool = False) -> v2.Compose:
+    """Resize to the model's input size (unless `native`: kept as it is), then normalise."""
+    resize = [] if native else [v2.Resize((size, size), antialias=True)]
+    return v2.Compose([*resize, *_finish(aug)])
 
 
 def to_tv(image, mask=None) -> tuple:

@@ -37,6 +37,7 @@ from segops.evaluate.report import (
     _per_class_table,
     _write_plots,
     _write_tables,
+    inference_protocol,
 )
 from segops.inference import TrainedModel
 
@@ -117,7 +118,10 @@ def evaluate_instance_model(
     )  # fmt: skip
     per_class = _per_class_table(summary, mat)
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    files = _write_tables(out, summary, scores, per_class, mat, split, trained.checkpoint, info)
+    protocol = inference_protocol(trained)
+    files = _write_tables(
+        out, summary, scores, per_class, mat, split, trained.checkpoint, info, protocol
+    )
     worst = _worst(info, ds, scores, maps, cfg.evaluate.worst_k)
     figures = _write_plots(out / "plots", history, per_class, mat, info, worst)
     return EvalReport(

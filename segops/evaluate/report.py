@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 
 from segops.config import Config
 from segops.data.dataset import SegmentationDataset
@@ -61,17 +60,34 @@ def score_split(
     batch_size: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple:
-    """Dataset confusion matrix `[C, C]` and per-image matrices `[N, C, C]` (numpy int64)."""
+    """Dataset confusion matrix `[C, C]` and per-image matrices `[N, C, C]` (numpy int64),
+    counted on the masks at their original resolution, predicted by `predict_image`: the
+    inference `segops predict` and the served model run, so each figure is what users get.
+    (`batch_size` is kept for callers; images are predicted one at a time.)"""
     matrix, per_image = ConfusionMatrix(len(trained.classes)), []
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
-    done = 0
-    for images, masks in loader:
-        logits = trained.model(images.to(trained.device))
-        per_image.append(matrix.update(logits.argmax(1), masks.to(trained.device)).cpu())
-        done += len(images)
+    for index in range(len(ds)):
+        image, truth = ds.load(index)
+        pred, _ = predict_image(trained, image)
+        pair = torch.from_numpy(pred).long()[None], torch.from_numpy(truth).long()[None]
+        per_image.append(matrix.update(*pair).cpu())
         if progress:
-            progress(done, len(ds))
+            progress(index + 1, len(ds))
+    if not per_image:
+        return matrix.compute(), np.zeros((0, len(trained.classes), len(trained.classes)), int)
     return matrix.compute(), torch.cat(per_image).numpy()
+
+
+def inference_protocol(trained: TrainedModel) -> dict[str, object]:
+    """How the figures of an evaluation were made (recorded in metrics.json; the gate compares
+    a champion and a challenger only when both were scored at the original resolution)."""
+    native = trained.config.data.crop_size is not None
+    how = "sliding" if native else "resize (sliding window above 1.5x the input)"
+    return {
+        "resolution": "original",
+        "inference": how if trained.kind == "semantic" else "detections painted at image size",
+        "input_size": trained.input_size,
+        "overlap": 0.5,
+    }
 
 
 def _per_class_table(summary: dict, mat: np.ndarray) -> pd.DataFrame:
@@ -162,7 +178,10 @@ def evaluate_model(
     scores = pd.DataFrame({"id": ds.ids, "iou": ious, "dice": dices, "pixel_accuracy": correct})
     per_class = _per_class_table(summary, mat)
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    files = _write_tables(out, summary, scores, per_class, mat, split, trained.checkpoint, info)
+    protocol = inference_protocol(trained)
+    files = _write_tables(
+        out, summary, scores, per_class, mat, split, trained.checkpoint, info, protocol
+    )
     worst = _worst_samples(trained, ds, scores, cfg.evaluate.worst_k)
     figures = _write_plots(out / "plots", history, per_class, mat, info, worst)
     return EvalReport(
@@ -187,6 +206,7 @@ def _write_tables(
     split: str,
     checkpoint: Path,
     info: DatasetInfo,
+    protocol: dict,
 ) -> tuple:
     """metrics.json (scalars and per-class values: what `dvc metrics` reads), the CSVs, and
     confusion_matrix.csv (rows true class, columns predicted)."""
@@ -196,6 +216,7 @@ def _write_tables(
         "images": len(scores),
         "checkpoint": str(checkpoint),
         "dataset_hash": dataset_fingerprint(info),
+        "protocol": protocol,
     }
     paths = (out / "metrics.json", out / "per_image.csv", out / "per_class.csv")
     paths[0].write_text(json.dumps(metrics, indent=2) + "\n")

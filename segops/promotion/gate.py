@@ -22,6 +22,7 @@ from segops.promotion.registry import (
     champion,
     now_iso,
     promotion_lock,
+    promotion_lock_dir,
     record_decision,
 )
 
@@ -41,8 +42,11 @@ def scores_from_files(
             f"{metrics_json} (a {kind} model's evaluation) has no {name!r}: set "
             f"promotion.metric to one it has (auto, {', '.join(METRICS)})"
         )
+    # Scores made before metrics were computed at the original resolution are not comparable
+    # with today's: a distinct data version makes the gate re-evaluate such a champion.
+    native = metrics.get("protocol", {}).get("resolution") == "original"
     return Scores(
-        data_version=metrics["dataset_hash"],
+        data_version=metrics["dataset_hash"] + ("" if native else "@model-input-size"),
         per_image=dict(zip(frame["id"], frame[column].astype(float), strict=True)),
         per_class={n: v.get(column) for n, v in metrics["per_class"].items()},
         mean=float(metrics[name]),
@@ -76,7 +80,9 @@ def champion_eval_dir(ref: ModelRef, cfg: Config, data_version: str, dst: str | 
             run_id=ref.run_id, artifact_path="eval", dst_path=str(dst)
         )
     )
-    if json.loads((local / "metrics.json").read_text())["dataset_hash"] == data_version:
+    metrics = json.loads((local / "metrics.json").read_text())
+    native = metrics.get("protocol", {}).get("resolution") == "original"
+    if metrics["dataset_hash"] == data_version and native:
         return local
     return Path(reevaluate(ref, cfg).out_dir)
 
@@ -89,13 +95,14 @@ def _champion_scores(current: ModelRef, cfg: Config, data_version: str) -> Score
     return scores_from_files(report.metrics_json, report.per_image_csv, cfg.promotion.metric)
 
 
-def promote(ref: ModelRef, cfg: Config, lock_dir: str | Path) -> PromotionDecision:
+def promote(ref: ModelRef, cfg: Config, lock_dir: str | Path | None = None) -> PromotionDecision:
     """Decide whether `ref` (the challenger) replaces the champion, record it, move the alias.
 
-    Serialised by a lock in `lock_dir` so that concurrent flows decide one after the other.
+    Serialised by the lock in `lock_dir` (default `promotion_lock_dir(cfg)`, the one rollback
+    takes too) so that concurrent flows decide one after the other.
     """
     challenger = run_scores(ref.run_id, cfg.promotion.metric)
-    with promotion_lock(lock_dir):
+    with promotion_lock(lock_dir or promotion_lock_dir(cfg)):
         current = champion(ref.name)
         # A retried step may find `ref` already champion: then there is nothing to beat.
         same = current is not None and current.version == ref.version

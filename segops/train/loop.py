@@ -51,14 +51,21 @@ def seed_everything(seed: int) -> None:
 
 
 def make_loaders(cfg: Config, info: DatasetInfo, runtime: Runtime) -> tuple[DataLoader, ...]:
-    """Training loader (shuffled by a generator reseeded each epoch) and validation loader."""
-    size = cfg.data.image_size
+    """Training loader (shuffled by a generator reseeded each epoch) and validation loader.
+
+    With `data.crop_size` both work at native resolution: random crops for training, whole
+    images one at a time for validation (their sizes may differ)."""
+    size, crop = cfg.data.image_size, cfg.data.crop_size
     train_ds = SegmentationDataset(
-        info.root, info.split("train"), train_transform(cfg.augment, size), cfg.data.cache
+        info.root, info.split("train"), train_transform(cfg.augment, size, crop), cfg.data.cache
     )
     val_ds = SegmentationDataset(
-        info.root, info.split("val"), eval_transform(cfg.augment, size), cfg.data.cache
+        info.root,
+        info.split("val"),
+        eval_transform(cfg.augment, size, native=crop is not None),
+        cfg.data.cache,
     )
+    val_batch = cfg.evaluate.batch_size if crop is None else 1
     common = {
         "num_workers": cfg.data.num_workers,
         "pin_memory": runtime.pin_memory,
@@ -73,7 +80,7 @@ def make_loaders(cfg: Config, info: DatasetInfo, runtime: Runtime) -> tuple[Data
         generator=generator,
         **common,
     )
-    val = DataLoader(val_ds, cfg.evaluate.batch_size, shuffle=False, **common)
+    val = DataLoader(val_ds, val_batch, shuffle=False, **common)
     return train, val, generator
 
 
