@@ -12,6 +12,8 @@ import typer
 from segops.cli.common import DatasetOpt, ParamsOpt, SetOpt, config, echo
 
 MAX_PIXELS_ENV = "SEGOPS_SERVE_MAX_PIXELS"  # read by segops.serving.pyfunc at model load
+MAX_SECONDS_ENV = "SEGOPS_SERVE_MAX_SECONDS"  # the time budget (segops.serving.limits)
+BUDGET_SHARE = 0.9  # of --timeout: the model stops its work before the server gives up
 
 ModelArg = Annotated[
     str, typer.Argument(help="models:/NAME@ALIAS or models:/NAME/VERSION (e.g. @champion)")
@@ -49,13 +51,19 @@ def serve_command(model_uri: str, host: str, port: int, workers: int, timeout: i
     ]
 
 
-def serve_env(tracking_uri: str, max_pixels: int | None) -> dict[str, str]:
-    """This process's environment plus the store, the pixel limit and the venv on PATH."""
+def serve_env(
+    tracking_uri: str, max_pixels: int | None, timeout: int | None = None
+) -> dict[str, str]:
+    """This process's environment plus the store, the pixel limit, the venv on PATH and,
+    unless already set, a time budget of 90% of the server's `timeout` (so the prediction
+    stops with a clear message before the server answers a bare 504 and leaves it running)."""
     env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri)
     # mlflow execs `uvicorn` by name: put this interpreter's bin first even when not activated.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     if max_pixels is not None:
         env[MAX_PIXELS_ENV] = str(max_pixels)
+    if timeout is not None and not env.get(MAX_SECONDS_ENV):
+        env[MAX_SECONDS_ENV] = f"{timeout * BUDGET_SHARE:g}"
     return env
 
 
@@ -72,7 +80,14 @@ def serve(
         ),
     ] = None,
     workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes")] = 1,
-    timeout: Annotated[int, typer.Option(min=1, help="seconds allowed per request")] = 60,
+    timeout: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help=f"seconds allowed per request; the model stops its work at 90% of it "
+            f"(${MAX_SECONDS_ENV} overrides)",
+        ),
+    ] = 60,
     params: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
 ) -> None:
@@ -91,7 +106,7 @@ def serve(
     echo(f"try:\n  {curl_example(host, port)}")
     cmd = serve_command(ref.uri, host, port, workers, timeout)
     sys.stdout.flush()
-    os.execve(cmd[0], cmd, serve_env(store.tracking_uri, max_pixels))
+    os.execve(cmd[0], cmd, serve_env(store.tracking_uri, max_pixels, timeout))
 
 
 def export(

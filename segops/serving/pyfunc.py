@@ -22,12 +22,16 @@ Detections scoring below `score_threshold` (default 0.5; per request with the py
 of every column. A threshold outside 0..1 is refused with `INVALID_PARAMETER_VALUE`.
 
 Bad input (not an image, ragged or non-integer arrays, wrong channels, more pixels than the
-limit) raises `MlflowException` with `INVALID_PARAMETER_VALUE`, naming the row: the scoring
-server answers 400 with that message and keeps serving.
+limit, a row with neither field or a null one, fields other than `image` and `array`) raises
+`MlflowException` with `INVALID_PARAMETER_VALUE`, naming the row: the scoring server answers
+400 with that message and keeps serving. Sizes are checked from image headers and list lengths
+before anything is decoded (`segops.serving.payload`).
 
-The pixel limit (default 4096*4096) is set at serve time by the environment variable
-`SEGOPS_SERVE_MAX_PIXELS`, else by `max_pixels` in the model config (MLflow's
-`SERVING_MODEL_CONFIG='{"max_pixels": ...}'`).
+The pixel limit (default 4096*4096; it also bounds the area a sliding window covers) is set at
+serve time by the environment variable `SEGOPS_SERVE_MAX_PIXELS`, else by `max_pixels` in the
+model config (MLflow's `SERVING_MODEL_CONFIG='{"max_pixels": ...}'`). A time budget per request
+and a bound on concurrent predictions stop the work itself (`segops.serving.limits`: 504 past
+`SEGOPS_SERVE_MAX_SECONDS`, 503 beyond `SEGOPS_SERVE_MAX_CONCURRENT`).
 
 Weights travel as a plain state dict (loaded with `weights_only=True`) beside a JSON file with
 the resolved config and class names: no pickled objects. The model is logged "from code"
@@ -37,7 +41,6 @@ the resolved config and class names: no pickled objects. The model is logged "fr
 from __future__ import annotations
 
 import base64
-import binascii
 import io
 import json
 import os
@@ -53,9 +56,20 @@ from mlflow.types import ColSpec, Schema
 from mlflow.types.schema import AnyType, ParamSchema, ParamSpec
 from PIL import Image
 
+from segops.serving.limits import Gate, Limits, check_deadline, watch
+from segops.serving.payload import (  # noqa: F401  (re-exported: the row checks live there)
+    DEFAULT_MAX_PIXELS,
+    MAX_PIXELS_ENV,
+    PixelBudget,
+    bad_input,
+    check_fields,
+    check_row,
+    image_from_array,
+    image_from_base64,
+    row_image,
+)
+
 MODEL_CODE = Path(__file__).with_name("model_code.py")
-MAX_PIXELS_ENV = "SEGOPS_SERVE_MAX_PIXELS"
-DEFAULT_MAX_PIXELS = 4096 * 4096
 DEFAULT_SCORE_THRESHOLD = 0.5
 INSTANCE_LISTS = ("classes", "labels", "scores", "boxes", "masks")
 
@@ -87,11 +101,6 @@ def signature(classes: list[str], kind: str = "semantic") -> ModelSignature:
     outputs += [ColSpec("long", "instances")] + [ColSpec(AnyType(), c) for c in INSTANCE_LISTS]
     params = ParamSchema([ParamSpec("score_threshold", "double", DEFAULT_SCORE_THRESHOLD)])
     return ModelSignature(inputs=inputs, outputs=Schema(outputs), params=params)
-
-
-def bad_input(row: int, problem: str) -> MlflowException:
-    """The exception for one bad row (INVALID_PARAMETER_VALUE: the server answers 400)."""
-    return MlflowException.invalid_parameter_value(f"row {row}: {problem}")
 
 
 def max_pixels_setting(model_config: dict[str, Any] | None) -> int:
@@ -134,121 +143,62 @@ def kept_detections(found: dict[str, np.ndarray], threshold: float) -> dict[str,
     return {key: np.asarray(value)[order] for key, value in found.items()}
 
 
-def _present(value: Any) -> bool:
-    # Rows of `dataframe_records` that lack a column arrive as None, NaN or pd.NA.
-    return isinstance(value, list | tuple | np.ndarray) or not pd.isna(value)
-
-
-def _check_size(row: int, height: int, width: int, limit: int) -> None:
-    if height < 1 or width < 1:
-        raise bad_input(row, f"image is empty ({height}x{width})")
-    if height * width > limit:
-        raise bad_input(
-            row,
-            f"image is {width}x{height} = {height * width} pixels, more than the limit "
-            f"{limit} ({MAX_PIXELS_ENV})",
-        )
-
-
-def image_from_base64(row: int, text: Any, limit: int) -> np.ndarray:
-    """HxWx3 uint8 from base64 image text; raises `bad_input` for anything else."""
-    from segops.data.io import ReadError, image_from_bytes
-
-    if not isinstance(text, str):
-        raise bad_input(row, f"'image' must be base64 text, got {type(text).__name__}")
-    try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise bad_input(row, "'image' is not valid base64") from None
-    try:  # read the header first: refuse a huge image before decoding its pixels
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-    except Image.DecompressionBombError as exc:
-        raise bad_input(row, f"image is too large ({exc})") from None
-    except Exception:  # undecodable: image_from_bytes below says why
-        width = height = 1
-    _check_size(row, height, width, limit)
-    try:
-        return image_from_bytes(data)
-    except ReadError as exc:
-        raise bad_input(row, f"'image' is not a base64-encoded PNG/JPEG/TIFF: {exc}") from None
-
-
-def _as_uint8(row: int, value: Any) -> np.ndarray:
-    try:
-        arr = np.asarray(value)
-    except ValueError:  # numpy 2 refuses ragged nested lists
-        raise bad_input(row, "'array' is ragged: rows must all have the same length") from None
-    if arr.dtype.kind not in "biuf" or arr.ndim not in (2, 3):
-        raise bad_input(
-            row, f"'array' must be HxW or HxWxC numbers, got shape {arr.shape} of {arr.dtype}"
-        )
-    if arr.size and (arr.min() < 0 or arr.max() > 255 or not np.all(arr == np.round(arr))):
-        raise bad_input(row, "'array' values must be integers 0..255")
-    return arr.astype(np.uint8)
-
-
-def image_from_array(row: int, value: Any, limit: int) -> np.ndarray:
-    """HxWx3 uint8 from a nested list (HxW, HxWx1, HxWx3, HxWx4); raises `bad_input`."""
-    arr = _as_uint8(row, value)
-    _check_size(row, arr.shape[0], arr.shape[1], limit)
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    channels = arr.shape[2]
-    if channels not in (1, 3, 4):
-        raise bad_input(
-            row,
-            f"'array' has {channels} channels; give 1 (grayscale), 3 (RGB) or 4 (RGBA)",
-        )
-    # Same conversions as segops.data.io: grayscale repeated to RGB, alpha dropped.
-    return np.repeat(arr, 3, axis=2) if channels == 1 else np.ascontiguousarray(arr[..., :3])
-
-
-def row_image(row: int, image: Any, array: Any, limit: int) -> np.ndarray:
-    """The HxWx3 uint8 image of one row, from exactly one of `image` and `array`."""
-    if _present(image) and _present(array):
-        raise bad_input(row, "give either 'image' or 'array', not both")
-    if _present(image):
-        return image_from_base64(row, image, limit)
-    if _present(array):
-        return image_from_array(row, array, limit)
-    raise bad_input(row, "no input: give 'image' (base64 PNG/JPEG) or 'array' (nested list)")
-
-
 class SegmentationModel(mlflow.pyfunc.PythonModel):
     """Rebuilds the network from `model.json` + `weights.pt` and predicts at original size."""
 
     def load_context(self, context) -> None:
-        from segops.inference import default_device, load_model_files
+        from segops.inference import SLIDE_ABOVE, default_device, load_model_files
 
         artifacts = context.artifacts
         self.trained = load_model_files(artifacts["weights"], artifacts["meta"], default_device())
         self.kind = self.trained.kind
         self.classes = list(self.trained.classes)
-        self.max_pixels = max_pixels_setting(getattr(context, "model_config", None))
+        model_config = getattr(context, "model_config", None)
+        self.max_pixels = max_pixels_setting(model_config)
+        # The area the sliding window covers (see segops.inference.predict_image): windows of
+        # `data.crop_size` always for models trained on crops, else of `data.image_size` above
+        # SLIDE_ABOVE of it; instance models resize internally.
+        data = self.trained.config.data
+        crop = getattr(data, "crop_size", None)
+        window = (crop or data.image_size) if self.kind == "semantic" else None
+        self.budget = PixelBudget(self.max_pixels, window, 0.0 if crop else SLIDE_ABOVE)
+        self.gate = Gate(Limits.read(model_config))
+        watch(self.trained.model)  # the time budget is checked before every layer
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         """One row per input row: `mask` (base64 PNG) and `pixels_<class>` counts, plus the
-        detections of an instance model (see the module docstring)."""
-        decoded = self._decode(model_input)
-        if self.kind == "instance":
-            threshold = score_threshold_param(params)
-            return pd.DataFrame([self._instance_row(im, threshold) for im in decoded])
-        from segops.inference import predict_image
-
-        return pd.DataFrame([self._row(predict_image(self.trained, im)[0]) for im in decoded])
-
-    def _decode(self, model_input: pd.DataFrame) -> list[np.ndarray]:
-        """Every row's HxWx3 uint8 image: all are checked before any is predicted, so a bad
-        batch fails fast and whole."""
+        detections of an instance model (see the module docstring). Every row is checked
+        (fields, sizes from headers) before any is decoded; rows are then decoded and
+        predicted one at a time, within the time budget and the concurrency bound."""
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
-        images = model_input.get("image", pd.Series([None] * len(model_input)))
-        arrays = model_input.get("array", pd.Series([None] * len(model_input)))
-        return [
-            row_image(i, im, arr, self.max_pixels)
-            for i, (im, arr) in enumerate(zip(images, arrays, strict=True))
-        ]
+        check_fields(model_input)
+        threshold = score_threshold_param(params) if self.kind == "instance" else None
+        rows = list(self._rows(model_input))
+        for i, (image, array) in enumerate(rows):
+            check_row(i, image, array, self.budget)
+        with self.gate.admit():
+            return pd.DataFrame(
+                [self._predict_row(i, *row, threshold) for i, row in enumerate(rows)]
+            )
+
+    @staticmethod
+    def _rows(model_input: pd.DataFrame) -> zip:
+        missing = pd.Series([None] * len(model_input), index=model_input.index)
+        images = model_input.get("image", missing)
+        arrays = model_input.get("array", missing)
+        return zip(images, arrays, strict=True)
+
+    def _predict_row(
+        self, i: int, image: Any, array: Any, threshold: float | None
+    ) -> dict[str, Any]:
+        check_deadline()
+        decoded = row_image(i, image, array, self.budget)
+        if threshold is not None:
+            return self._instance_row(decoded, threshold)
+        from segops.inference import predict_image
+
+        return self._row(predict_image(self.trained, decoded)[0])
 
     def _row(self, mask: np.ndarray) -> dict[str, Any]:
         counts = np.bincount(mask.ravel(), minlength=len(self.classes))

@@ -1,7 +1,8 @@
 """Checkpoints that describe themselves, written atomically and verified on load.
 
 A checkpoint is a dict (see `segops.train.loop._checkpoint_state`) saved with `torch.save`;
-beside it, `<name>.sha256` holds the file's hash. Loading uses `weights_only=True`.
+beside it, `<name>.sha256` holds the file's hash. Loading goes through `segops.weights`
+(`weights_only=True`; bad files become a CheckpointError naming the file).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 
 from segops.errors import CheckpointError
+from segops.weights import load_weights
 
 FORMAT = "segops-checkpoint/1"
 
@@ -57,10 +59,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path}: its sha256 does not match {sidecar.name}; the file is corrupt or was "
             f"replaced. Delete it to start over, or restore it."
         )
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several types for bad files
-        raise CheckpointError(f"{path}: cannot be loaded ({exc})") from None
+    state = load_weights(path, map_location)  # weights_only; CheckpointError says what is wrong
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} file")
     return state
