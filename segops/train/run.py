@@ -16,6 +16,7 @@ from segops.config import Config
 from segops.data.manifest import DatasetInfo, dataset_fingerprint, load_dataset
 from segops.errors import ConfigError
 from segops.models import check_options, model_info
+from segops.models.pretrained import check_pretrained_file
 from segops.train.callbacks import Callback
 from segops.train.loop import TrainResult, train
 
@@ -31,6 +32,7 @@ def check_model_config(cfg: Config) -> None:
     """ConfigError for an unknown `model.name`, `model.options` it does not take, or an
     instance model asked to train on data without instances: cheap, so callers check first."""
     check_options(cfg.model.name, dict(cfg.model.options))
+    check_pretrained_file(cfg.model.pretrained)  # a bad weights file, before anything runs
     if model_kind(cfg) == "instance" and cfg.data.format not in INSTANCE_FORMATS:
         raise ConfigError(
             f"model.name {cfg.model.name!r} is an instance model and needs instance annotations,"

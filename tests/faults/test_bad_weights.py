@@ -130,3 +130,17 @@ def test_good_files_still_load(tmp_path):
     check_pretrained_file("torchvision")
     check_pretrained_file(str(weights))
     assert load_local_weights(unet(), str(weights), "unet") == []
+
+
+def test_a_bad_pretrained_file_stops_the_flow_before_anything_runs(tmp_path):
+    """attempt_config is the flow's first step: nothing is validated, versioned or trained."""
+    from segops import pipeline
+    from segops.config import load_config
+    from segops.errors import ConfigError
+
+    bad = tmp_path / "weights.pt"
+    bad.write_text("not a state dict")
+    cfg = load_config(None, [f"model.pretrained={bad}", f"train.out_dir={tmp_path / 'runs'}"])
+    with pytest.raises(ConfigError, match=r"model\.pretrained.*weights\.pt"):
+        pipeline.attempt_config(cfg.to_dict(), "attempt")
+    assert not (tmp_path / "runs").exists()
