@@ -14,14 +14,18 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from prefect import flow, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
+from segops.quiet import quiet_defaults
 
-from segops import pipeline
-from segops.config import load_config
-from segops.errors import SegopsError
+quiet_defaults()  # before Prefect and MLflow read their settings
+
+from prefect import flow, task  # noqa: E402
+from prefect.artifacts import create_link_artifact, create_markdown_artifact  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.runtime import flow_run  # noqa: E402
+
+from segops import pipeline  # noqa: E402
+from segops.config import load_config  # noqa: E402
+from segops.errors import SegopsError  # noqa: E402
 
 
 class ValidationFailed(SegopsError):
@@ -58,6 +62,11 @@ def find_unchanged(config: dict, data: dict) -> dict | None:
     return pipeline.unchanged_step(config, data)
 
 
+@task(name="choose-attempt", cache_policy=NO_CACHE)
+def choose_attempt(config: dict, data: dict, key: str) -> dict:
+    return pipeline.choose_attempt(config, data, key, key)
+
+
 @task(name="train", retries=1, retry_delay_seconds=1, cache_policy=NO_CACHE)
 def train_model(config: dict, attempt_key: str, tags: dict, artifacts: dict) -> dict:
     return pipeline.train_step(config, attempt_key, tags, artifacts)
@@ -88,6 +97,41 @@ def model_report(config: dict, model: dict, checkpoint: str) -> dict:
     return pipeline.report_step(config, model, checkpoint)
 
 
+def _gate_and_report(config: dict, model: dict, checkpoint: str) -> tuple[dict, dict]:
+    """Promote (or not) the registered `model`, then write its report; both as artifacts."""
+    decision = promote_model(config, model)
+    create_markdown_artifact(_decision_markdown(model, decision), key="promotion-decision")
+    report = model_report(config, model, checkpoint)
+    if report["link"]:
+        create_link_artifact(
+            report["link"], link_text=f"report of {model['uri']}", key="model-report"
+        )
+    else:
+        print(f"warning: no model report ({report['error']}); the version is registered")
+    return decision, report
+
+
+def _finish_undecided(config: dict, same: dict, data: dict) -> dict[str, Any]:
+    """A version made from these inputs that never went through the gate (the flow that
+    registered it was interrupted): register again (idempotent per attempt key: the same
+    version, alias challenger), then gate and report it in the outputs of its attempt."""
+    from segops.resume import at_dir
+
+    print(f"{same['uri']} was registered from these inputs but never decided: gating it now")
+    config = at_dir(config, same["out_dir"])
+    model = register_model(config, same["run_id"], same["checkpoint"], same["attempt_key"])
+    decision, report = _gate_and_report(config, model, same["checkpoint"])
+    return {
+        "skipped": False,
+        "resumed": True,
+        "model": model,
+        "metrics": same["metrics"],
+        "decision": decision,
+        "data": data,
+        "report": report,
+    }
+
+
 def _decision_markdown(model: dict, decision: dict) -> str:
     verdict = "promoted to **champion**" if decision["promote"] else "kept as **challenger**"
     reasons = "\n".join(f"- {r}" for r in decision["reasons"])
@@ -105,8 +149,24 @@ def retrain(
     """Take a dataset to a registered, gated model; returns model ref, metrics and decision.
 
     Skips training (returns `skipped: True` and the existing version) when a registered version
-    was made from the same dataset md5, config hash and code version, unless `force`.
+    was made from the same dataset md5, config hash and code version, unless `force`; when that
+    version was never decided (a flow killed after registering it), gates and reports it. A
+    flow interrupted during training is resumed, in its MLflow run, from its last checkpoint
+    (see `segops.resume`).
     """
+    try:
+        return _retrain(params, overrides, dataset, workspace, force)
+    finally:
+        pipeline.release_attempts()  # the attempt lock this flow held
+
+
+def _retrain(
+    params: str | None,
+    overrides: list[str] | None,
+    dataset: str | None,
+    workspace: str,
+    force: bool,
+) -> dict[str, Any]:
     extra = [f"data.root={dataset}"] if dataset else []
     key = str(flow_run.id or uuid.uuid4())
     cfg = load_config(params, [*(overrides or []), *extra])
@@ -127,7 +187,10 @@ def retrain(
     config = placed["config"]
     data = version_data(config, workspace)
     same = None if force else find_unchanged(config, data)
+    if same is not None and not same["decided"]:
+        return _finish_undecided(config, same, data)
     if same is not None:
+        same = {k: same[k] for k in ("name", "version", "run_id", "uri")}
         note = (
             f"Skipped training: {same['uri']} was already made from dataset {data['dataset']} "
             f"({data['dataset_md5']}), "
@@ -136,23 +199,23 @@ def retrain(
         print(note)
         create_markdown_artifact(f"## Nothing to retrain\n\n{note}\n", key="retrain-skipped")
         return {"skipped": True, "model": same, "data": data, "metrics": None, "decision": None}
+    attempt = choose_attempt(config, data, key)
+    for note in attempt["notes"]:
+        print(f"warning: {note}")
+    if attempt["failed"]:
+        print(f"marked orphaned MLflow runs FAILED: {', '.join(attempt['failed'])}")
+    if attempt["resumed"]:
+        print(f"resuming interrupted attempt {attempt['attempt_key']} (run {attempt['resumed']})")
+    config, attempt_key = attempt["config"], attempt["attempt_key"]
     tags = pipeline.lineage_tags(data, report, key, git, contract)
     artifacts = {"lineage/data.dvc": data["dvc_text"], "lineage/validation.json": report["json"]}
-    trained = train_model(config, key, tags, artifacts)
+    trained = train_model(config, attempt_key, tags, artifacts)
     metrics = evaluate_model(config, trained["run_id"], trained["checkpoint"])
     onnx = export_model(config, trained["run_id"], trained["checkpoint"])
     if onnx.get("segops.onnx.status") == "failed":
         print(f"warning: ONNX export failed ({onnx.get('segops.onnx.error')}); recorded as tags")
-    model = register_model(config, trained["run_id"], trained["checkpoint"], key)
-    decision = promote_model(config, model)
-    create_markdown_artifact(_decision_markdown(model, decision), key="promotion-decision")
-    report = model_report(config, model, trained["checkpoint"])
-    if report["link"]:
-        create_link_artifact(
-            report["link"], link_text=f"report of {model['uri']}", key="model-report"
-        )
-    else:
-        print(f"warning: no model report ({report['error']}); the version is registered")
+    model = register_model(config, trained["run_id"], trained["checkpoint"], attempt_key)
+    decision, report = _gate_and_report(config, model, trained["checkpoint"])
     return {
         "skipped": False,
         "model": model,

@@ -237,7 +237,10 @@ def promote(
     tracking.connect(cfg.tracking)
     name = cfg.promotion.model_name
     if rollback:
-        ref = registry.rollback(name, reason)
+        # The same lock the gate takes: a rollback waits for an in-flight promotion.
+        lock = registry.promotion_lock_dir(cfg)
+        with registry.promotion_lock(lock, lambda: echo("waiting for a promotion in progress")):
+            ref = registry.rollback(name, reason)
         echo(f"champion of {name} is now version {ref.version} ({reason})")
         return
     if model is None:
@@ -266,6 +269,9 @@ models_app.command("history")(lineage.models_history)
 
 def main() -> None:
     """Console entry point: user errors print one clear message and exit with status 2."""
+    from segops.quiet import quiet_defaults
+
+    quiet_defaults()
     try:
         app()
     except SegopsError as exc:

@@ -1,0 +1,22 @@
+"""Quiet, offline-safe defaults for the tools segops drives, set in the code path (not only in
+the Makefile), so `segops run` and a deployed flow print figures, not telemetry errors or
+download progress bars. A value the user has set always wins (`os.environ.setdefault`)."""
+
+from __future__ import annotations
+
+import os
+
+QUIET_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # the local API's heartbeat ("database is locked")
+    "DVC_NO_ANALYTICS": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",  # MLflow 3 tries to send usage events: errors offline
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # one bar per download floods flow logs
+    "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+}
+
+
+def quiet_defaults() -> None:
+    """Set each of `QUIET_DEFAULTS` that the environment does not set already."""
+    for key, value in QUIET_DEFAULTS.items():
+        os.environ.setdefault(key, value)
