@@ -27,7 +27,14 @@ class TrainedModel:
     kind: str = "semantic"  # "semantic" (logits) or "instance" (torchvision detection API)
 
     def transform(self):
-        return eval_transform(self.config.augment, self.config.data.image_size)
+        data = self.config.data
+        return eval_transform(self.config.augment, data.image_size, data.crop_size is not None)
+
+    @property
+    def input_size(self) -> int:
+        """Side of the windows the model sees: `data.crop_size` at native resolution, else
+        `data.image_size` (whole images resized to it)."""
+        return self.config.data.crop_size or self.config.data.image_size
 
 
 def _assemble(
@@ -126,15 +133,18 @@ def predict_image(
     """Mask (HxW uint8 class ids) and class probabilities (CxHxW float32) at the image's size.
 
     An instance model's mask is painted from its detections (`predict_instances_image`).
-    Images up to `SLIDE_ABOVE` times the model's input size are resized to it and the logits
-    resized back bilinearly. Larger ones (or `sliding=True`) are predicted at native resolution
-    with a sliding window (`predict_sliding`), so small objects are not shrunk away.
+    A model trained at native resolution (`data.crop_size`) always predicts with a sliding
+    window of that side. Otherwise images up to `SLIDE_ABOVE` times the model's input size
+    are resized to it and the logits resized back bilinearly; larger ones (or `sliding=True`)
+    are predicted at native resolution with a sliding window, so small objects are not shrunk
+    away.
     """
     if trained.kind == "instance":
         return _painted(trained, image)
-    size = trained.config.data.image_size
-    if sliding is None:
-        sliding = max(image.shape[:2]) > SLIDE_ABOVE * size
+    if trained.config.data.crop_size is not None:
+        sliding = True
+    elif sliding is None:
+        sliding = max(image.shape[:2]) > SLIDE_ABOVE * trained.config.data.image_size
     probs = sliding_probs(trained, image) if sliding else _resized_probs(trained, image)
     return probs.argmax(0).byte().cpu().numpy(), probs.cpu().numpy()
 
@@ -185,7 +195,7 @@ def sliding_probs(
     The image is zero-padded (the mean colour, after normalising) up to one window where it is
     smaller; windows go through the model `batch` at a time.
     """
-    win = trained.config.data.image_size
+    win = trained.input_size
     stride = max(1, int(win * (1 - overlap)))
     x = _normalised(trained, image)
     height, width = x.shape[1:]
