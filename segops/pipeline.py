@@ -8,12 +8,22 @@ checkpoint folder and registry version instead of making new ones.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 from segops.config import Config, build_config
+from segops.resume import choose_attempt, release_attempts
+from segops.steps.evaluation import evaluate_step, export_step
+from segops.steps.report import report_step
+
+__all__ = [  # steps that live in other modules, called by the flow as `pipeline.<name>`
+    "choose_attempt",
+    "evaluate_step",
+    "export_step",
+    "release_attempts",
+    "report_step",
+]
 
 LINEAGE = "segops."
 
@@ -147,31 +157,38 @@ def lineage_tags(
     }
 
 
-def unchanged_step(config: dict[str, Any], data_version: dict[str, Any]) -> dict[str, str] | None:
+def unchanged_step(config: dict[str, Any], data_version: dict[str, Any]) -> dict[str, Any] | None:
     """The registered version already made from this data, config and code, or None.
 
     Compares the dataset's own hash and path, the config hash (locations and promotion settings
     excluded) and the code version with the tags of the versions of `promotion.model_name`.
+    Also says whether the version was `decided` (went through the gate: a flow killed between
+    register and promote leaves it undecided), its `attempt_key`, `out_dir`, `checkpoint` and
+    `metrics` (the evaluation's headline figures copied to the version).
     """
     from segops import tracking
-    from segops.config import config_hash
-    from segops.lineage.code import code_version
-    from segops.promotion.registry import find_version
+    from segops.promotion.registry import ATTEMPT_TAG, DECIDED_TAG, find_version, version_tags
+    from segops.resume import identity
 
     cfg = _cfg(config)
     tracking.connect(cfg.tracking)
-    same = {
-        LINEAGE + "dataset.md5": data_version["dataset_md5"],
-        LINEAGE + "dataset.path": data_version["dataset"],
-        LINEAGE + "config_hash": config_hash(cfg),
-        LINEAGE + "code.version": code_version(),
+    ref = find_version(cfg.promotion.model_name, identity(cfg, data_version))
+    if ref is None:
+        return None
+    tags = version_tags(ref)
+    key = tags.get(ATTEMPT_TAG, "")
+    out_dir = tags.get(LINEAGE + "run_dir") or str(Path(cfg.train.out_dir).parent / key)
+    return {
+        "name": ref.name,
+        "version": ref.version,
+        "run_id": ref.run_id,
+        "uri": ref.uri,
+        "decided": DECIDED_TAG in tags,
+        "attempt_key": key,
+        "out_dir": out_dir,
+        "checkpoint": str(Path(out_dir) / "checkpoints" / "best.pt"),
+        "metrics": {k[8:]: float(v) for k, v in tags.items() if k.startswith("metrics.")},
     }
-    ref = find_version(cfg.promotion.model_name, same)
-    return (
-        None
-        if ref is None
-        else {"name": ref.name, "version": ref.version, "run_id": ref.run_id, "uri": ref.uri}
-    )
 
 
 def train_step(
@@ -188,7 +205,8 @@ def train_step(
 
     cfg = _cfg(config)
     store = tracking.connect(cfg.tracking)
-    run_id = tracking.open_run(store, cfg, attempt_key, tags)
+    where = {LINEAGE + "run_dir": str(cfg.train.out_dir)}  # found again by a resuming rerun
+    run_id = tracking.open_run(store, cfg, attempt_key, tags | where)
     for name, value in artifacts.items():
         if Path(value).is_file():
             tracking.log_file(run_id, value, str(Path(name).parent))
@@ -214,73 +232,6 @@ def train_step(
     }
 
 
-def _explain_worst(cfg: Config, checkpoint: str, eval_dir: str) -> str:
-    """Grad-CAM overlays of the worst images into `eval_dir/explanations` (logged with eval/);
-    returns how many, or the error: an explanation must never fail the evaluation. Instance
-    models are not explained (Grad-CAM here targets a class's pixel logits)."""
-    from segops.explain import explain_worst
-    from segops.inference import load_trained
-
-    try:
-        trained = load_trained(checkpoint)
-        if trained.kind != "semantic":
-            return f"skipped: Grad-CAM explains semantic models, {cfg.model.name} is {trained.kind}"
-        written = explain_worst(trained, cfg, eval_dir, k=cfg.evaluate.worst_k)
-    except Exception as exc:
-        return f"failed: {type(exc).__name__}: {exc}"[:300]
-    return f"{len(written)} Grad-CAM overlays in eval/explanations"
-
-
-def evaluate_step(config: dict[str, Any], run_id: str, checkpoint: str) -> dict[str, Any]:
-    """Evaluate the checkpoint; log metrics, per-class IoU, tables and plots to the run."""
-    from segops import tracking
-    from segops.evaluate.report import evaluate_checkpoint, headline_metrics
-
-    cfg = _cfg(config)
-    tracking.connect(cfg.tracking)
-    report = evaluate_checkpoint(cfg, checkpoint)
-    explained = _explain_worst(cfg, checkpoint, report.out_dir)
-    tracking.set_tags(run_id, {LINEAGE + "explanations": explained})
-    metrics = headline_metrics(json.loads(Path(report.metrics_json).read_text()))
-    tracking.log_metrics(run_id, metrics)
-    tracking.log_file(run_id, report.out_dir, "eval")
-    return {
-        "mean_iou": report.mean_iou,
-        "dataset_hash": report.dataset_hash,
-        "metrics_json": report.metrics_json,
-        "plots": list(report.plots),
-    }
-
-
-def export_step(config: dict[str, Any], run_id: str, checkpoint: str) -> dict[str, str]:
-    """Export the checkpoint to ONNX and compare onnxruntime with PyTorch on the evaluation
-    split; log `onnx/model.onnx` and the `segops.onnx.*` tags (parity numbers, or status
-    "failed" with the error) to the run, from where registration copies them to the version.
-    A failed export is recorded, not raised: the PyTorch model is still registered. Instance
-    models are not exported (status "skipped", with the reason)."""
-    from segops import tracking
-    from segops.serving.onnx import export_and_check
-    from segops.train.run import model_kind
-
-    cfg = _cfg(config)
-    tracking.connect(cfg.tracking)
-    if model_kind(cfg) == "instance":
-        tags = {
-            LINEAGE + "onnx.status": "skipped",
-            LINEAGE + "onnx.reason": "instance models (Mask R-CNN) are served by the PyTorch "
-            "pyfunc only: their detection post-processing is not exported",
-        }
-        tracking.set_tags(run_id, tags)
-        return tags
-    tags = export_and_check(checkpoint, Path(cfg.train.out_dir) / "onnx", cfg)
-    path = tags.pop(LINEAGE + "onnx.path", "")
-    if tags.get(LINEAGE + "onnx.status") == "ok" and path:
-        tracking.log_file(run_id, path, "onnx")
-        tags[LINEAGE + "onnx.artifact"] = "onnx/" + Path(path).name
-    tracking.set_tags(run_id, tags)
-    return tags
-
-
 def register_step(
     config: dict[str, Any], run_id: str, checkpoint: str, attempt_key: str
 ) -> dict[str, Any]:
@@ -293,7 +244,10 @@ def register_step(
     tracking.connect(cfg.tracking)
     summary = tracking.run_summary(run_id)
     model_uri = summary["tags"].get(LINEAGE + "model_uri")
-    if model_uri is None:
+    if model_uri is None or not tracking.model_ready(model_uri):
+        # A kill while logging leaves a PENDING logged model (and no tag, which is set after
+        # logging): mark it FAILED and log the model again.
+        tracking.fail_pending_models(run_id)
         model_uri = log_pyfunc(run_id, checkpoint)
         tracking.set_tags(run_id, {LINEAGE + "model_uri": model_uri})
         summary = tracking.run_summary(run_id)  # now with segops.weights_sha256
@@ -305,12 +259,6 @@ def register_step(
     return {"name": ref.name, "version": ref.version, "run_id": ref.run_id, "uri": ref.uri}
 
 
-def _lock_dir(cfg: Config) -> Path:
-    """Where concurrent promotions of a local store serialise (beside its artifacts)."""
-    root = cfg.tracking.artifact_root
-    return Path(root).parent if "://" not in root else Path.home() / ".cache" / "segops"
-
-
 def promote_step(config: dict[str, Any], model: dict[str, str]) -> dict[str, Any]:
     """Decide challenger vs champion, record the decision, move `champion` only on a pass."""
     from segops import tracking
@@ -320,69 +268,6 @@ def promote_step(config: dict[str, Any], model: dict[str, str]) -> dict[str, Any
     cfg = _cfg(config)
     tracking.connect(cfg.tracking)
     ref = ModelRef(model["name"], model["version"], model["run_id"])
-    decision = promote(ref, cfg, _lock_dir(cfg))
+    decision = promote(ref, cfg)  # under the lock of `promotion_lock_dir(cfg)`
     tracking.finish_run(model["run_id"])
     return decision.to_dict()
-
-
-def _report_lineage(run_tags: dict[str, str], version_tags: dict[str, str]) -> dict[str, str]:
-    """The lineage and decision values a model report shows."""
-    keys = ("data.md5", "git.commit", "git.dirty", "config_hash", "code.version", "seed")
-    keys += ("prefect.flow_run_id", "validation.passed", "weights_sha256", "env.torch")
-    shown = {k: run_tags[LINEAGE + k] for k in keys if LINEAGE + k in run_tags}
-    for key in ("promote", "reasons", "champion_version"):
-        if f"promotion.{key}" in version_tags:
-            shown[f"promotion.{key}"] = version_tags[f"promotion.{key}"]
-    return shown
-
-
-def _comparison(cfg: Config, ref: Any, checkpoint: str, holder: str, eval_dir: Path, tmp: str):
-    """The challenger against the champion it was measured against (None for the first)."""
-    from segops.evaluate.html_report import compare_with_champion
-    from segops.inference import load_trained
-    from segops.promotion.gate import champion_eval_dir
-    from segops.promotion.registry import resolve
-    from segops.serving.registered import load_registered
-
-    if holder in ("", "none"):
-        return None
-    champ = resolve(f"models:/{ref.name}/{holder}")
-    data_version = json.loads((eval_dir / "metrics.json").read_text())["dataset_hash"]
-    champ_dir = champion_eval_dir(champ, cfg, data_version, tmp)
-    found = compare_with_champion(
-        load_trained(checkpoint), load_registered(champ.uri), cfg, eval_dir, champ_dir
-    )
-    # Name both by registry URI: the champion's weights were read from a temporary download.
-    return dataclasses.replace(found, champion=champ.uri, challenger=ref.uri)
-
-
-def report_step(config: dict[str, Any], model: dict[str, str], checkpoint: str) -> dict[str, Any]:
-    """Write the version's self-contained HTML report (with the champion comparison), log it
-    to the run and tag the version with it. A failure is recorded on the version, not raised:
-    the model is already registered and decided, and a missing report must not undo that."""
-    import tempfile
-
-    from segops import tracking
-    from segops.evaluate.html_report import write_model_report
-    from segops.promotion.registry import ModelRef, set_version_tags, version_tags
-
-    cfg = _cfg(config)
-    tracking.connect(cfg.tracking)
-    ref = ModelRef(model["name"], model["version"], model["run_id"])
-    eval_dir = Path(cfg.train.out_dir) / "eval"
-    try:
-        tags = version_tags(ref)
-        with tempfile.TemporaryDirectory(prefix="segops-report-") as tmp:
-            holder = tags.get("promotion.champion_version", "none")
-            comparison = _comparison(cfg, ref, checkpoint, holder, eval_dir, tmp)
-            lineage = _report_lineage(tracking.run_summary(ref.run_id)["tags"], tags)
-            out = Path(cfg.train.out_dir) / "report" / "model_report.html"
-            html = write_model_report(eval_dir, out, f"{ref.uri}", lineage, comparison)
-        tracking.log_file(ref.run_id, html, "report")
-        link = tracking.artifact_link(ref.run_id, "report/model_report.html")
-    except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"[:500]
-        set_version_tags(ref, {LINEAGE + "report.error": error})
-        return {"html": None, "link": None, "error": error}
-    set_version_tags(ref, {LINEAGE + "report": link})
-    return {"html": str(html), "link": link, "error": None}

@@ -152,6 +152,51 @@ def open_run(store: Store, cfg: Config, attempt_key: str, tags: dict[str, str]) 
     return run.info.run_id
 
 
+def runs_tagged(store: Store, tags: dict[str, str]) -> list[dict[str, Any]]:
+    """Runs of the experiment whose tags include all of `tags`, newest first: run id, status,
+    start time (ms) and tags."""
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = MlflowClient(store.tracking_uri).search_runs(
+        [store.experiment_id], query, order_by=["attributes.start_time DESC"]
+    )
+    return [
+        {
+            "run_id": r.info.run_id,
+            "status": r.info.status,
+            "start_time": r.info.start_time,
+            "tags": dict(r.data.tags),
+        }
+        for r in runs
+    ]
+
+
+def model_ready(model_uri: str) -> bool:
+    """Whether the logged model `models:/m-...` finished logging (status READY); True for
+    other URIs. A process killed while logging leaves its model PENDING."""
+    from mlflow.entities import LoggedModelStatus
+
+    model_id = model_uri.removeprefix("models:/")
+    if not model_id.startswith("m-") or "/" in model_id:
+        return True
+    try:
+        return MlflowClient().get_logged_model(model_id).status == LoggedModelStatus.READY
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
+def fail_pending_models(run_id: str) -> list[str]:
+    """Mark the run's logged models still PENDING (logging cut short) FAILED; returns their ids."""
+    from mlflow.entities import LoggedModelStatus
+
+    client = MlflowClient()
+    experiment = client.get_run(run_id).info.experiment_id
+    found = client.search_logged_models([experiment], f"source_run_id = '{run_id}'")
+    pending = [m.model_id for m in found if m.status == LoggedModelStatus.PENDING]
+    for model_id in pending:
+        client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+    return pending
+
+
 def log_file(run_id: str, path: str | Path, artifact_dir: str | None = None) -> None:
     """Upload one file (or a folder's contents) to the run's artifacts."""
     client = MlflowClient()

@@ -13,18 +13,23 @@ import contextlib
 import fcntl
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from segops.errors import SegopsError
 
+if TYPE_CHECKING:
+    from segops.config import Config
+
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "segops.champion_history"
 ATTEMPT_TAG = "segops.attempt_key"
+DECIDED_TAG = "promotion.promote"  # written last by `record_decision`
 HISTORY_KEEP = 40  # entries kept in the tag (MLflow caps tag values at a few KB)
 
 
@@ -132,16 +137,32 @@ def champion_stack(entries: list[dict]) -> list[str]:
     return stack
 
 
+def promotion_lock_dir(cfg: Config) -> Path:
+    """The one place where every champion move of `cfg`'s registry serialises (the gate and
+    rollback): beside a local store's artifacts, else a per-user cache folder."""
+    root = cfg.tracking.artifact_root
+    return Path(root).parent if "://" not in root else Path.home() / ".cache" / "segops"
+
+
 @contextlib.contextmanager
-def promotion_lock(lock_dir: str | Path) -> Iterator[None]:
+def promotion_lock(
+    lock_dir: str | Path, on_wait: Callable[[], None] | None = None
+) -> Iterator[None]:
     """Serialise decide-and-move between processes sharing `lock_dir` (a local store).
 
-    Two flows that finish together must not both promote against the same stale champion.
+    Two flows that finish together must not both promote against the same stale champion, and
+    a rollback must not interleave with a promotion. `on_wait` is called once when another
+    process holds the lock (before blocking until it is released).
     """
     path = Path(lock_dir) / ".promotion.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -149,17 +170,36 @@ def promotion_lock(lock_dir: str | Path) -> Iterator[None]:
 
 
 def record_decision(ref: ModelRef, tags: dict[str, str], promote: bool, reason: str) -> None:
-    """Write the decision's tags on the version; move `champion` to it only when `promote`."""
+    """Write the decision's tags on the version; move `champion` to it only when `promote`.
+
+    `promotion.promote` is written last: a version carrying it was decided completely (a
+    process killed half-way leaves the version without it, and a rerun decides it again)."""
     client = MlflowClient()
+    last = {k: v for k, v in tags.items() if k == DECIDED_TAG}
     for key, value in tags.items():
-        client.set_model_version_tag(ref.name, ref.version, key, value)
+        if key != DECIDED_TAG:
+            client.set_model_version_tag(ref.name, ref.version, key, value)
     if promote:
         client.set_registered_model_alias(ref.name, CHAMPION, ref.version)
-        _append_history(ref.name, ref.version, "promoted", reason)
+        done = history(ref.name)[-1:]  # a rerun after a kill must not push it twice
+        if not done or done[0]["version"] != ref.version or done[0]["action"] != "promoted":
+            _append_history(ref.name, ref.version, "promoted", reason)
+    for key, value in last.items():
+        client.set_model_version_tag(ref.name, ref.version, key, value)
 
 
-def rollback(name: str, reason: str) -> ModelRef:
-    """Move `champion` back to the champion before the current one; records why."""
+def decided(ref: ModelRef) -> bool:
+    """Whether version `ref` went through the gate (its decision was recorded completely)."""
+    return DECIDED_TAG in version_tags(ref)
+
+
+def rollback(name: str, reason: str, lock_dir: str | Path | None = None) -> ModelRef:
+    """Move `champion` back to the champion before the current one; records why.
+
+    With `lock_dir` (see `promotion_lock_dir`), waits for an in-flight promotion first."""
+    if lock_dir is not None:
+        with promotion_lock(lock_dir):
+            return rollback(name, reason)
     current = champion(name)
     if current is None:
         raise RegistryError(f"model {name!r} has no champion to roll back")
@@ -207,6 +247,15 @@ def find_version(name: str, tags: dict[str, str]) -> ModelRef | None:
         return None
     newest = max(found, key=lambda v: int(v.version))
     return ModelRef(newest.name, str(newest.version), newest.run_id)
+
+
+def registered_runs(name: str, tags: dict[str, str]) -> set[str]:
+    """Run ids of the versions of `name` whose tags include all of `tags`."""
+    clauses = [f"name = '{name}'", *(f"tags.`{k}` = '{v}'" for k, v in tags.items())]
+    try:
+        return {v.run_id for v in MlflowClient().search_model_versions(" and ".join(clauses))}
+    except MlflowException:  # no such registered model yet
+        return set()
 
 
 def version_tags(ref: ModelRef) -> dict[str, str]:

@@ -1,0 +1,1 @@
+"""Groups of pipeline steps, re-exported by `segops.pipeline` (the flow calls them there)."""

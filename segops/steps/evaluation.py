@@ -1,0 +1,82 @@
+"""Pipeline steps after training: evaluate (with Grad-CAM of the worst images) and ONNX export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from segops.config import Config, build_config
+
+LINEAGE = "segops."
+
+
+def _cfg(config: dict[str, Any]) -> Config:
+    return build_config(config, "pipeline config")
+
+
+def _explain_worst(cfg: Config, checkpoint: str, eval_dir: str) -> str:
+    """Grad-CAM overlays of the worst images into `eval_dir/explanations` (logged with eval/);
+    returns how many, or the error: an explanation must never fail the evaluation. Instance
+    models are not explained (Grad-CAM here targets a class's pixel logits)."""
+    from segops.explain import explain_worst
+    from segops.inference import load_trained
+
+    try:
+        trained = load_trained(checkpoint)
+        if trained.kind != "semantic":
+            return f"skipped: Grad-CAM explains semantic models, {cfg.model.name} is {trained.kind}"
+        written = explain_worst(trained, cfg, eval_dir, k=cfg.evaluate.worst_k)
+    except Exception as exc:
+        return f"failed: {type(exc).__name__}: {exc}"[:300]
+    return f"{len(written)} Grad-CAM overlays in eval/explanations"
+
+
+def evaluate_step(config: dict[str, Any], run_id: str, checkpoint: str) -> dict[str, Any]:
+    """Evaluate the checkpoint; log metrics, per-class IoU, tables and plots to the run."""
+    from segops import tracking
+    from segops.evaluate.report import evaluate_checkpoint, headline_metrics
+
+    cfg = _cfg(config)
+    tracking.connect(cfg.tracking)
+    report = evaluate_checkpoint(cfg, checkpoint)
+    explained = _explain_worst(cfg, checkpoint, report.out_dir)
+    tracking.set_tags(run_id, {LINEAGE + "explanations": explained})
+    metrics = headline_metrics(json.loads(Path(report.metrics_json).read_text()))
+    tracking.log_metrics(run_id, metrics)
+    tracking.log_file(run_id, report.out_dir, "eval")
+    return {
+        "mean_iou": report.mean_iou,
+        "dataset_hash": report.dataset_hash,
+        "metrics_json": report.metrics_json,
+        "plots": list(report.plots),
+    }
+
+
+def export_step(config: dict[str, Any], run_id: str, checkpoint: str) -> dict[str, str]:
+    """Export the checkpoint to ONNX and compare onnxruntime with PyTorch on the evaluation
+    split; log `onnx/model.onnx` and the `segops.onnx.*` tags (parity numbers, or status
+    "failed" with the error) to the run, from where registration copies them to the version.
+    A failed export is recorded, not raised: the PyTorch model is still registered. Instance
+    models are not exported (status "skipped", with the reason)."""
+    from segops import tracking
+    from segops.serving.onnx import export_and_check
+    from segops.train.run import model_kind
+
+    cfg = _cfg(config)
+    tracking.connect(cfg.tracking)
+    if model_kind(cfg) == "instance":
+        tags = {
+            LINEAGE + "onnx.status": "skipped",
+            LINEAGE + "onnx.reason": "instance models (Mask R-CNN) are served by the PyTorch "
+            "pyfunc only: their detection post-processing is not exported",
+        }
+        tracking.set_tags(run_id, tags)
+        return tags
+    tags = export_and_check(checkpoint, Path(cfg.train.out_dir) / "onnx", cfg)
+    path = tags.pop(LINEAGE + "onnx.path", "")
+    if tags.get(LINEAGE + "onnx.status") == "ok" and path:
+        tracking.log_file(run_id, path, "onnx")
+        tags[LINEAGE + "onnx.artifact"] = "onnx/" + Path(path).name
+    tracking.set_tags(run_id, tags)
+    return tags
