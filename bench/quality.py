@@ -1,13 +1,15 @@
 """Quality at native resolution: segops against a plain PyTorch loop, and the `segops plan`
 recipe against both, on one dataset whose images are larger than the training crop.
 
-All three train the same U-Net from the same initial weights on the same native-resolution
-random crops for the same number of epochs, and all three are scored the same way: every
+The plain loop and segops train the same U-Net from the same initial weights on the same
+native-resolution random crops for the same number of epochs; the plan chooses its own input
+size, network, batch and normalisation, and its epochs for the wall time segops took (its
+timing probe). All three are scored the same way: every
 pixel of the held-out `test` split at its original resolution, through
 `segops.inference.predict_image` (a sliding window of the crop size). The plain loop is the
 60-line recipe people write by hand: AdamW, cosine schedule, cross-entropy, random crops and
 flips; its final weights are scored. segops uses its defaults (cross-entropy + Dice, warm-up,
-best epoch on `val`). The plan is `segops plan` without its timing probe (same epochs).
+best epoch on `val`).
 
     python bench/quality.py [--n 160] [--size 128] [--crop 64] [--epochs 12] [--seed 0]
 """
@@ -95,14 +97,16 @@ def run_segops(cfg: Config, classes: tuple[str, ...], info) -> float:
     return test_miou(load_trained(result.best_checkpoint).model, cfg, classes, info)
 
 
-def planned(cfg: Config, out: Path) -> Config:
+def planned(cfg: Config, out: Path, budget_seconds: float) -> Config:
+    """`segops plan` for the wall time segops' defaults took (its probe sets the epochs)."""
     from segops.plan.planfile import plan_overrides, write_plan
     from segops.plan.planner import plan_dataset
 
-    plan = plan_dataset(cfg, probe=False)
+    plan = plan_dataset(cfg, budget_minutes=budget_seconds / 60)
     path = write_plan(plan, out / "plan.yaml")
-    keep = [f"train.epochs={cfg.train.epochs}", f"train.out_dir={out / 'plan'}"]
-    keep += [f"train.seed={cfg.train.seed}", "data.val_fraction=0.15", "data.test_fraction=0.15"]
+    print(path.read_text(), flush=True)
+    keep = [f"train.out_dir={out / 'plan'}", f"train.seed={cfg.train.seed}"]
+    keep += ["data.val_fraction=0.15", "data.test_fraction=0.15"]
     return load_config(None, [*plan_overrides(path), *keep])
 
 
@@ -124,7 +128,9 @@ def main() -> None:
         jobs = {
             "plain PyTorch loop": lambda: run_plain(cfg, classes, info),
             "segops (defaults)": lambda: run_segops(cfg, classes, info),
-            "segops plan recipe": lambda: run_segops(planned(cfg, Path(tmp)), classes, info),
+            "segops plan recipe": lambda: run_segops(
+                planned(cfg, Path(tmp), seconds["segops (defaults)"]), classes, info
+            ),
         }
         for name, job in jobs.items():
             start = time.perf_counter()

@@ -124,7 +124,8 @@ def test_decide_batch(side, n_train, device, batch):
 @pytest.mark.parametrize(
     "fractions, weights, said",
     [
-        ((0.9, 0.07, 0.03), "balanced", "'c2' has 3.00%"),
+        ((0.9, 0.097, 0.003), "balanced", "'c2' has 0.30%"),
+        ((0.9, 0.07, 0.03), "none", "'c2' has 3.00%"),
         ((0.6, 0.3, 0.1), "none", "'c2' has 10.00%"),
         ((0.9, 0.1, 0.0), "none", "never in the training masks: c2"),
         ((0.0, 0.0), "none", "no labelled training pixels"),
