@@ -39,6 +39,7 @@ def overrides(ws: Path, dataset: Path) -> list[str]:
         f"data.root={dataset}",
         "data.image_size=32",
         "data.val_fraction=0.34",
+        "data.test_fraction=0.2",
         "model.options={width: 4, depth: 2}",
         "train.epochs=1",
         "train.batch_size=8",
@@ -86,6 +87,13 @@ def test_dataset_outside_the_repo_gets_its_own_name_lineage_and_audit(
 
     own = retrain(params=None, overrides=overrides(ws, mine), workspace=".")
     model = own["model"]
+    # the test split is scored apart from the gate's split, and logged as test_* / eval_test/
+    test = own["metrics"]["test"]
+    assert test is not None and 0.0 <= test["mean_iou"] <= 1.0
+    run = MlflowClient().get_run(model["run_id"])
+    assert run.data.metrics["test_mean_iou"] == pytest.approx(test["mean_iou"], abs=1e-6)
+    logged = {a.path for a in MlflowClient().list_artifacts(model["run_id"], "eval_test")}
+    assert "eval_test/metrics.json" in logged
     assert model["name"] == "segops-nuclei" and model["version"] == "1"
     assert dir_md5(ws / "data" / "nuclei") == dir_md5(mine)  # imported as it was
     tags = MlflowClient().get_run(model["run_id"]).data.tags

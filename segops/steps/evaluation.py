@@ -33,23 +33,37 @@ def _explain_worst(cfg: Config, checkpoint: str, eval_dir: str) -> str:
 
 
 def evaluate_step(config: dict[str, Any], run_id: str, checkpoint: str) -> dict[str, Any]:
-    """Evaluate the checkpoint; log metrics, per-class IoU, tables and plots to the run."""
+    """Evaluate the checkpoint on `evaluate.split`; log metrics, per-class IoU, tables and
+    plots to the run (`eval/`). When the dataset has a `test` split (and the gate's split is
+    another), it is evaluated too and logged apart: metrics `test_*`, artifacts `eval_test/`;
+    the gate never reads them."""
     from segops import tracking
+    from segops.data.manifest import load_dataset
     from segops.evaluate.report import evaluate_checkpoint, headline_metrics
 
     cfg = _cfg(config)
     tracking.connect(cfg.tracking)
-    report = evaluate_checkpoint(cfg, checkpoint)
+    info = load_dataset(cfg.data, eval_split=cfg.evaluate.split)
+    report = evaluate_checkpoint(cfg, checkpoint, dataset=info)
     explained = _explain_worst(cfg, checkpoint, report.out_dir)
     tracking.set_tags(run_id, {LINEAGE + "explanations": explained})
     metrics = headline_metrics(json.loads(Path(report.metrics_json).read_text()))
     tracking.log_metrics(run_id, metrics)
     tracking.log_file(run_id, report.out_dir, "eval")
+    test = None
+    if cfg.evaluate.split != "test" and len(info.split("test")):
+        out = Path(cfg.train.out_dir) / "eval_test"
+        found = evaluate_checkpoint(cfg, checkpoint, "test", out, dataset=info)
+        scores = headline_metrics(json.loads(Path(found.metrics_json).read_text()))
+        tracking.log_metrics(run_id, {f"test_{k}": v for k, v in scores.items()})
+        tracking.log_file(run_id, found.out_dir, "eval_test")
+        test = {"mean_iou": found.mean_iou, "metrics_json": found.metrics_json}
     return {
         "mean_iou": report.mean_iou,
         "dataset_hash": report.dataset_hash,
         "metrics_json": report.metrics_json,
         "plots": list(report.plots),
+        "test": test,
     }
 
 
