@@ -93,7 +93,8 @@ def dvc_check(
     cfg: VersioningConfig, workspace: str | Path, timeout: float = TIMEOUT
 ) -> Check | None:
     """The check of the remote `version_dataset` would push to; None when it does not push."""
-    from segops.versioning import VersioningError, _absolute_url, find_workspace
+    from segops.dvc_remote import absolute_url
+    from segops.versioning import VersioningError, find_workspace
 
     if not cfg.push:
         return None
@@ -105,7 +106,7 @@ def dvc_check(
     name = cfg.remote.lower()
     options = _dvc_remote_options(root, name)
     if cfg.remote_url:
-        options["url"] = _absolute_url(cfg.remote_url, root)
+        options["url"] = absolute_url(cfg.remote_url, root)
     url = str(options.get("url", ""))
     if not url:
         fix = f"set versioning.remote_url, or run `dvc remote add -d {name} URL` in {root}"

@@ -1,9 +1,8 @@
-"""Version the dataset directory with DVC: add, push, read back, audit and restore by hash.
+"""Version the dataset directory with DVC in a workspace: add, push, read back. Reading a
+remote without a workspace (audit, restore by hash) is `segops.dvc_remote`, re-exported here.
 
 A dataset version is the `md5` (ending `.dir`) in `<path>.dvc`: the hash of a manifest that lists
-every file's md5. Pushing copies the manifest and the files into the remote as
-`files/md5/<2 hex>/<rest>`. `restore_dataset` and `remote_has` need only the `.dvc` text and the
-remote URL, so `segops reproduce` can rebuild the data months later in a fresh folder.
+every file's md5; a dataset's own hash is that of its folder's part of the manifest.
 
 DVC is driven through its Python API (`dvc.repo.Repo`): typed exceptions, the real count of
 uploaded objects, no process start. Work on a workspace is serialised by a thread lock in-process
@@ -14,12 +13,7 @@ Never run `dvc gc` here: without git it deletes older versions.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
-import re
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,23 +21,28 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from segops.config import VersioningConfig
-from segops.data.place import dir_md5
-from segops.errors import SegopsError
+from segops.dvc_remote import (  # re-exported: the remote half of the versioning room
+    VersioningError,
+    _dvc_md5,
+    absolute_url,
+    dataset_md5_on_remote,
+    dvc_text_md5,
+    missing_objects,
+    quiet_dvc,
+    remote_has,
+    restore_dataset,
+)
 
 if TYPE_CHECKING:  # dvc costs ~0.5 s to import: load it only when a function needs it
     from dvc.repo import Repo
-    from dvc_data.hashfile.db import HashFileDB
+
+__all__ = ["DataVersion", "VersioningError", "dataset_md5_on_remote", "dvc_text_md5"]
+__all__ += ["configure_remote", "ensure_workspace", "find_workspace", "read_version"]
+__all__ += ["remote_has", "restore_dataset", "version_dataset"]
 
 # Parallel DVC calls in one repo fail on its lock or corrupt shared state: serialise ours.
 _LOCK = threading.Lock()
-_URL_SCHEME = re.compile(r"^[a-zA-Z][\w+.-]*://")
-
-
-class VersioningError(SegopsError):
-    """DVC could not add, push, read or restore a dataset version."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,7 @@ def ensure_workspace(workspace: str | Path) -> Path:
         return root
     from dvc.repo import Repo
 
-    _quiet_dvc()
+    quiet_dvc()
     root.mkdir(parents=True, exist_ok=True)
     git_root = next((p for p in (root, *root.parents) if (p / ".git").exists()), None)
     with _LOCK:
@@ -153,60 +152,6 @@ def read_version(workspace: str | Path, path: str = "data") -> DataVersion:
     return _version(root, _relative(root, path), name, url, 0)
 
 
-def dvc_text_md5(dvc_text: str, where: str = "dvc text") -> str:
-    """The dataset version (md5 ending `.dir`) a `.dvc` file's text names."""
-    return _dvc_md5(dvc_text, where)
-
-
-def remote_has(dvc_text: str, remote_url: str) -> bool:
-    """Return True when the remote holds the manifest and every file object of this version."""
-    return not _missing(_remote_odb(remote_url), _dvc_md5(dvc_text, "dvc_text"))
-
-
-def restore_dataset(dvc_text: str, remote_url: str, dest: str | Path) -> Path:
-    """Download the directory described by `dvc_text` from the remote into `dest`; return `dest`.
-
-    Files are fetched by hash into a temporary sibling folder, the rebuilt directory's hash is
-    checked against the `.dvc` md5, and only then is the folder renamed to `dest` (which must be
-    absent or empty), so a failed restore leaves nothing behind.
-    """
-    md5 = _dvc_md5(dvc_text, "dvc_text")
-    dest = Path(dest).resolve()
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise VersioningError(
-            f"cannot restore into {dest}: it is not an empty folder; pass a new one"
-        )
-    odb = _remote_odb(remote_url)
-    missing = _missing(odb, md5)
-    if missing:
-        shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
-        raise VersioningError(
-            f"remote {remote_url} lacks {len(missing)} object(s) (missing or corrupt) of dataset "
-            f"version {md5}: {shown}. Run version_dataset again in a workspace that still has it "
-            "(plain `dvc push` skips files of a manifest the remote holds), or use another remote."
-        )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.restore-", dir=dest.parent))
-    try:
-        entries = _manifest(odb, md5) or []
-        targets = [(tmp / e["relpath"]).resolve() for e in entries]
-        if not all(t.is_relative_to(tmp.resolve()) for t in targets):
-            raise VersioningError(f"manifest {md5} has paths outside the folder: not restoring")
-        odb.fs.get([odb.oid_to_path(e["md5"]) for e in entries], [str(t) for t in targets])
-        got = dir_md5(tmp)
-        if got != md5:
-            raise VersioningError(
-                f"restored {dest} hashes to {got}, not {md5}: objects on {remote_url} are corrupt; "
-                "push the version again from a workspace that has it"
-            )
-        if dest.exists():
-            dest.rmdir()
-        tmp.rename(dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
-
-
 @contextmanager
 def _locked(root: Path) -> Iterator[None]:
     """Hold the workspace against other threads and other segops processes."""
@@ -222,7 +167,7 @@ def _open_repo(root: Path) -> Iterator[Repo]:
     """A DVC Repo on `root`; the caller holds `_locked(root)`."""
     from dvc.repo import Repo
 
-    _quiet_dvc()
+    quiet_dvc()
     # `_wait_for_lock` is what the CLI's --wait-for-lock sets: wait for `dvc` run by hand.
     with Repo(str(root), _wait_for_lock=True) as repo:
         yield repo
@@ -258,15 +203,8 @@ def _set_remote(root: Path, name: str, url: str) -> None:
         raise VersioningError(f"remote name and URL must be non-empty (got {name!r}, {url!r})")
     with Config(str(root / ".dvc")).edit() as conf:
         # DVC looks remotes up by lower-cased name (`dvc remote add` lower-cases them too).
-        conf["remote"].setdefault(name.lower(), {})["url"] = _absolute_url(url, root)
+        conf["remote"].setdefault(name.lower(), {})["url"] = absolute_url(url, root)
         conf["core"]["remote"] = name.lower()
-
-
-def _quiet_dvc() -> None:
-    # Importing dvc attaches stdout handlers at INFO to its loggers, so every add would print
-    # "To track the changes with git, run: ..." into our CLI's output. Keep warnings only.
-    for name in ("dvc", "dvc_objects", "dvc_data"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _step(
@@ -302,7 +240,7 @@ def _push(repo: Repo, dvc_file: Path, remote: str, md5: str) -> int:
     # `dvc push` trusts a remote holding the .dir manifest to hold all its files, so objects
     # deleted from the remote are never sent again: check each one and send what is missing.
     odb = repo.cloud.get_remote_odb(remote)
-    if _missing(odb, md5):
+    if missing_objects(odb, md5):
         result = transfer(repo.cache.repo, odb, [HashInfo("md5", md5)], shallow=False)
         if result.failed:
             raise OSError(f"could not upload {len(result.failed)} object(s) of {md5}")
@@ -325,14 +263,13 @@ def _dataset_subdir(root: Path, rel: str, dataset: str | Path | None) -> str:
     """`dataset`'s path inside the versioned folder `rel` ("" when not given)."""
     if dataset is None:
         return ""
-    full = (root / dataset).resolve() if not Path(dataset).is_absolute() else Path(dataset)
-    tree = (root / rel).resolve()
-    if not full.resolve().is_relative_to(tree) or full.resolve() == tree:
+    full, tree = (root / dataset).resolve(), (root / rel).resolve()  # absolute `dataset` wins
+    if not full.is_relative_to(tree) or full == tree:
         raise VersioningError(
             f"dataset {dataset} is not a folder inside the versioned tree {rel}/: import it "
             f"first (segops run --dataset does: it copies it into {rel}/<name>/)"
         )
-    return full.resolve().relative_to(tree).as_posix()
+    return full.relative_to(tree).as_posix()
 
 
 def _refuse_links(tree: Path) -> None:
@@ -357,65 +294,8 @@ def _own_md5(repo: Repo, md5: str, rel: str, sub: str) -> tuple[str, str]:
     return f"{rel}/{sub}", subtree_md5(entries, sub)
 
 
-def _dvc_md5(text: str, where: str) -> str:
-    """Return the md5 of the single directory output in a .dvc file's text."""
-    try:
-        outs = yaml.safe_load(text)["outs"]
-        (out,) = outs
-        md5, path = str(out["md5"]), str(out["path"])
-    except (yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
-        raise VersioningError(f"{where}: not a .dvc file with one output ({exc!r})") from exc
-    if not md5.endswith(".dir"):
-        raise VersioningError(f"{where}: output {path} is a file, not a directory (md5 {md5})")
-    if out.get("hash") != "md5":
-        raise VersioningError(f"{where}: written by DVC 2; run `dvc cache migrate` and re-add it")
-    return md5
-
-
 def _relative(root: Path, path: str | Path) -> str:
     full = (root / path).resolve()
     if not full.is_relative_to(root) or full == root:
         raise VersioningError(f"versioning.path {path} must be a folder inside {root}")
     return full.relative_to(root).as_posix()
-
-
-def _absolute_url(url: str, base: Path) -> str:
-    """Return `url` unchanged if it has a scheme (s3://...), else as an absolute local path."""
-    if _URL_SCHEME.match(url):
-        return url
-    return str((base / Path(url).expanduser()).resolve())
-
-
-def _remote_odb(url: str) -> HashFileDB:
-    """The object store of the DVC 3 remote at `url` (objects under files/md5/)."""
-    from dvc.fs import get_cloud_fs
-    from dvc_data.hashfile.db import get_odb
-
-    _quiet_dvc()
-    try:
-        cls, conf, fs_path = get_cloud_fs(None, url=_absolute_url(url, Path.cwd()))
-        fs = cls(**conf)
-    except Exception as exc:
-        raise VersioningError(f"cannot open DVC remote {url}: {exc}") from exc
-    return get_odb(fs, fs.join(fs_path, "files", "md5"), hash_name="md5")
-
-
-def _manifest(odb: HashFileDB, md5: str) -> list[dict[str, str]] | None:
-    """The .dir object's entries [{"md5", "relpath"}]; None if it is absent or corrupt."""
-    try:
-        raw = odb.fs.cat_file(odb.oid_to_path(md5))
-    except FileNotFoundError:
-        return None
-    return json.loads(raw) if hashlib.md5(raw).hexdigest() == md5.removesuffix(".dir") else None
-
-
-def _missing(odb: HashFileDB, md5: str) -> list[str]:
-    """Hashes of this version's objects absent from `odb` (just the manifest's if it is bad)."""
-    entries = _manifest(odb, md5)
-    if entries is None:
-        return [md5]
-    oids = sorted({e["md5"] for e in entries})
-    # Plain existence checks: DVC's oids_exist on a local remote rehashes objects and deletes
-    # any it finds corrupt, which an audit must not do.
-    present = set(odb.list_oids_exists(oids))
-    return [oid for oid in oids if oid not in present]

@@ -111,5 +111,8 @@ def test_dataset_outside_the_repo_gets_its_own_name_lineage_and_audit(
 
     result = audit("models:/segops-nuclei@champion", ws)
     assert result.ok, result.to_markdown()
+    links = {link.name: link for link in result.links}
+    assert links["dataset"].status == "ok" and dir_md5(mine) in links["dataset"].detail
     rebuilt = reproduce("models:/segops-nuclei@champion", tmp_path / "reproduce")
     assert rebuilt.weights_identical and rebuilt.dataset_hash_match
+    assert rebuilt.dataset_md5_match is True

@@ -33,6 +33,7 @@ class ReproduceReport:
     device: str
     config_hash_match: bool  # the retrained checkpoint's config hash equals the recorded one
     dataset_hash_match: bool  # the restored data fingerprints as the recorded data did
+    dataset_md5_match: bool | None  # the restored dataset's own DVC hash (None: not recorded)
     weights_identical: bool
     max_weight_diff: float  # largest absolute difference over every weight tensor
     tensors_differing: tuple[str, ...]
@@ -58,7 +59,8 @@ class ReproduceReport:
             f"# Reproduction of {self.version_uri}: {verdict}\n\n"
             f"- data {self.data_md5} restored to `{self.restored_to}`\n- device: {self.device}\n"
             f"- config hash matches: {self.config_hash_match}; dataset hash matches: "
-            f"{self.dataset_hash_match}\n- max weight difference: {self.max_weight_diff:.3g} "
+            f"{self.dataset_hash_match}; dataset md5 matches: {self.dataset_md5_match}\n"
+            f"- max weight difference: {self.max_weight_diff:.3g} "
             f"({len(self.tensors_differing)} tensors differ)\n\n"
             f"| metric | recorded | reproduced | diff |\n|---|---|---|---|\n{rows}\n"
         )
@@ -135,15 +137,15 @@ def _metric_diffs(recorded: dict[str, float], reproduced: dict[str, float]) -> d
 
 def reproduce(model_uri: str, out_dir: str | Path, callbacks: Sequence = ()) -> ReproduceReport:
     """Rebuild `model_uri` in `out_dir` (absent or empty) and compare; writes the report."""
-    import torch
-
     from segops import tracking
     from segops.config import config_hash
+    from segops.data.place import dir_md5
+    from segops.dvc_remote import dvc_text_md5, restore_dataset
     from segops.evaluate.report import evaluate_checkpoint, headline_metrics
     from segops.promotion.registry import resolve
     from segops.train.checkpoint import load_checkpoint
     from segops.train.run import train_configured
-    from segops.versioning import dvc_text_md5, restore_dataset
+    from segops.weights import load_state_dict_file
 
     out = Path(out_dir).resolve()
     if out.exists() and any(out.iterdir()):
@@ -157,11 +159,13 @@ def reproduce(model_uri: str, out_dir: str | Path, callbacks: Sequence = ()) -> 
     subdir = data_subdir(raw["data"]["root"], raw["versioning"]["path"])
     data_dir = out / "workspace" / tags.get("segops.data.path", "data")
     restore_dataset(dvc_text, tags["segops.data.remote_url"], data_dir)
+    own = tags.get("segops.dataset.md5")
+    own_match = None if own is None else dir_md5(data_dir / subdir) == own
     cfg = _rebuild_config(raw, data_dir / subdir, out)
     result = train_configured(cfg, resume=False, callbacks=list(callbacks))
     report = evaluate_checkpoint(cfg, result.best_checkpoint, out_dir=out / "eval")
     model_dir = tracking.download_model(ref.uri, out / "registered")
-    registered = torch.load(next(model_dir.rglob("weights.pt")), weights_only=True)
+    registered = load_state_dict_file(next(model_dir.rglob("weights.pt")))
     same, largest, differing = compare_weights(
         registered, load_checkpoint(result.best_checkpoint)["model"]
     )
@@ -175,6 +179,7 @@ def reproduce(model_uri: str, out_dir: str | Path, callbacks: Sequence = ()) -> 
         device=_device_name(),
         config_hash_match=config_hash(cfg) == tags.get("segops.config_hash"),
         dataset_hash_match=result.dataset_hash == tags.get("segops.dataset_hash"),
+        dataset_md5_match=own_match,
         weights_identical=same,
         max_weight_diff=largest,
         tensors_differing=differing,
