@@ -13,15 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    model_serializer,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from segops.data.data_config import DataConfig  # the data section (format registry, options)
 from segops.errors import ConfigError
 
 IGNORE_INDEX = 255
@@ -29,47 +23,6 @@ IGNORE_INDEX = 255
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DataConfig(_Section):
-    root: Path = Path("data/shapes")
-    format: Literal["folder", "voc", "cityscapes", "nifti", "coco", "folder_instance"] = "folder"
-    image_size: int = Field(64, ge=8, description="side of the square images the model sees")
-    crop_size: int | None = Field(
-        None,
-        ge=16,
-        description="native resolution: train on random crops of this side (padded when an "
-        "image is smaller) and predict with a sliding window of this side; None = resize "
-        "whole images to image_size",
-    )
-    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
-    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
-    split_seed: int = 0
-    cache: bool = Field(True, description="keep decoded images in memory (small datasets)")
-    num_workers: int = Field(0, ge=0)
-    ct_window: tuple[float, float] | None = Field(
-        None, description="nifti: CT (level, width) to 8 bits, e.g. (40, 400); None = min..max"
-    )
-    nifti_skip_empty: bool = Field(False, description="nifti: leave out slices with no label")
-    coco_image_dir: str = Field(
-        "images/{split}", description="coco: image folder; {split} = <name> of instances_<name>"
-    )
-
-    @model_validator(mode="after")
-    def _window_positive(self) -> DataConfig:
-        if self.ct_window is not None and self.ct_window[1] <= 0:
-            raise ValueError("ct_window is (level, width); the width must be positive")
-        return self
-
-    @model_serializer(mode="wrap")
-    def _omit_default_format_options(self, handler: Any) -> dict[str, Any]:
-        """Format options left at their defaults are not dumped: configs written before they
-        existed keep their `config_hash` (lineage audits recompute it)."""
-        data = handler(self)
-        for key in ("crop_size", "ct_window", "nifti_skip_empty", "coco_image_dir"):
-            if getattr(self, key) == type(self).model_fields[key].default:
-                data.pop(key, None)
-        return data
 
 
 class ShapesConfig(_Section):
@@ -177,7 +130,7 @@ class PromotionConfig(_Section):
 
 
 class Config(_Section):
-    data: DataConfig = DataConfig()
+    data: DataConfig = Field(default_factory=DataConfig)  # built on use: it reads the registry
     shapes: ShapesConfig = ShapesConfig()
     augment: AugmentConfig = AugmentConfig()
     model: ModelConfig = ModelConfig()

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from segops.config import IGNORE_INDEX, DataConfig
+from segops.config import IGNORE_INDEX
 from segops.data.formats import SPLITS, Layout, SampleRef
 from segops.data.io import Part, read_file, read_image, read_mask
+from segops.data.registry import FormatOptions, register_format
 
 CITYSCAPES_CLASSES = (
     "road",
@@ -82,7 +83,13 @@ def _split_refs(root: Path, split: str) -> tuple[list[SampleRef], list[str]]:
     return refs, problems
 
 
-def read_layout(root: Path, cfg: DataConfig) -> Layout:
+def read_sample(root: Path, ref: SampleRef) -> tuple[Part, Part]:
+    """(image, mask) Parts: the RGB image, and the labelIds mask mapped to train ids."""
+    return read_file(root / ref.image, read_image), read_file(root / ref.mask, read_train_ids)
+
+
+@register_format("cityscapes", read_sample=read_sample)
+def read_layout(root: Path, options: FormatOptions) -> Layout:
     """Samples of a Cityscapes tree (see module docstring); splits come from the folders."""
     if not (root / "leftImg8bit").is_dir():
         raise FileNotFoundError(f"{root}/leftImg8bit: no such directory (expected Cityscapes)")
@@ -99,8 +106,3 @@ def read_layout(root: Path, cfg: DataConfig) -> Layout:
     if not refs:
         problems.append(f"{root}/leftImg8bit: no <split>/<city>/*{IMAGE_SUFFIX} images")
     return Layout(root, list(CITYSCAPES_CLASSES), refs, True, problems)
-
-
-def read_sample(root: Path, ref: SampleRef) -> tuple[Part, Part]:
-    """(image, mask) Parts: the RGB image, and the labelIds mask mapped to train ids."""
-    return read_file(root / ref.image, read_image), read_file(root / ref.mask, read_train_ids)

@@ -2,7 +2,8 @@
 
     annotations/instances_<name>.json   one per split; <name> starts with train, val or test
                                         (instances_train.json, instances_val2017.json, ...)
-    images/<name>/<file_name>           or `data.coco_image_dir` ("{split}" = <name>)
+    images/<name>/<file_name>           or `data.options.image_dir` ("{split}" = <name>;
+                                        `CocoOptions`; the old key data.coco_image_dir works)
 
 Classes: `background` (0), then the categories sorted by id as 1..K; every annotation file must
 list the same categories. Each image is a sample with id = its file name's stem. Masks: crowd
@@ -22,11 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
+from pydantic import Field
 
-from segops.config import IGNORE_INDEX, DataConfig
+from segops.config import IGNORE_INDEX
 from segops.data.formats import SPLITS, Layout, SampleRef
 from segops.data.io import Part, ReadError, array_sha256, read_file, read_image
+from segops.data.registry import FormatOptions, register_format
+
+
+class CocoOptions(FormatOptions):
+    image_dir: str = Field(
+        "images/{split}", description="image folder; {split} = <name> of instances_<name>"
+    )
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,8 @@ def read_index(path: Path) -> CocoIndex:
 
 def _rle(segm: Any, height: int, width: int) -> Any:
     """A compressed RLE of a polygon list, an uncompressed RLE or a compressed RLE."""
+    from pycocotools import mask as mask_utils  # on first read: a compiled extension
+
     if isinstance(segm, list):
         polygons = [p for p in segm if len(p) >= 6 and len(p) % 2 == 0]  # 3+ (x, y) points
         if not polygons:
@@ -93,6 +103,8 @@ def _rle(segm: Any, height: int, width: int) -> Any:
 
 def rasterise(ann: dict[str, Any], height: int, width: int) -> np.ndarray:
     """HxW bool mask of one annotation's segmentation; raises ReadError."""
+    from pycocotools import mask as mask_utils
+
     try:
         return mask_utils.decode(_rle(ann.get("segmentation"), height, width)).astype(bool)
     except (TypeError, ValueError, KeyError) as exc:
@@ -190,7 +202,14 @@ def _refs(root: Path, path: Path, index: CocoIndex, image_dir: str) -> list[Samp
     ]
 
 
-def read_layout(root: Path, cfg: DataConfig) -> Layout:
+@register_format(
+    "coco",
+    options=CocoOptions,
+    read_sample=read_sample,
+    instances=instance_targets,
+    needs="pycocotools",
+)
+def read_layout(root: Path, options: CocoOptions) -> Layout:
     """Samples of a COCO dataset (see module docstring); splits from the annotation files."""
     files = sorted((root / "annotations").glob("instances_*.json"))
     if not files:
@@ -210,7 +229,7 @@ def read_layout(root: Path, cfg: DataConfig) -> Layout:
         if classes is not None and names != classes:
             problems.append(f"{path}: its categories differ from the first annotation file's")
         classes = classes or names
-        for ref in _refs(root, path, index, cfg.coco_image_dir):
+        for ref in _refs(root, path, index, options.image_dir):
             if ref.id in seen:
                 problems.append(f"{root / ref.image}: two images share the id '{ref.id}'")
                 continue

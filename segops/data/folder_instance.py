@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segops.config import IGNORE_INDEX, DataConfig
+from segops.config import IGNORE_INDEX
 from segops.data.coco import targets_from_masks
 from segops.data.formats import Layout, SampleRef, read_folder_layout
 from segops.data.io import Part, ReadError, read_file, read_image
+from segops.data.registry import FormatOptions, register_format
 
 TABLE = "instances.csv"
 READER = "folder_instance"
@@ -141,7 +142,8 @@ def read_sample(root: Path, ref: SampleRef) -> tuple[Part, Part]:
     return image, Part(sha, mask, None)
 
 
-def read_layout(root: Path, cfg: DataConfig) -> Layout:
+@register_format(READER, read_sample=read_sample, instances=instance_targets)
+def read_layout(root: Path, options: FormatOptions) -> Layout:
     """Samples of a folder_instance dataset (see module docstring): the folder layout's
     samples and splits, read through this module; a missing or bad table is a problem."""
     layout = read_folder_layout(root)

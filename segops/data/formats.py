@@ -4,16 +4,15 @@
   `splits/{train,val,test}.txt`.
 - voc: Pascal VOC's `JPEGImages/`, `SegmentationClass/`, `ImageSets/Segmentation/{train,val}.txt`.
 - cityscapes, nifti, coco, folder_instance: see `segops.data.cityscapes`, `.nifti`, `.coco`,
-  `.folder_instance` (imported on use).
+  `.folder_instance`. Every format is declared once, with `segops.data.registry.register_format`.
 
 Pixels are read by `read_sample`, which the manifest scan and the torch Dataset both call, so
 validation and training see the same pixels. Plain PNG pairs are read here; the other formats
-(label-id lookup, slices of volumes, masks rasterised from JSON) by their own module.
+(label-id lookup, slices of volumes, masks rasterised from JSON) by their format's reader.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 from segops.config import DataConfig
 from segops.data.io import IMAGE_SUFFIXES, Part, ReadError, read_file, read_image, read_mask
 from segops.data.problems import id_problem, symlink_problem, symlink_reason
+from segops.data.registry import FormatOptions, format_info, register_format
 
 SPLITS = ("train", "val", "test")
 
@@ -58,7 +58,7 @@ class SampleRef:
     image: Path  # relative to the dataset root
     mask: Path  # relative to the dataset root; may not exist (reported by the scan)
     split: str | None = None
-    reader: str = "png"  # how pixels are read: png, cityscapes, nifti, coco, folder_instance
+    reader: str = "png"  # how pixels are read: png, or the name of a registered format
     index: int = -1  # nifti: slice along the last axis; coco: the image id
     group: str = ""  # samples split together (nifti: the case); "" = the sample alone
     window: tuple[float, float] | None = None  # nifti: CT (level, width); None = min..max
@@ -132,7 +132,7 @@ def _assign_splits(
     return out, problems
 
 
-def read_folder_layout(root: str | Path) -> Layout:
+def read_folder_layout(root: str | Path, options: FormatOptions | None = None) -> Layout:
     """Samples of a folder-layout dataset (see module docstring)."""
     root = Path(root)
     problems: list[str] = []
@@ -167,7 +167,8 @@ def read_folder_layout(root: str | Path) -> Layout:
     return Layout(root, classes, refs, given, problems)
 
 
-def read_voc_layout(root: str | Path) -> Layout:
+@register_format("voc")
+def read_voc_layout(root: str | Path, options: FormatOptions | None = None) -> Layout:
     """Samples of a Pascal VOC segmentation dataset (root or its VOCdevkit/VOC20xx folder)."""
     root = Path(root)
     for candidate in [root, *sorted(root.glob("VOCdevkit/VOC*")), *sorted(root.glob("VOC*"))]:
@@ -190,39 +191,27 @@ def read_voc_layout(root: str | Path) -> Layout:
     return Layout(root, list(VOC_CLASSES), refs, True, problems)
 
 
-# Formats whose layout and pixels are read by their own module, and what it needs installed.
-FORMAT_MODULES = {
-    "cityscapes": ("segops.data.cityscapes", ""),
-    "nifti": ("segops.data.nifti", "nibabel"),
-    "coco": ("segops.data.coco", "pycocotools"),
-    "folder_instance": ("segops.data.folder_instance", ""),
-}
-
-
-def _module(name: str) -> Any:
-    """The module reading format `name`; ValueError naming the package if it is missing."""
-    module, package = FORMAT_MODULES[name]
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise ValueError(f"format {name!r} needs {package or exc.name}: pip install it") from None
+@register_format("folder")
+def read_folder_semantic(root: Path, options: FormatOptions) -> Layout:
+    """Samples of a folder-layout dataset with class-id masks (see module docstring)."""
+    layout = read_folder_layout(root)
+    if (layout.root / "instances.csv").is_file():
+        layout.problems.append(
+            f"{layout.root}/instances.csv: masks/ hold instance ids here; "
+            "set data.format=folder_instance"
+        )
+    return layout
 
 
 def read_layout(root: str | Path, fmt: str, cfg: DataConfig | None = None) -> Layout:
-    """Dispatch on the dataset format name; `cfg` carries the format's options."""
-    readers = {"folder": read_folder_layout, "voc": read_voc_layout}
-    if fmt in readers:
-        layout = readers[fmt](root)
-        if fmt == "folder" and (layout.root / "instances.csv").is_file():
-            layout.problems.append(
-                f"{layout.root}/instances.csv: masks/ hold instance ids here; "
-                "set data.format=folder_instance"
-            )
-        return layout
-    if fmt not in FORMAT_MODULES:
-        known = sorted([*readers, *FORMAT_MODULES])
-        raise ValueError(f"unknown dataset format {fmt!r}; choose one of {known}")
-    return _module(fmt).read_layout(Path(root), cfg or DataConfig(format=fmt))  # type: ignore[arg-type]
+    """Samples of the dataset at `root` in format `fmt` (ValueError listing the registered
+    formats if unknown); `cfg` carries the format's options (`data.options`)."""
+    entry = format_info(fmt)
+    entry.require()
+    if cfg is None or cfg.format != fmt or not isinstance(cfg.options, entry.options):
+        # re-read from the dump, so legacy keys of `fmt` kept on `cfg` become its options
+        cfg = DataConfig.model_validate({**(cfg.model_dump() if cfg else {}), "format": fmt})
+    return entry.read_layout(Path(root), cfg.options)
 
 
 def read_sample(root: Path, ref: SampleRef) -> tuple[Part, Part]:
@@ -239,11 +228,14 @@ def read_sample(root: Path, ref: SampleRef) -> tuple[Part, Part]:
         image, mask = (Part("", None, problem) for problem in refused)
         return image, mask
     try:
-        module = _module(ref.reader)
-    except (KeyError, ValueError) as exc:
+        entry = format_info(ref.reader)
+        entry.require()
+        if entry.read_sample is None:
+            raise ValueError(f"format {ref.reader!r} has no sample reader (its refs are png)")
+    except ValueError as exc:
         problem = f"cannot be read: {exc}"
         return Part("", None, problem), Part("", None, problem)
-    return module.read_sample(root, ref)
+    return entry.read_sample(root, ref)
 
 
 def load_sample(root: Path, ref: SampleRef) -> tuple[np.ndarray, np.ndarray]:

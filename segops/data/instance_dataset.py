@@ -3,14 +3,13 @@
 Each item is `(image, target)`: image float32 [3, H, W] in 0..1, target a dict with `boxes`
 float32 [N, 4] (x0, y0, x1, y1, x1/y1 exclusive), `labels` int64 [N] (class ids 1..K),
 `masks` uint8 [N, H, W] and `image_id` (int: the item's index). Targets come from the
-sample's reader: `segops.data.coco.instance_targets` or
-`segops.data.folder_instance.instance_targets`. `collate_instances` batches items as lists
+`instances` reader of the sample's format (`segops.data.registry`; e.g.
+`segops.data.coco.instance_targets`). `collate_instances` batches items as lists
 (images may differ in size); `instance_transforms` gives a paired horizontal flip.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,7 @@ from torchvision.transforms import v2
 
 from segops.data.formats import SampleRef, ref_from_row
 from segops.data.io import read_image
-
-# Reader of a sample -> module with `instance_targets(root, ref)`.
-INSTANCE_READERS = {
-    "coco": "segops.data.coco",
-    "folder_instance": "segops.data.folder_instance",
-}
+from segops.data.registry import FormatEntry, format_info, format_names
 
 
 def _refs(samples: Any) -> list[SampleRef]:
@@ -40,14 +34,24 @@ def _refs(samples: Any) -> list[SampleRef]:
     return list(samples)
 
 
+def instance_format(fmt: str) -> FormatEntry:
+    """The registered format `fmt`; ValueError unless it has instance annotations."""
+    entry = format_info(fmt) if fmt != "png" else None
+    if entry is None or not entry.instances:
+        known = format_names(instances=True)
+        raise ValueError(f"format {fmt!r} has no instances; use one of {known}")
+    entry.require()
+    return entry
+
+
 def read_targets(root: Path, ref: SampleRef) -> dict[str, Any]:
-    """The numpy instance targets (boxes, labels, masks) of `ref`, read by its reader's
-    module; ValueError for readers without instances (e.g. plain PNG masks)."""
-    module = INSTANCE_READERS.get(ref.reader)
-    if module is None:
-        known = sorted(INSTANCE_READERS)
-        raise ValueError(f"{ref.id}: reader {ref.reader!r} has no instances; use one of {known}")
-    return importlib.import_module(module).instance_targets(root, ref)
+    """The numpy instance targets (boxes, labels, masks) of `ref`, read by its format's
+    `instances` reader; ValueError for formats without instances (e.g. plain PNG masks)."""
+    try:
+        entry = instance_format(ref.reader)
+    except ValueError as exc:
+        raise ValueError(f"{ref.id}: {exc}") from None
+    return entry.instance_targets(root, ref)  # type: ignore[misc]
 
 
 class InstanceDataset(Dataset):
@@ -55,8 +59,9 @@ class InstanceDataset(Dataset):
 
     `info_or_refs`: a DatasetInfo, a manifest DataFrame or a sequence of SampleRefs; `root`:
     the dataset root (default: the DatasetInfo's); `fmt`, when given, must be the samples'
-    reader (coco or folder_instance); `transforms(image, target) -> (image, target)` is
-    applied to tv_tensors (Image, BoundingBoxes, Mask), e.g. `instance_transforms()`.
+    reader, a format with instances (coco, folder_instance, ...); `transforms(image, target)
+    -> (image, target)` is applied to tv_tensors (Image, BoundingBoxes, Mask), e.g.
+    `instance_transforms()`.
     """
 
     def __init__(
@@ -71,8 +76,7 @@ class InstanceDataset(Dataset):
         self.root = Path(root if root is not None else info_or_refs.root)
         self.refs = _refs(info_or_refs)
         if fmt is not None:
-            if fmt not in INSTANCE_READERS:
-                raise ValueError(f"format {fmt!r} has no instances; use one of {INSTANCE_READERS}")
+            instance_format(fmt)
             wrong = [r.id for r in self.refs if r.reader != fmt]
             if wrong:
                 raise ValueError(f"samples {wrong[:5]} are not read as {fmt!r}")

@@ -7,11 +7,12 @@
 
 Every slice along the last array axis is a sample with id `<case>_<k:03d>`; array axes 0 and 1
 become rows and columns, as stored (no reorientation: image and label share the voxel grid).
-Intensities become 8-bit grey replicated to RGB: with `data.ct_window = (level, width)` the
+Intensities become 8-bit grey replicated to RGB: with `data.options.ct_window = (level, width)` the
 values level - width/2 .. level + width/2 map linearly onto 0..255 (clipped, rounded half up),
 without it each volume's own min..max does. Labels must hold integers 0..254 (255 = ignore).
 Samples are split by case (the manifest's `group`), never slice by slice, so no patient is in
-two splits. `data.nifti_skip_empty` leaves out slices whose label is all 0. The manifest's
+two splits. `data.options.skip_empty` leaves out slices whose label is all 0 (`NiftiOptions`;
+the old flat keys `data.ct_window`, `data.nifti_skip_empty` still work). The manifest's
 sha256 columns hash each slice's voxel values (after scl_slope/inter) as C-order bytes.
 """
 
@@ -21,14 +22,27 @@ import functools
 from dataclasses import replace
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
+from pydantic import Field, model_validator
 
-from segops.config import DataConfig
 from segops.data.formats import SPLITS, Layout, SampleRef, _assign_splits, read_classes
 from segops.data.io import Part, ReadError, array_sha256
+from segops.data.registry import FormatOptions, register_format
 
 SUFFIXES = (".nii.gz", ".nii")
+
+
+class NiftiOptions(FormatOptions):
+    ct_window: tuple[float, float] | None = Field(
+        None, description="CT (level, width) to 8 bits, e.g. (40, 400); None = min..max"
+    )
+    skip_empty: bool = Field(False, description="leave out slices with no label")
+
+    @model_validator(mode="after")
+    def _window_positive(self) -> NiftiOptions:
+        if self.ct_window is not None and self.ct_window[1] <= 0:
+            raise ValueError("ct_window is (level, width); the width must be positive")
+        return self
 
 
 def case_id(name: str) -> str | None:
@@ -42,6 +56,8 @@ def case_id(name: str) -> str | None:
 @functools.lru_cache(maxsize=4)
 def _load(path: str, stamp: tuple[int, int]) -> tuple[np.ndarray, float, float]:
     """(voxels, min, max) of the volume at `path`; `stamp` (mtime, size) keys the cache."""
+    import nibabel as nib  # on first read: importing it takes a while
+
     try:
         volume = np.asanyarray(nib.load(path).dataobj)
     except Exception as exc:  # nibabel, gzip and zlib raise many kinds for a corrupt file
@@ -118,6 +134,8 @@ def read_sample(root: Path, ref: SampleRef) -> tuple[Part, Part]:
 
 def _slice_count(path: Path) -> int:
     """Slices of the volume from its header; 1 when unreadable or not 3-D (the scan says why)."""
+    import nibabel as nib
+
     try:
         shape = nib.load(path).shape
     except Exception:  # reported with its reason when the sample is read
@@ -136,17 +154,17 @@ def _labelled(label: Path, count: int) -> list[int]:
     return [k for k in range(count) if k >= volume.shape[2] or volume[:, :, k].any()]
 
 
-def _case_refs(root: Path, case: str, image: Path, cfg: DataConfig) -> list[SampleRef]:
+def _case_refs(root: Path, case: str, image: Path, options: NiftiOptions) -> list[SampleRef]:
     """One SampleRef per slice of `case` (only labelled ones with `nifti_skip_empty`)."""
     label = Path("labels") / image.name
     if not (root / label).is_file():  # the other suffix, if that one exists
         others = [Path("labels") / f"{case}{s}" for s in SUFFIXES]
         label = next((p for p in others if (root / p).is_file()), label)
     count = _slice_count(image)
-    keep = _labelled(root / label, count) if cfg.nifti_skip_empty else range(count)
+    keep = _labelled(root / label, count) if options.skip_empty else range(count)
     rel = image.relative_to(root)
     return [
-        SampleRef(f"{case}_{k:03d}", rel, label, None, "nifti", k, case, cfg.ct_window)
+        SampleRef(f"{case}_{k:03d}", rel, label, None, "nifti", k, case, options.ct_window)
         for k in keep
     ]
 
@@ -168,14 +186,15 @@ def _volumes(root: Path) -> tuple[dict[str, Path], list[str]]:
     return cases, problems
 
 
-def read_layout(root: Path, cfg: DataConfig) -> Layout:
+@register_format("nifti", options=NiftiOptions, read_sample=read_sample, needs="nibabel")
+def read_layout(root: Path, options: NiftiOptions) -> Layout:
     """Slices of a NIfTI dataset (see module docstring), split by case."""
     if not (root / "images").is_dir():
         raise FileNotFoundError(f"{root}/images: no such directory (expected NIfTI volumes)")
     classes, problems = read_classes(root / "classes.txt")
     cases, volume_problems = _volumes(root)
     problems += volume_problems
-    refs = {case: _case_refs(root, case, path, cfg) for case, path in cases.items()}
+    refs = {case: _case_refs(root, case, path, options) for case, path in cases.items()}
     split_dir = root / "splits"
     given = any((split_dir / f"{s}.txt").is_file() for s in SPLITS)
     if not given:

@@ -14,13 +14,12 @@ import pandas as pd
 
 from segops.config import Config
 from segops.data.manifest import DatasetInfo, dataset_fingerprint, load_dataset
+from segops.data.registry import format_info, format_names
 from segops.errors import ConfigError
 from segops.models import check_options, model_info
 from segops.models.pretrained import check_pretrained_file
 from segops.train.callbacks import Callback
 from segops.train.loop import TrainResult, train
-
-INSTANCE_FORMATS = ("coco", "folder_instance")
 
 
 def model_kind(cfg: Config) -> str:
@@ -33,10 +32,10 @@ def check_model_config(cfg: Config) -> None:
     instance model asked to train on data without instances: cheap, so callers check first."""
     check_options(cfg.model.name, dict(cfg.model.options))
     check_pretrained_file(cfg.model.pretrained)  # a bad weights file, before anything runs
-    if model_kind(cfg) == "instance" and cfg.data.format not in INSTANCE_FORMATS:
+    if model_kind(cfg) == "instance" and not format_info(cfg.data.format).instances:
         raise ConfigError(
             f"model.name {cfg.model.name!r} is an instance model and needs instance annotations,"
-            f" but data.format is {cfg.data.format!r}: use one of {list(INSTANCE_FORMATS)} "
+            f" but data.format is {cfg.data.format!r}: use one of {format_names(instances=True)} "
             "(e.g. `segops data shapes --instances folder` and data.format=folder_instance)"
         )
 
