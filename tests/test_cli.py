@@ -1,6 +1,7 @@
 """The `segops` command end to end, as a user runs it (subprocesses, real files)."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,12 +20,41 @@ def segops(*args, cwd, check=True):
     return proc
 
 
-def test_help_everywhere(tmp_path):
+COMMANDS = {  # command -> the start of its line in `segops --help`
+    "run": "Run the `retrain` Prefect flow: data to a registered, gated",
+    "train": "Check the dataset, then train; checkpoints every epoch",
+    "evaluate": "Evaluate a registered model or a checkpoint",
+    "predict": "Predict masks at original size",
+    "promote": "Put a registered version through the promotion gate",
+    "serve": "Serve a registered model over HTTP",
+    "audit": "Follow a registered model's lineage",
+    "data": "Build and inspect datasets.",
+    "models": "The model zoo (no subcommand) and the registry",
+}
+OPTIONS = {  # subcommand -> (an option, the start of its description)
+    ("train",): ("--resume", "continue from <train.out_dir>/checkpoints/last.pt"),
+    ("evaluate",): ("--split", "train, val or test (evaluate.split)"),
+    ("predict",): ("--checkpoint", "a checkpoint instead"),
+    ("data", "shapes"): ("--n", "number of samples (default: shapes.n)"),
+    ("data", "inspect"): ("--dataset", "dataset root (overrides data.root)"),
+}
+
+
+def test_help_lists_every_command_with_its_summary(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # rich wraps at 80 columns in a pipe
     top = segops("--help", cwd=tmp_path).stdout
-    for command in ("train", "evaluate", "predict", "models", "data"):
-        assert command in top
-    for sub in (["train"], ["evaluate"], ["predict"], ["data", "shapes"], ["data", "inspect"]):
-        assert "--help" in segops(*sub, "--help", cwd=tmp_path).stdout
+    for command, summary in COMMANDS.items():
+        assert re.search(rf"^│ {command} +{re.escape(summary)}", top, re.M), (command, top)
+
+
+@pytest.mark.parametrize("sub", list(OPTIONS), ids=" ".join)
+def test_help_of_each_command_describes_its_options(tmp_path, monkeypatch, sub):
+    monkeypatch.setenv("COLUMNS", "200")
+    text = segops(*sub, "--help", cwd=tmp_path).stdout
+    option, description = OPTIONS[sub]
+    assert f"segops.cli.main {' '.join(sub)} [OPTIONS]" in text
+    assert re.search(rf"^│ .*{option} .*{re.escape(description)}", text, re.M), text
+    assert re.search(r"--params +-p .*params file \(one section per step\)", text), text
 
 
 def test_models_lists_the_zoo(tmp_path):
@@ -65,5 +95,6 @@ def test_user_errors_exit_2_with_a_clear_message(tmp_path):
     proc = segops("train", "--set", "train.epocs=2", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "unknown key 'train.epocs'" in proc.stderr
     proc = segops("evaluate", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "no checkpoint at runs/latest/checkpoints/best.pt" in proc.stderr
+    assert proc.returncode == 2
+    assert "no checkpoint at runs/latest/checkpoints/best.pt" in proc.stderr
     assert "segops evaluate models:/NAME@champion" in proc.stderr

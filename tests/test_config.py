@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from segops.config import Config, apply_overrides, config_hash, load_config, save_config
+from segops.config import apply_overrides, config_hash, load_config, save_config
 from segops.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,8 +69,27 @@ def test_negative_class_weight_rejected():
         load_config(None, ["train.class_weights=[1, -1]"])
 
 
-def test_defaults_are_a_config():
-    assert isinstance(load_config(), Config)
+def test_defaults_without_a_params_file():
+    cfg = load_config()
+    assert (cfg.data.root, cfg.data.format) == (Path("data/shapes"), "folder")
+    assert (cfg.data.image_size, cfg.data.crop_size) == (64, None)
+    assert (cfg.model.name, cfg.model.pretrained, cfg.model.options) == ("unet", None, {})
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr) == (25, 8, 0.003)
+    assert (cfg.train.loss, cfg.train.schedule, cfg.train.seed) == ("ce_dice", "cosine", 0)
+    assert cfg.train.deterministic is False and cfg.evaluate.split == "val"
+    assert (cfg.versioning.path, cfg.versioning.remote) == (Path("data"), "local")
+    assert cfg.tracking.uri == "sqlite:///mlflow/mlflow.db"
+    assert (cfg.promotion.metric, cfg.promotion.min_delta) == ("auto", 0.005)
+    assert (cfg.promotion.confidence, cfg.promotion.max_class_drop) == (0.95, 0.02)
+
+
+@pytest.mark.parametrize(
+    ("root", "name"), [("data/shapes", "segops-shapes"), ("/mnt/My Scans", "segops-my-scans")]
+)
+def test_auto_model_name_is_derived_from_the_dataset_folder(root, name):
+    assert load_config(None, [f"data.root={root}"]).promotion.model_name == name
+    explicit = load_config(None, [f"data.root={root}", "promotion.model_name=mine"])
+    assert explicit.promotion.model_name == "mine"
 
 
 def test_config_hash_ignores_where_files_live():

@@ -23,13 +23,24 @@ def test_zoo_has_the_issue_models():
 def test_every_model_maps_images_to_logits_and_learns(name):
     torch.manual_seed(0)
     model = build_model(name, num_classes=3)
+    for module in model.modules():  # the same weights must give the same loss on the batch
+        if isinstance(module, torch.nn.Dropout | torch.nn.Dropout2d):
+            module.eval()
     x, y = torch.randn(2, 3, 40, 56), torch.randint(0, 3, (2, 40, 56))
-    out = model(x)
-    assert out.shape == (2, 3, 40, 56)
-    loss = torch.nn.functional.cross_entropy(out, y)
-    loss.backward()
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.SGD(params, lr=0.01)  # Adam's first steps jolt a fresh ResNet-50
+    losses = []
+    for _ in range(4):
+        optimiser.zero_grad()
+        out = model(x)
+        assert out.shape == (2, 3, 40, 56)
+        loss = torch.nn.functional.cross_entropy(out, y)
+        loss.backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
+        optimiser.step()
+        losses.append(loss.item())
+    final = torch.nn.functional.cross_entropy(model(x), y).item()
+    assert final < losses[0], (losses, final)  # 4 steps on one batch lower its loss
 
 
 def test_unet_width_depth_and_odd_sizes():

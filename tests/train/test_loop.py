@@ -45,7 +45,10 @@ def test_training_writes_checkpoints_history_and_reports(shapes_root, tmp_path):
     out = tmp_path / "run"
     history = pd.read_csv(out / "history.csv")
     assert list(history["epoch"]) == [1, 2] and history["train_loss"].notna().all()
-    assert result.best_epoch in (1, 2) and result.best_miou == history["val_miou"].max()
+    # The best epoch is the first with the highest val mean IoU, and best.pt holds it.
+    best_row = history.loc[history["val_miou"].idxmax()]
+    assert (result.best_epoch, result.best_miou) == (best_row["epoch"], best_row["val_miou"])
+    assert load_checkpoint(out / "checkpoints" / "best.pt")["state"]["epoch"] == result.best_epoch
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
     assert ckpt["config"]["train"]["epochs"] == 2 and ckpt["dataset_hash"] == result.dataset_hash
     assert ckpt["classes"][0] == "background" and ckpt["state"]["epoch"] == 2
