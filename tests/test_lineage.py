@@ -7,6 +7,7 @@ in a git + DVC workspace with its own MLflow store.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -384,3 +385,51 @@ def test_deep_audit_finds_an_overwritten_remote_object_the_plain_audit_passes(ch
     assert f"corrupt: {oid}" in link.detail and "re-hashed in" in link.detail
     assert proc.returncode == 1 and "broken: data.deep" in proc.stderr
     assert audit(URI, chain.ws, deep=True).ok  # put back: intact again
+
+
+def test_evaluate_a_registered_model_and_see_its_run_folder(chain, tmp_path):
+    """`segops evaluate models:/...` scores the version on the dataset it was trained on,
+    prints the per-class table; `segops models registered` shows dataset and run folder."""
+    proc = _cli(
+        "evaluate",
+        f"models:/{MODEL}@champion",
+        "--out",
+        str(tmp_path / "eval"),
+        env_uri=chain.uri,
+        cwd=chain.ws,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout + proc.stderr
+    assert "val split: mean IoU" in out and "ellipse" in out  # per-class rows
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["protocol"]["resolution"] == "original" and metrics["images"] > 0
+    proc = _cli(
+        "models",
+        "registered",
+        "--set",
+        f"promotion.model_name={MODEL}",
+        env_uri=chain.uri,
+        cwd=chain.ws,
+    )
+    assert proc.returncode == 0, proc.stderr
+    run_dir, out = chain.config["train"]["out_dir"], proc.stdout + proc.stderr
+    assert Path(run_dir).name in out and "data/shapes" in out
+
+
+def test_run_summary_names_each_figure_once(capsys):
+    from segops.cli.report import print_run_result
+
+    result = {
+        "model": {"uri": "models:/m/2"},
+        "metrics": {"mean_iou": 0.9},
+        "decision": {
+            "promote": True,
+            "metric": "mean_iou",
+            "challenger_mean": 0.9,
+            "reasons": ["first version"],
+        },
+        "data": {"md5": "a.dir", "dataset": "data/x", "dataset_md5": "b.dir"},
+    }
+    print_run_result(result)
+    out = " ".join(capsys.readouterr().err.split())  # the CLI's console: stderr, wrapped
+    assert out.count("mean IoU") == 1 and "dataset data/x (b.dir)" in out

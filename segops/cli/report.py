@@ -84,7 +84,7 @@ def print_registered(name: str) -> None:
             ", ".join(v["aliases"]),
             f"{metric} {tags.get(f'metrics.{metric}', '')}",
             f"{dataset} ({md5})" if md5 else dataset,
-            tags.get("segops.run_dir", ""),
+            _relative(tags.get("segops.run_dir", "")),
             tags.get("promotion.promote", ""),
             tags.get("promotion.reasons", "")[:80],
             time.strftime("%Y-%m-%d %H:%M", time.localtime(v["created"] / 1000)),
@@ -122,6 +122,12 @@ def print_run_result(result: dict) -> None:
         "  make prefect-ui   -> http://127.0.0.1:4200 (then run with "
         "PREFECT_API_URL=http://127.0.0.1:4200/api to keep flow runs there)"
     )
+
+
+def _relative(path: str) -> str:
+    """`path` relative to the working directory when it lies below it (shorter in tables)."""
+    here = Path.cwd()
+    return str(Path(path).relative_to(here)) if path and Path(path).is_relative_to(here) else path
 
 
 def _dataset(result: dict) -> str:
