@@ -78,8 +78,9 @@ def _config(root: Path):
     "height, width, short, same, crop, image_size",
     [
         ((64, 64, 64), (64, 64, 64), 64, True, None, 64),  # shapes: today's defaults
-        ((96, 96, 96), (128, 128, 128), 96, True, None, 128),  # small, one size: native
-        ((160, 160, 160), (200, 200, 200), 160, True, 128, None),
+        ((96, 96, 96), (128, 128, 128), 96, True, 32, None),  # half the shorter side on CPU
+        ((160, 160, 160), (200, 200, 200), 160, True, 64, None),
+        ((256, 256, 256), (256, 256, 256), 256, True, 128, None),  # 256-px tiles: 128 crops
         ((300, 600, 900), (400, 800, 1200), 600, False, 256, None),  # CPU cap
         ((12, 12, 40), (16, 16, 60), 12, False, None, 16),  # small, mixed: resized whole
         ((20, 20, 300), (20, 20, 300), 20, False, None, 32),  # median under the least crop
@@ -152,15 +153,15 @@ def test_plan_for_large_images_with_a_rare_class(rare_dataset, tmp_path):
     plan = plan_dataset(_config(root), probe=False)
     assert plan.fingerprint.samples == {"train": 6, "val": 2}
     assert plan.fingerprint.height == (160, 160, 160) and plan.fingerprint.width == (200,) * 3
-    assert plan.value("data.crop_size") == 128
+    assert plan.value("data.crop_size") == 64  # half the 160-px shorter side, on a CPU
     assert "data.image_size" not in plan.values()["data"]
-    assert plan.value("model.options") == {"width": 16, "depth": 4}
+    assert plan.value("model.options") == {"width": 16, "depth": 3}
     assert plan.value("train.class_weights") == "balanced"
     np.testing.assert_allclose(plan.value("augment.mean"), pixels.mean(0), atol=1e-3)
     np.testing.assert_allclose(plan.value("augment.std"), pixels.std(0), atol=1e-3)
     assert "train.epochs" not in plan.values()["train"]  # probe skipped
     cfg = load_config(write_plan(plan, tmp_path / "plan.yaml"))
-    assert cfg.data.crop_size == 128 and cfg.train.class_weights == "balanced"
+    assert cfg.data.crop_size == 64 and cfg.train.class_weights == "balanced"
     assert cfg.data.root == root and cfg.augment.mean == tuple(plan.value("augment.mean"))
 
 
