@@ -24,12 +24,8 @@ from segops.data.instance_dataset import InstanceDataset
 from segops.data.io import read_image
 from segops.data.manifest import DatasetInfo, dataset_fingerprint, load_dataset
 from segops.evaluate.confusion import ConfusionMatrix
-from segops.evaluate.instance_metrics import (
-    coco_mask_metrics,
-    per_class_mask_ap,
-    per_image_mask_ap,
-    semantic_from_instances,
-)
+from segops.evaluate.instance_metrics import coco_mask_metrics, per_class_mask_ap, per_image_mask_ap
+from segops.evaluate.instance_predict import painted_maps, predict_instances
 from segops.evaluate.metrics import per_image_scores, summarize
 from segops.evaluate.report import (
     EvalReport,
@@ -42,16 +38,6 @@ from segops.evaluate.report import (
 from segops.inference import TrainedModel
 
 COCO_KEYS = {"AP": "mask_ap", "AP50": "mask_ap50", "AP75": "mask_ap75", "AR": "mask_ar"}
-
-
-def _painted(found: list[dict], targets: list[dict], classes: int) -> tuple:
-    """(predicted maps, true maps) painted from instances, one [H,W] int64 map per image."""
-    preds, truths = [], []
-    for pred, target in zip(found, targets, strict=True):
-        height, width = np.asarray(target["masks"]).shape[-2:]
-        preds.append(semantic_from_instances(pred, classes, height, width, 0.5))
-        truths.append(semantic_from_instances(target, classes, height, width, 0.0))
-    return preds, truths
 
 
 def _confusions(preds: list, truths: list, classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -79,6 +65,33 @@ def _worst(info: DatasetInfo, ds: InstanceDataset, scores: pd.DataFrame, maps: t
     ]
 
 
+def _instance_summary(mat: np.ndarray, found: list, targets: list, classes: list) -> dict:
+    """`summarize` of the painted masks, plus the COCO mask metrics and an `ap` per class."""
+    summary = summarize(mat, classes)
+    class_ap = per_class_mask_ap(found, targets)
+    for k, name in enumerate(classes):  # None: background, or no instance of the class
+        ap = class_ap.get(k, float("nan"))
+        summary["per_class"][name]["ap"] = None if k == 0 or np.isnan(ap) else ap
+    coco = coco_mask_metrics(found, targets)
+    return summary | {COCO_KEYS[key]: value for key, value in coco.items()} | {"kind": "instance"}
+
+
+def _image_scores(ids: list[str], found: list, targets: list, per_image: np.ndarray):
+    """One row per image: id, mask `ap`, and the IoU, Dice and pixel accuracy of its maps."""
+    ious, dices = per_image_scores(per_image)
+    correct = np.trace(per_image, axis1=1, axis2=2) / np.maximum(per_image.sum((1, 2)), 1)
+    image_ap = per_image_mask_ap(found, targets)
+    return pd.DataFrame(
+        {
+            "id": ids,
+            "ap": [image_ap[i] for i in range(len(ids))],
+            "iou": ious,
+            "dice": dices,
+            "pixel_accuracy": correct,
+        }
+    )
+
+
 def evaluate_instance_model(
     trained: TrainedModel,
     cfg: Config,
@@ -90,8 +103,6 @@ def evaluate_instance_model(
 ) -> EvalReport:
     """Score instance model `trained` on `split` of `cfg.data` (see the module docstring);
     writes under `out` what `segops.evaluate.report.evaluate_model` writes."""
-    from segops.train.instance import predict_instances
-
     split = split or cfg.evaluate.split
     info = dataset or load_dataset(cfg.data, eval_split=split)
     _check_classes(trained, info)
@@ -99,23 +110,10 @@ def evaluate_instance_model(
     found, targets = predict_instances(trained.model, ds, cfg.evaluate.batch_size, trained.device)
     if progress:
         progress(len(ds), len(ds))
-    maps = _painted(found, targets, len(info.classes))
+    maps = painted_maps(found, targets, len(info.classes))
     mat, per_image = _confusions(*maps, len(info.classes))
-    summary = summarize(mat, info.classes)
-    coco = coco_mask_metrics(found, targets)
-    class_ap = per_class_mask_ap(found, targets)
-    for k, name in enumerate(info.classes):  # None: background, or no instance of the class
-        ap = class_ap.get(k, float("nan"))
-        summary["per_class"][name]["ap"] = None if k == 0 or np.isnan(ap) else ap
-    summary |= {COCO_KEYS[key]: value for key, value in coco.items()} | {"kind": "instance"}
-    ious, dices = per_image_scores(per_image)
-    correct = np.trace(per_image, axis1=1, axis2=2) / np.maximum(per_image.sum((1, 2)), 1)
-    image_ap = per_image_mask_ap(found, targets)
-    ids = [ref.id for ref in ds.refs]
-    scores = pd.DataFrame(
-        {"id": ids, "ap": [image_ap[i] for i in range(len(ids))], "iou": ious, "dice": dices,
-         "pixel_accuracy": correct}
-    )  # fmt: skip
+    summary = _instance_summary(mat, found, targets, list(info.classes))
+    scores = _image_scores([ref.id for ref in ds.refs], found, targets, per_image)
     per_class = _per_class_table(summary, mat)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     protocol = inference_protocol(trained)
@@ -124,8 +122,8 @@ def evaluate_instance_model(
     )
     worst = _worst(info, ds, scores, maps, cfg.evaluate.worst_k)
     figures = _write_plots(out / "plots", history, per_class, mat, info, worst)
+    means = (summary["mean_iou"], summary["mean_dice"], summary["pixel_accuracy"])
+    fingerprint = dataset_fingerprint(info)
     return EvalReport(
-        str(out), split, str(trained.checkpoint), dataset_fingerprint(info),
-        summary["mean_iou"], summary["mean_dice"], summary["pixel_accuracy"], *files,
-        tuple(figures),
-    )  # fmt: skip
+        str(out), split, str(trained.checkpoint), fingerprint, *means, *files, tuple(figures)
+    )

@@ -1,6 +1,6 @@
 """Checkpoints that describe themselves, written atomically and verified on load.
 
-A checkpoint is a dict (see `segops.train.loop._checkpoint_state`) saved with `torch.save`;
+A checkpoint is a dict (see `segops.train.parts.checkpoint_state`) saved with `torch.save`;
 beside it, `<name>.sha256` holds the file's hash. Loading goes through `segops.weights`
 (`weights_only=True`; bad files become a CheckpointError naming the file).
 """

@@ -68,3 +68,9 @@ def configure_determinism(runtime: Runtime) -> None:
     else:
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark = on_cuda
+
+
+def autocast(runtime: Runtime) -> torch.autocast:
+    """Autocast to the runtime's AMP dtype; a no-op context at full precision."""
+    dtype = runtime.amp_dtype or torch.float32
+    return torch.autocast(runtime.device.type, dtype=dtype, enabled=runtime.amp_dtype is not None)

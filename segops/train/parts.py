@@ -1,10 +1,10 @@
-"""What a training run is made of (model, optimiser, schedule, scaler, loss), and how a
-checkpoint saves and restores all of it, RNG states included."""
+"""What a semantic training run is made of (model, optimiser, schedule, scaler, loss), and how
+a checkpoint of any kind saves and restores model, optimiser, schedule, scaler and RNG states."""
 
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +20,6 @@ from segops.train.checkpoint import load_checkpoint, rng_state
 from segops.train.device import Runtime
 from segops.train.losses import balanced_weights, build_loss
 from segops.train.schedule import build_scheduler
-
-
-@dataclass
-class RunState:
-    """What a checkpoint restores besides the model and optimiser."""
-
-    epoch: int = 0  # epochs completed
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_miou: float = -1.0
-    best_epoch: int = 0
-    bad_epochs: int = 0  # epochs since the best, for early stopping
 
 
 def _class_weights(cfg: Config, info: DatasetInfo) -> list[float] | None:
@@ -56,7 +45,11 @@ class Parts:
     criterion: nn.Module
 
 
-def build_parts(cfg: Config, info: DatasetInfo, runtime: Runtime, steps: int) -> Parts:
+def build_parts(
+    cfg: Config, info: DatasetInfo, runtime: Runtime, steps: int, epochs: int | None = None
+) -> Parts:
+    """Semantic model, AdamW, per-step schedule over `steps` x `epochs` (default
+    `train.epochs`), grad scaler and loss, on `runtime`'s device."""
     require_semantic(cfg.model.name)
     model = build_model(
         cfg.model.name,
@@ -69,7 +62,7 @@ def build_parts(cfg: Config, info: DatasetInfo, runtime: Runtime, steps: int) ->
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
     )
-    total = steps * cfg.train.epochs
+    total = steps * (epochs or cfg.train.epochs)
     warmup = min(total - 1, round(steps * cfg.train.warmup_epochs))
     scheduler = build_scheduler(optimizer, total, warmup, cfg.train.schedule)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.use_scaler)
@@ -78,20 +71,23 @@ def build_parts(cfg: Config, info: DatasetInfo, runtime: Runtime, steps: int) ->
 
 
 def checkpoint_state(
-    parts: Parts, state: RunState, cfg: Config, info: DatasetInfo, hashes: tuple[str, str]
+    parts: Any, state: dict[str, Any], cfg: Config, hashes: tuple[str, str], meta: dict
 ) -> dict[str, Any]:
+    """A checkpoint of `parts` (anything with model, optimizer, scheduler and scaler), the
+    loop's `state`, the RNGs and what describes the run; `meta` adds the task's `classes`
+    (and an instance model's `kind`)."""
     return {
         "model": parts.model.state_dict(),
         "optimizer": parts.optimizer.state_dict(),
         "scheduler": parts.scheduler.state_dict(),
         "scaler": parts.scaler.state_dict(),
         "rng": rng_state(),
-        "state": asdict(state),
+        "state": state,
         "config": cfg.to_dict(),
         "config_hash": hashes[0],
         "dataset_hash": hashes[1],
-        "classes": list(info.classes),
         "model_name": cfg.model.name,
+        **meta,
         "versions": {"segops": segops.__version__, "torch": str(torch.__version__)},
     }
 
@@ -119,8 +115,3 @@ def restore_state(path: Path, parts: Any, hashes: tuple[str, str]) -> dict[str, 
     if ckpt["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
     return ckpt["state"]
-
-
-def restore(path: Path, parts: Parts, hashes: tuple[str, str]) -> RunState:
-    """Load `path` into `parts`; refuse a checkpoint made with another config or dataset."""
-    return RunState(**restore_state(path, parts, hashes))

@@ -1,25 +1,23 @@
 """Train whatever `cfg.model` names: one entry point for `segops train`, the flow and reproduce.
 
-Semantic models go through `segops.train.loop.train`; instance models (Mask R-CNN) through
-`segops.train.instance.train_instance` on the dataset's instance targets (`data.format` coco or
-folder_instance). Both return a `TrainResult` (for an instance model, `best_miou` is the
-validation mean IoU of the painted masks at the epoch with the best mask AP).
+Both kinds go through `segops.train.fit.fit`: semantic models as a `SemanticTask`
+(`segops.train.semantic`), instance models (Mask R-CNN) as an `InstanceTask`
+(`segops.train.instance`) on the dataset's instance targets (a `data.format` with instances).
+Both return a `TrainResult` (for an instance model, `best_miou` is the validation mean IoU of
+the painted masks at the epoch with the best mask AP).
 """
 
 from __future__ import annotations
 
-import math
-
-import pandas as pd
-
 from segops.config import Config
-from segops.data.manifest import DatasetInfo, dataset_fingerprint, load_dataset
+from segops.data.manifest import DatasetInfo, load_dataset
 from segops.data.registry import format_info, format_names
 from segops.errors import ConfigError
 from segops.models import check_options, model_info
 from segops.models.pretrained import check_pretrained_file
 from segops.train.callbacks import Callback
-from segops.train.loop import TrainResult, train
+from segops.train.fit import TrainResult, fit
+from segops.train.semantic import SemanticTask
 
 
 def model_kind(cfg: Config) -> str:
@@ -52,28 +50,11 @@ def train_configured(
     `resume` continues from `<train.out_dir>/checkpoints/last.pt` when it exists, exactly.
     """
     check_model_config(cfg)
-    if model_kind(cfg) == "semantic":
-        return train(cfg, resume=resume, callbacks=callbacks, dataset=dataset)
     info = dataset or load_dataset(cfg.data, eval_split="val")
-    return _train_instance(cfg, callbacks, info, resume)
+    if model_kind(cfg) == "semantic":
+        task = SemanticTask(cfg, info)
+    else:
+        from segops.train.instance import instance_task  # torchvision detection, pycocotools
 
-
-def _train_instance(cfg: Config, callbacks, info: DatasetInfo, resume: bool) -> TrainResult:
-    from segops.data.instance_dataset import InstanceDataset, instance_transforms
-    from segops.train.instance import train_instance
-
-    flip = instance_transforms(cfg.augment.hflip) if cfg.augment.hflip > 0 else None
-    fit = InstanceDataset(info.split("train"), root=info.root, transforms=flip)
-    val = InstanceDataset(info.split("val"), root=info.root)
-    fingerprint = dataset_fingerprint(info)
-    result = train_instance(
-        cfg, fit, val, callbacks=callbacks, classes=list(info.classes),
-        dataset_hash=fingerprint, resume=resume,
-    )  # fmt: skip
-    history = pd.read_csv(result.history_csv)
-    best = history.loc[history["epoch"] == result.best_epoch, "val_miou"]
-    miou = float(best.iloc[0]) if len(best) else math.nan
-    return TrainResult(
-        result.out_dir, result.last_checkpoint, result.best_checkpoint, result.best_epoch, miou,
-        result.epochs_run, False, result.config_hash, fingerprint, result.history_csv,
-    )  # fmt: skip
+        task = instance_task(cfg, info)
+    return fit(cfg, task, resume=resume, callbacks=callbacks)
