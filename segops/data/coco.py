@@ -76,6 +76,8 @@ def _load(path: str, stamp: tuple[int, int]) -> CocoIndex:
 
 def read_index(path: Path) -> CocoIndex:
     """The parsed instances JSON at `path`, cached while unchanged; raises ReadError."""
+    if path.is_symlink():  # never read through a link: it may point outside the dataset
+        raise ReadError("symlink; replace it by the real file")
     try:
         stat = path.stat()
     except FileNotFoundError:

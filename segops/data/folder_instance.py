@@ -66,6 +66,8 @@ def read_table(root: Path) -> dict[str, dict[int, int]]:
     """Sample id -> {instance id: class id} from `root/instances.csv`, cached while unchanged;
     raises ReadError (naming the file) when it is missing or malformed."""
     path = root / TABLE
+    if path.is_symlink():  # never read through a link: it may point outside the dataset
+        raise ReadError(f"{path}: symlink; replace it by the real file")
     try:
         stat = path.stat()
         return _load(str(path), (stat.st_mtime_ns, stat.st_size))

@@ -187,3 +187,24 @@ def test_cli_validate_exits_non_zero_naming_the_files(folder_dataset, tmp_path):
     assert "`splits/train.txt`: id '../x' is a path" in out
     assert f"`images/s2.png`: image larger than {io.MAX_PIXELS} pixels" in out
     assert Path(tmp_path / "runs/latest/validation/validation.json").is_file()
+
+
+def test_symlinked_annotation_files_are_never_read(tmp_path):
+    """The COCO instances JSON and folder_instance's instances.csv are metadata read while
+    listing a dataset: a link there is refused before anything is read through it."""
+    from segops.data.coco import read_index
+    from segops.data.folder_instance import read_table
+    from segops.data.io import ReadError
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "table.csv").write_text("id,instance,class\na,1,1\n")
+    (outside / "coco.json").write_text('{"images": [], "annotations": [], "categories": []}')
+    root = tmp_path / "ds"
+    root.mkdir()
+    (root / "instances.csv").symlink_to(outside / "table.csv")
+    (root / "instances.json").symlink_to(outside / "coco.json")
+    with pytest.raises(ReadError, match="symlink"):
+        read_table(root)
+    with pytest.raises(ReadError, match="symlink"):
+        read_index(root / "instances.json")
