@@ -34,7 +34,7 @@ def _requirements() -> list[str]:
 
 
 def input_example(size: int, n: int = 2) -> pd.DataFrame:
-    """`n` (>= 2, see STACK.md) random RGB images as base64 PNG, the model's input example."""
+    """`n` (>= 2, see docs/development.md) random RGB base64 PNGs: the model's input example."""
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
     return pd.DataFrame({"image": [encode_png(im) for im in images]})
