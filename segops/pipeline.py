@@ -8,7 +8,6 @@ checkpoint folder and registry version instead of making new ones.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -138,23 +137,24 @@ def lineage_tags(
     """The lineage tags every run and registered version carries (docs/architecture.md);
     `git` is `source_state`, read when the flow started; `contract` is `registry_step`'s."""
     from segops.lineage.code import code_version
-    from segops.promotion.compat import CLASSES_TAG, KIND_TAG
+    from segops.record import LineageRecord
 
-    return {
-        KIND_TAG: contract["kind"],
-        CLASSES_TAG: json.dumps(contract["classes"]),
-        LINEAGE + "code.version": code_version(),
-        LINEAGE + "data.md5": data_version["md5"],
-        LINEAGE + "data.path": data_version["path"],
-        LINEAGE + "dataset.path": data_version["dataset"],
-        LINEAGE + "dataset.md5": data_version["dataset_md5"],
-        LINEAGE + "data.dvc_file": data_version["dvc_file"],
-        LINEAGE + "data.remote_url": data_version["remote_url"],
-        LINEAGE + "git.commit": git["commit"],
-        LINEAGE + "git.dirty": git["dirty"],
-        LINEAGE + "validation.passed": str(validation["success"]).lower(),
-        LINEAGE + "prefect.flow_run_id": flow_run_id or "none",
-    }
+    record = LineageRecord(
+        dataset_path=data_version["dataset"],
+        dataset_md5=data_version["dataset_md5"],
+        data_path=data_version["path"],
+        data_md5=data_version["md5"],
+        dvc_file=data_version["dvc_file"],
+        remote_url=data_version["remote_url"],
+        classes=tuple(contract["classes"]),
+        model_kind=contract["kind"],
+        git_commit=git["commit"],
+        git_dirty=git["dirty"] == "true",
+        validation_passed=bool(validation["success"]),
+        flow_run_id=flow_run_id or "none",
+        code_version=code_version(),
+    )
+    return record.to_tags()
 
 
 def unchanged_step(config: dict[str, Any], data_version: dict[str, Any]) -> dict[str, Any] | None:

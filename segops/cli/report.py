@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.table import Table
 
 from segops.cli.progress import console
+from segops.record import TAGS
 
 
 def print_dataset_summary(info) -> None:
@@ -77,8 +78,8 @@ def print_registered(name: str) -> None:
     for v in versions:
         tags = v["tags"]
         metric = tags.get("promotion.metric", "mean_iou")
-        dataset = tags.get("segops.dataset.path", tags.get("segops.data.path", ""))
-        md5 = tags.get("segops.dataset.md5", tags.get("segops.data.md5", ""))[:8]
+        dataset = tags.get(TAGS["dataset_path"], tags.get(TAGS["data_path"], ""))
+        md5 = tags.get(TAGS["dataset_md5"], tags.get(TAGS["data_md5"], ""))[:8]
         table.add_row(
             v["version"],
             ", ".join(v["aliases"]),

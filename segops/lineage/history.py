@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from segops.record import TAGS
+
 _RANK = {"registered": 0, "decided": 1, "promoted": 2, "rolled_back": 2}
 
 
@@ -26,9 +28,9 @@ def _registered(v: dict[str, Any]) -> dict[str, Any]:
         "at": _when(v["created"]),
         "version": v["version"],
         "event": "registered",
-        "data": tags.get("segops.data.md5", ""),
+        "data": tags.get(TAGS["data_md5"], ""),
         "mean_iou": tags.get("metrics.mean_iou", ""),
-        "flow_run": tags.get("segops.prefect.flow_run_id", ""),
+        "flow_run": tags.get(TAGS["flow_run_id"], ""),
         "detail": f"run {v['run_id']}",
     }
 

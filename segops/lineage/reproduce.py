@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from segops.errors import SegopsError
+from segops.record import TAGS
 
 
 class ReproduceError(SegopsError):
@@ -157,9 +158,9 @@ def reproduce(model_uri: str, out_dir: str | Path, callbacks: Sequence = ()) -> 
     tags = run["tags"]
     dvc_text, raw = _recorded(ref.run_id, out / "recorded")
     subdir = data_subdir(raw["data"]["root"], raw["versioning"]["path"])
-    data_dir = out / "workspace" / tags.get("segops.data.path", "data")
-    restore_dataset(dvc_text, tags["segops.data.remote_url"], data_dir)
-    own = tags.get("segops.dataset.md5")
+    data_dir = out / "workspace" / tags.get(TAGS["data_path"], "data")
+    restore_dataset(dvc_text, tags[TAGS["remote_url"]], data_dir)
+    own = tags.get(TAGS["dataset_md5"])
     own_match = None if own is None else dir_md5(data_dir / subdir) == own
     cfg = _rebuild_config(raw, data_dir / subdir, out)
     result = train_configured(cfg, resume=False, callbacks=list(callbacks))

@@ -12,9 +12,9 @@ import tempfile
 from pathlib import Path
 
 from segops.errors import ConfigError
+from segops.record import TAGS
 
-CLASSES_TAG = "segops.data.classes"  # JSON list of class names, on runs and versions
-KIND_TAG = "segops.model.kind"
+CLASSES_TAG, KIND_TAG = TAGS["classes"], TAGS["model_kind"]  # on runs and versions
 
 
 def champion_contract(name: str) -> tuple[str, str, list[str]] | None:

@@ -1,0 +1,57 @@
+"""The lineage record: one typed value, one spelling of its tags, a clear error when a tag is
+missing."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from segops.record import TAGS, LineageError, LineageRecord
+
+RECORD = LineageRecord(
+    dataset_path="data/nuclei",
+    dataset_md5="a" * 32 + ".dir",
+    data_path="data",
+    data_md5="b" * 32 + ".dir",
+    dvc_file="data.dvc",
+    remote_url="/srv/dvc",
+    classes=("background", "nucleus"),
+    model_kind="semantic",
+    git_commit="c" * 40,
+    git_dirty=False,
+    validation_passed=True,
+    flow_run_id="none",
+    code_version="d" * 64,
+)
+
+
+def test_every_field_has_one_tag_and_the_tags_round_trip():
+    assert set(TAGS) == {f.name for f in dataclasses.fields(LineageRecord)}
+    tags = RECORD.to_tags()
+    assert tags["segops.data.classes"] == '["background", "nucleus"]'
+    assert tags["segops.git.dirty"] == "false" and tags["segops.validation.passed"] == "true"
+    assert LineageRecord.from_tags(tags | {"segops.other": "x"}) == RECORD
+
+
+def test_a_missing_tag_is_one_clear_error_naming_it():
+    tags = RECORD.to_tags()
+    del tags["segops.dataset.md5"], tags["segops.model.kind"]
+    with pytest.raises(LineageError, match=r"models:/m/1 lacks .*segops\.dataset\.md5, segops"):
+        LineageRecord.from_tags(tags, "models:/m/1")
+
+
+def test_the_flow_writes_the_record():
+    from segops import pipeline
+
+    data = {"dataset": "data/nuclei", "dataset_md5": RECORD.dataset_md5, "path": "data"}
+    data |= {"md5": RECORD.data_md5, "dvc_file": "data.dvc", "remote_url": "/srv/dvc"}
+    tags = pipeline.lineage_tags(
+        data,
+        {"success": True},
+        "",
+        {"commit": RECORD.git_commit, "dirty": "false"},
+        {"kind": "semantic", "classes": ["background", "nucleus"]},
+    )
+    found = LineageRecord.from_tags(tags)
+    assert dataclasses.replace(found, code_version=RECORD.code_version) == RECORD
