@@ -67,17 +67,23 @@ class Setup:
 
 
 class Task(Protocol):
+    """What `fit` needs to know about a kind of model."""
+
     score_key: str  # history column that picks best.pt (higher is better)
     state_key: str  # the best score's name in a checkpoint's `state`
     hashes: tuple[str, str]  # (config hash, dataset hash): a resume must match both
 
-    def build(self, runtime: Runtime, epochs: int) -> Setup: ...
+    def build(self, runtime: Runtime, epochs: int) -> Setup:
+        """The run's model, optimiser, schedule over `epochs`, scaler and training loader."""
 
-    def batch_loss(self, model: nn.Module, batch: Any, runtime: Runtime) -> tuple: ...
+    def batch_loss(self, model: nn.Module, batch: Any, runtime: Runtime) -> tuple:
+        """(scalar training loss of `batch`, images in it), under the runtime's autocast."""
 
-    def validate(self, model: nn.Module, runtime: Runtime) -> dict[str, float]: ...
+    def validate(self, model: nn.Module, runtime: Runtime) -> dict[str, float]:
+        """The epoch's `val_*` history columns, `score_key` among them."""
 
-    def checkpoint_meta(self) -> dict[str, Any]: ...
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """Keys that describe the model in every checkpoint: `classes`, maybe `kind`."""
 
 
 def seed_everything(seed: int) -> None:
