@@ -104,7 +104,7 @@ def test_maskrcnn_is_trained_gated_on_mask_ap_registered_and_served(harness, wor
     assert 'id="comparison"' in compared and f"models:/{MODEL}/1" in compared
 
     runs = len(client.search_runs([run.info.experiment_id]))
-    with pytest.raises(ConfigError, match=r"cannot compare them.*another promotion.model_name"):
+    with pytest.raises(ConfigError, match=r"cannot compare them.*--set promotion.model_name="):
         run_flow(workspace, "model.name=unet", "model.options={}", "data.format=folder")
     assert len(client.search_runs([run.info.experiment_id])) == runs
     assert len(client.search_model_versions(f"name='{MODEL}'")) == 2
