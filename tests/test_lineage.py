@@ -113,6 +113,7 @@ def test_audit_of_an_intact_chain_passes_every_link(chain, tmp_path):
         "weights",
         "data.dvc",
         "data.remote",
+        "dataset",
         "git.commit",
         "config",
         "validation",

@@ -69,7 +69,9 @@ def dataset(chain: Chain) -> Link:
         return Link("dataset", BROKEN, f"{path} is not in a recorded data version of {tree}/")
     try:
         found = dataset_md5_on_remote(text, url, path.removeprefix(f"{tree}/"))
-    except (VersioningError, DatasetError) as exc:
+    except VersioningError as exc:  # no manifest to read: data.remote names that break
+        return Link("dataset", UNCHECKED, f"cannot read the data version: {exc}")
+    except DatasetError as exc:
         return Link("dataset", BROKEN, str(exc))
     if found != md5:
         return Link("dataset", BROKEN, f"{path} in that version hashes to {found}, not {md5}")
