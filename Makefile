@@ -28,9 +28,10 @@ run: setup  ## build the shapes dataset if missing, then the retrain flow (embed
 	test -f data/shapes/classes.txt || $(VENV)/bin/segops data shapes --params $(PARAMS)
 	$(VENV)/bin/segops run --params $(PARAMS)
 
-lint: setup  ## ruff lint and format check
+lint: setup  ## ruff lint and format check, and the layers contract (import-linter)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: setup  ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .

@@ -31,9 +31,9 @@ from segops.data.dataset import SegmentationDataset
 from segops.data.manifest import load_dataset
 from segops.data.shapes import generate_shapes
 from segops.data.transforms import train_transform
-from segops.evaluate.metrics import iou, nanmean
 from segops.evaluate.report import score_split
 from segops.inference import TrainedModel
+from segops.metrics.semantic import iou, nanmean
 from segops.models import build_model
 from segops.train.loop import train
 

@@ -152,7 +152,7 @@ def predict_image(
 def _painted(trained: TrainedModel, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """An instance model's (class map painted from its detections scoring >= 0.5, one-hot
     probabilities of that map): what semantic consumers of `predict_image` need."""
-    from segops.evaluate.instance_metrics import semantic_from_instances
+    from segops.metrics.instance import semantic_from_instances
 
     found = predict_instances_image(trained, image)
     classes = len(trained.classes)

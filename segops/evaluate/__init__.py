@@ -1,1 +1,2 @@
-"""Evaluation: confusion matrix, metrics as pure functions, per-image scores, reports, plots."""
+"""Evaluation: a model scored on a split (per-image scores, tables, plots, HTML report);
+the metrics themselves are pure functions in `segops.metrics`."""

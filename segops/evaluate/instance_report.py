@@ -23,10 +23,6 @@ from segops.config import Config
 from segops.data.instance_dataset import InstanceDataset
 from segops.data.io import read_image
 from segops.data.manifest import DatasetInfo, dataset_fingerprint, load_dataset
-from segops.evaluate.confusion import ConfusionMatrix
-from segops.evaluate.instance_metrics import coco_mask_metrics, per_class_mask_ap, per_image_mask_ap
-from segops.evaluate.instance_predict import painted_maps, predict_instances
-from segops.evaluate.metrics import per_image_scores, summarize
 from segops.evaluate.report import (
     EvalReport,
     _check_classes,
@@ -36,6 +32,10 @@ from segops.evaluate.report import (
     inference_protocol,
 )
 from segops.inference import TrainedModel
+from segops.metrics.confusion import ConfusionMatrix
+from segops.metrics.instance import coco_mask_metrics, per_class_mask_ap, per_image_mask_ap
+from segops.metrics.semantic import per_image_scores, summarize
+from segops.train.instance_eval import painted_maps, predict_instances
 
 COCO_KEYS = {"AP": "mask_ap", "AP50": "mask_ap50", "AP75": "mask_ap75", "AR": "mask_ar"}
 

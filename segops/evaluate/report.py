@@ -20,9 +20,9 @@ from segops.data.dataset import SegmentationDataset
 from segops.data.manifest import DatasetInfo, dataset_fingerprint, load_dataset
 from segops.errors import DatasetError
 from segops.evaluate import plots
-from segops.evaluate.confusion import ConfusionMatrix
-from segops.evaluate.metrics import per_image_scores, summarize
 from segops.inference import TrainedModel, default_device, load_trained, predict_image
+from segops.metrics.confusion import ConfusionMatrix
+from segops.metrics.semantic import per_image_scores, summarize
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,9 @@ from segops.config import Config
 from segops.data.dataset import SegmentationDataset
 from segops.data.manifest import load_dataset
 from segops.errors import DatasetError
-from segops.evaluate.confusion import ConfusionMatrix
-from segops.evaluate.metrics import iou, nanmean
 from segops.inference import TrainedModel, load_trained, require_semantic_model
+from segops.metrics.confusion import ConfusionMatrix
+from segops.metrics.semantic import iou, nanmean
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"

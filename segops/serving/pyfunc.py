@@ -206,8 +206,8 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
         return {"mask": encode_png(mask), **pixels}
 
     def _instance_row(self, image: np.ndarray, threshold: float) -> dict[str, Any]:
-        from segops.evaluate.instance_metrics import semantic_from_instances
         from segops.inference import predict_instances_image
+        from segops.metrics.instance import semantic_from_instances
 
         found = kept_detections(predict_instances_image(self.trained, image), threshold)
         height, width = image.shape[:2]

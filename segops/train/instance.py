@@ -4,7 +4,7 @@ best.pt), with `val_AP50`, `val_AP75`, `val_AR` and the mean IoU / pixel accurac
 painted masks (`val_miou`, `val_pixel_acc`) beside it; `val_loss` is NaN (detection models
 give losses in train mode only).
 
-Datasets are those of `segops.evaluate.instance_predict`. Class names include the background
+Datasets are those of `segops.train.instance_eval`. Class names include the background
 first, so the model gets `num_classes = len(classes)`. Checkpoints add `kind: "instance"`.
 """
 
@@ -22,11 +22,11 @@ from segops.config import Config, config_hash
 from segops.data.instance_dataset import InstanceDataset, collate_instances, instance_transforms
 from segops.data.manifest import DatasetInfo, dataset_fingerprint
 from segops.errors import ConfigError
-from segops.evaluate.instance_predict import evaluate_instance, predict_instances
 from segops.models import build_model
 from segops.train.callbacks import Callback
 from segops.train.device import Runtime, autocast
 from segops.train.fit import Setup, TrainResult, fit
+from segops.train.instance_eval import evaluate_instance, predict_instances
 from segops.train.schedule import build_scheduler
 
 collate = collate_instances  # detection batches stay lists: (images, targets)

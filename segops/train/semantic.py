@@ -15,8 +15,8 @@ from segops.config import Config, config_hash
 from segops.data.dataset import SegmentationDataset
 from segops.data.manifest import DatasetInfo, dataset_fingerprint
 from segops.data.transforms import eval_transform, train_transform
-from segops.evaluate.confusion import ConfusionMatrix
-from segops.evaluate.metrics import iou, nanmean, pixel_accuracy
+from segops.metrics.confusion import ConfusionMatrix
+from segops.metrics.semantic import iou, nanmean, pixel_accuracy
 from segops.models import require_semantic
 from segops.train.callbacks import Callback
 from segops.train.device import Runtime, autocast

@@ -13,13 +13,13 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from segops.evaluate.confusion import ConfusionMatrix
-from segops.evaluate.instance_metrics import (
+from segops.metrics.confusion import ConfusionMatrix
+from segops.metrics.instance import (
     coco_mask_metrics,
     per_image_mask_ap,
     semantic_from_instances,
 )
-from segops.evaluate.metrics import iou
+from segops.metrics.semantic import iou
 
 H = W = 48
 

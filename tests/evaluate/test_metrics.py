@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from segops.evaluate import metrics as M
-from segops.evaluate.confusion import ConfusionMatrix, batch_confusion
+from segops.metrics import semantic as M
+from segops.metrics.confusion import ConfusionMatrix, batch_confusion
 
 # 3 classes; rows truth, columns prediction; class 2 is absent from truth and prediction.
 HAND = np.array([[5, 1, 0], [2, 4, 0], [0, 0, 0]])

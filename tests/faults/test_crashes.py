@@ -90,7 +90,7 @@ def test_killed_training_resumes_in_the_same_run(harness, workspace, tmp_path):
     from segops import tracking
     from segops.config import load_config, save_config
 
-    epochs = 30
+    epochs = 12
     cfg = load_config(None, overrides(workspace, f"train.epochs={epochs}"))
     save_config(cfg, workspace / "params.yaml")
     tracking.connect(cfg.tracking)  # create the SQLite store once, before the child uses it

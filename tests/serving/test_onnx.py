@@ -9,9 +9,9 @@ from conftest import tiny_config
 
 from segops.data.dataset import SegmentationDataset
 from segops.data.manifest import load_dataset
-from segops.evaluate.metrics import iou, nanmean
 from segops.evaluate.report import score_split
 from segops.inference import TrainedModel, load_trained
+from segops.metrics.semantic import iou, nanmean
 from segops.models import build_model, list_models
 from segops.serving.onnx import check_parity, export_and_check, export_onnx
 from segops.train.loop import train

@@ -16,13 +16,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from segops.data.instance_dataset import collate_instances
-from segops.evaluate.confusion import ConfusionMatrix
-from segops.evaluate.instance_metrics import (
+from segops.metrics.confusion import ConfusionMatrix
+from segops.metrics.instance import (
     coco_mask_metrics,
     per_image_mask_ap,
     semantic_from_instances,
 )
-from segops.evaluate.metrics import summarize
+from segops.metrics.semantic import summarize
 
 
 def _compact(output: dict[str, torch.Tensor], mask_threshold: float) -> dict[str, np.ndarray]:
@@ -83,7 +83,7 @@ def evaluate_instance(
     score_threshold: float = 0.5,
 ) -> dict[str, Any]:
     """COCO mask `AP`, `AP50`, `AP75`, `AR`; `mean_iou`, `pixel_accuracy` and `semantic` (the
-    summary of `segops.evaluate.metrics`) from masks painted with instances scoring at least
+    summary of `segops.metrics.semantic`) from masks painted with instances scoring at least
     `score_threshold`; and `per_image_ap` {sample index: mask AP (NaN without ground truth)}."""
     preds, targets = predict_instances(model, dataset, batch_size, device)
     matrix = ConfusionMatrix(len(classes))

@@ -1,5 +1,5 @@
 """Instance-segmentation metrics: COCO mask AP/AR with pycocotools, and semantic maps from
-instances so that the confusion-matrix metrics of `segops.evaluate.metrics` apply as well.
+instances so that the confusion-matrix metrics of `segops.metrics.semantic` apply as well.
 
 Inputs are lists with one dict per image, in the same order (image id = position in the list).
 Targets: `masks` [N,H,W] (0/1), `labels` [N] (1..K), optionally `boxes` [N,4] xyxy.
