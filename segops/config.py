@@ -246,11 +246,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 # Keys that say where things live or how fast they load, not what is trained: a run moved to
 # another folder, or restored into a fresh workspace, keeps its config hash.
 LOCATION_KEYS = (
-    ("data", "root"), ("data", "cache"), ("train", "out_dir"), ("validation", "report_dir"),
-    ("versioning", "path"), ("versioning", "remote"), ("versioning", "remote_url"),
-    ("versioning", "push"), ("tracking", "uri"), ("tracking", "artifact_root"),
+    ("data", "root"),
+    ("data", "cache"),
+    ("train", "out_dir"),
+    ("validation", "report_dir"),
+    ("versioning", "path"),
+    ("versioning", "remote"),
+    ("versioning", "remote_url"),
+    ("versioning", "push"),
+    ("tracking", "uri"),
+    ("tracking", "artifact_root"),
     ("tracking", "experiment"),
-)  # fmt: skip
+)
 
 
 def config_hash(config: Config) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from segops.config import VersioningConfig
+from segops.data.place import subtree_md5
 from segops.dvc_remote import (  # re-exported: the remote half of the versioning room
     VersioningError,
     _dvc_md5,
@@ -286,8 +287,6 @@ def _refuse_links(tree: Path) -> None:
 
 def _own_md5(repo: Repo, md5: str, rel: str, sub: str) -> tuple[str, str]:
     """(`rel/sub`, its own directory hash), read from the new manifest in the local cache."""
-    from segops.data.place import subtree_md5
-
     if not sub:
         return "", ""
     entries = json.loads(Path(repo.cache.repo.oid_to_path(md5)).read_text())

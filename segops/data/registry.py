@@ -85,9 +85,14 @@ def register_format(
             raise ValueError(f"format {name!r} registered twice")
         doc = (read_layout.__doc__ or "").strip().splitlines()
         entry = FormatEntry(
-            name, read_layout, options, read_sample, instances, needs,
+            name,
+            read_layout,
+            options,
+            read_sample,
+            instances,
+            needs,
             summary or (doc[0] if doc else ""),
-        )  # fmt: skip
+        )
         _REGISTRY[name] = entry
         return read_layout
 

@@ -242,10 +242,15 @@ def decide(challenger: Scores, champion: Scores | None, cfg: PromotionConfig) ->
         )
         n_nan = sum(math.isnan(v) for v in challenger.per_image.values())
         return PromotionDecision(
-            promote=True, reasons=(first,), failed_rules=(), data_version=challenger.data_version,
-            challenger_mean=challenger.mean, n_images=len(challenger.per_image) - n_nan,
-            n_dropped=n_nan, metric=challenger.metric,
-        )  # fmt: skip
+            promote=True,
+            reasons=(first,),
+            failed_rules=(),
+            data_version=challenger.data_version,
+            challenger_mean=challenger.mean,
+            n_images=len(challenger.per_image) - n_nan,
+            n_dropped=n_nan,
+            metric=challenger.metric,
+        )
     _check_comparable(challenger, champion)
     a, b, n_dropped = _paired_images(challenger, champion)
     delta = challenger.mean - champion.mean
@@ -265,9 +270,19 @@ def decide(challenger: Scores, champion: Scores | None, cfg: PromotionConfig) ->
     passed = {"min_delta": delta_ok, "bootstrap": bootstrap_ok, "max_class_drop": not class_failed}
     failed = tuple(rule for rule, ok in passed.items() if not ok)
     return PromotionDecision(
-        promote=not failed, reasons=tuple(reasons), failed_rules=failed,
-        data_version=challenger.data_version, challenger_mean=challenger.mean,
-        champion_mean=champion.mean, delta=delta, ci_low=low, ci_high=high,
-        prob_improvement=prob, worst_class=worst, worst_class_drop=worst_drop,
-        n_images=int(a.size), n_dropped=n_dropped, metric=challenger.metric,
-    )  # fmt: skip
+        promote=not failed,
+        reasons=tuple(reasons),
+        failed_rules=failed,
+        data_version=challenger.data_version,
+        challenger_mean=challenger.mean,
+        champion_mean=champion.mean,
+        delta=delta,
+        ci_low=low,
+        ci_high=high,
+        prob_improvement=prob,
+        worst_class=worst,
+        worst_class_drop=worst_drop,
+        n_images=int(a.size),
+        n_dropped=n_dropped,
+        metric=challenger.metric,
+    )
