@@ -43,6 +43,7 @@ test: lint  ## lint, then the whole test suite (slow tests included)
 bench: setup  ## benchmarks; results go in bench/RESULTS.md
 	$(PY) bench/train_overhead.py
 	$(PY) bench/serving.py
+	$(PY) bench/quality.py
 
 mlflow-ui: setup  ## MLflow UI on the local store: http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --host 127.0.0.1 --port 5000
