@@ -1,6 +1,6 @@
-"""Quiet, offline-safe defaults for the tools segops drives, set in the code path (not only in
-the Makefile), so `segops run` and a deployed flow print figures, not telemetry errors or
-download progress bars. A value the user has set always wins (`os.environ.setdefault`)."""
+"""Quiet, offline-safe, patient defaults for the tools segops drives, set in the code path
+(not only in the Makefile), so `segops run` and a deployed flow print figures, not telemetry
+errors or download progress bars. A value the user has set always wins (`setdefault`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import os
 
 QUIET_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # the local API's heartbeat ("database is locked")
+    # The ephemeral API gets 20 s to start by default; a busy 2-core machine took longer (a
+    # fresh PREFECT_HOME migrates its database first) and the whole run failed.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     "DVC_NO_ANALYTICS": "1",
     "GX_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",  # MLflow 3 tries to send usage events: errors offline

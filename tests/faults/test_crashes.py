@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import fcntl
+import contextlib
 import os
 import signal
 import subprocess
@@ -97,8 +98,11 @@ def test_killed_training_resumes_in_the_same_run(harness, workspace, tmp_path):
     proc = _start_killable_run(workspace, tmp_path)
     try:
         out_dir = _wait_for_checkpoint(workspace, proc, timeout=300)
+    except AssertionError as exc:  # the run died by itself: show why
+        raise AssertionError(f"{exc}\n{(tmp_path / 'killed.log').read_text()[-3000:]}") from None
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the flow and its temporary Prefect server
+        with contextlib.suppress(ProcessLookupError):  # already gone if it failed by itself
+            os.killpg(proc.pid, signal.SIGKILL)  # the flow and its temporary Prefect server
         proc.wait(timeout=30)
     before = pd.read_csv(out_dir / "history.csv")
     assert 1 <= len(before) < epochs, "killed too late to test a resume"
