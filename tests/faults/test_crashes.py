@@ -10,8 +10,8 @@
 
 from __future__ import annotations
 
-import fcntl
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
