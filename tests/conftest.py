@@ -100,6 +100,16 @@ def dvc_workspace(tmp_path: Path, commit: bool = False) -> Path:
     return ws
 
 
+@pytest.fixture
+def workspace(tmp_path, monkeypatch, own_mlflow):
+    """A git + DVC workspace with a local remote, a tiny shapes dataset and its own MLflow
+    (flow tests; modules that need another workspace define their own)."""
+    ws = dvc_workspace(tmp_path)
+    generate_shapes(ws / "data" / "shapes", n=60, size=32, seed=4)
+    monkeypatch.chdir(ws)
+    return ws
+
+
 @pytest.fixture(scope="module")
 def harness():
     """Prefect's test harness (a temporary local API) for one test module."""

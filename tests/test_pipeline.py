@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import dvc_workspace
 from mlflow import MlflowClient
 from PIL import Image
 
@@ -19,15 +18,6 @@ from segops.data.shapes import generate_shapes
 pytestmark = pytest.mark.slow
 
 MODEL = "segops-test"
-
-
-@pytest.fixture
-def workspace(tmp_path, monkeypatch, own_mlflow):
-    """A git + DVC workspace with a local remote, a tiny shapes dataset and its own MLflow."""
-    ws = dvc_workspace(tmp_path)
-    generate_shapes(ws / "data" / "shapes", n=60, size=32, seed=4)
-    monkeypatch.chdir(ws)
-    return ws
 
 
 def base_overrides(ws: Path) -> list[str]:

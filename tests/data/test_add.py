@@ -76,7 +76,7 @@ def _no_staging(root: Path) -> bool:
     return not list(root.parent.glob(f".{root.name}.add-tmp-*"))
 
 
-def _rejected(src: Path, dataset: Path, pattern: str) -> str:
+def assert_rejected(src: Path, dataset: Path, pattern: str) -> str:
     """Assert add_pairs rejects `src` with `pattern`, writing nothing; return the message."""
     before = _tree(dataset)
     with pytest.raises(PairsRejectedError, match=pattern) as err:
@@ -140,50 +140,50 @@ def test_split_must_be_train_val_or_test(dataset, src):
 
 def test_missing_mask(dataset, src):
     (src / "masks" / "n1.png").unlink()
-    _rejected(src, dataset, r"new/masks/n1.png: missing mask for image n1.png")
+    assert_rejected(src, dataset, r"new/masks/n1.png: missing mask for image n1.png")
 
 
 def test_mask_without_image(dataset, src):
     (src / "images" / "n2.png").unlink()
-    _rejected(src, dataset, r"new/masks/n2.png: mask without an image")
+    assert_rejected(src, dataset, r"new/masks/n2.png: mask without an image")
 
 
 def test_size_mismatch(dataset, src):
     Image.fromarray(_mask(shape=(10, 16))).save(src / "masks" / "n0.png")
-    _rejected(src, dataset, r"new/masks/n0.png: mask is 16x10 but image n0.png is 16x12")
+    assert_rejected(src, dataset, r"new/masks/n0.png: mask is 16x10 but image n0.png is 16x12")
 
 
 def test_mask_value_not_a_class_id(dataset, src):
     Image.fromarray(_mask(value=7)).save(src / "masks" / "n1.png")
-    message = _rejected(src, dataset, r"new/masks/n1.png: values \[7\] are not class ids")
+    message = assert_rejected(src, dataset, r"new/masks/n1.png: values \[7\] are not class ids")
     assert "0..2" in message
 
 
 def test_duplicate_id(dataset, src):
     shutil.move(src / "images" / "n0.png", src / "images" / "s3.png")
     shutil.move(src / "masks" / "n0.png", src / "masks" / "s3.png")
-    _rejected(src, dataset, r"new/images/s3.png: id 's3' is already in the dataset")
+    assert_rejected(src, dataset, r"new/images/s3.png: id 's3' is already in the dataset")
 
 
 def test_duplicate_image_content(dataset, src):
     shutil.copyfile(dataset / "images" / "s5.png", src / "images" / "n1.png")
-    _rejected(src, dataset, r"new/images/n1.png: same image content as 's5'")
+    assert_rejected(src, dataset, r"new/images/n1.png: same image content as 's5'")
 
 
 def test_duplicate_image_content_within_the_source(dataset, src):
     shutil.copyfile(src / "images" / "n0.png", src / "images" / "n2.png")
-    _rejected(src, dataset, r"new/images/n2.png: same image content as 'n0'")
+    assert_rejected(src, dataset, r"new/images/n2.png: same image content as 'n0'")
 
 
 def test_truncated_image(dataset, src):
     path = src / "images" / "n2.png"
     path.write_bytes(path.read_bytes()[:-100])
-    _rejected(src, dataset, r"new/images/n2.png: .*truncated")
+    assert_rejected(src, dataset, r"new/images/n2.png: .*truncated")
 
 
 def test_classes_txt_mismatch(dataset, src):
     (src / "classes.txt").write_text("bg\na\nc\n")
-    _rejected(src, dataset, r"new/classes.txt: classes \['bg', 'a', 'c'\] differ")
+    assert_rejected(src, dataset, r"new/classes.txt: classes \['bg', 'a', 'c'\] differ")
 
 
 def test_every_rejected_file_is_listed(dataset, src):

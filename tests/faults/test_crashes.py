@@ -22,23 +22,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import dvc_workspace
 from mlflow import MlflowClient
-
-from segops.data.shapes import generate_shapes
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 MODEL = "segops-crash"
-
-
-@pytest.fixture
-def workspace(tmp_path, monkeypatch, own_mlflow):
-    """A git + DVC workspace with a local remote, a tiny shapes dataset and its own MLflow."""
-    ws = dvc_workspace(tmp_path)
-    generate_shapes(ws / "data" / "shapes", n=60, size=32, seed=4)
-    monkeypatch.chdir(ws)
-    return ws
 
 
 def overrides(ws: Path, *extra: str) -> list[str]:

@@ -100,7 +100,8 @@ def test_torchvision_weights_are_opt_in(monkeypatch):
         raise AssertionError("tried to download weights")
 
     monkeypatch.setattr(WeightsEnum, "get_state_dict", refuse)
-    build_model(NAMES[1], num_classes=3, **SMALL)
+    model = build_model(NAMES[1], num_classes=3, **SMALL)  # raises if it asked for weights
+    assert sum(p.numel() for p in model.parameters()) > 0
 
 
 def test_semantic_loop_and_flow_refuse_what_does_not_fit(shapes_root, tmp_path):

@@ -33,7 +33,7 @@ def _untrained(name: str, tmp_path: Path) -> TrainedModel:
     return TrainedModel(model, cfg, CLASSES, tmp_path / "none.pt", torch.device("cpu"))
 
 
-def _compare(trained: TrainedModel, path: Path, shapes: list[tuple[int, ...]]) -> None:
+def assert_parity(trained: TrainedModel, path: Path, shapes: list[tuple[int, ...]]) -> None:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     gen = torch.Generator().manual_seed(1)
     for shape in shapes:
@@ -58,7 +58,7 @@ def test_every_zoo_model_exports_with_parity(name, tmp_path):
     assert [o.name for o in model.graph.output] == ["logits"]
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     # Exported with batch 2; batches 1 and 3 prove the axis is really dynamic.
-    _compare(trained, path, [(2, 3, SIZE, SIZE), (1, 3, SIZE, SIZE), (3, 3, SIZE, SIZE)])
+    assert_parity(trained, path, [(2, 3, SIZE, SIZE), (1, 3, SIZE, SIZE), (3, 3, SIZE, SIZE)])
     assert trained.model.training is False  # the export worked on a copy
 
 
@@ -66,7 +66,7 @@ def test_dynamic_height_and_width(tmp_path):
     trained = _untrained("unet", tmp_path)
     path = export_onnx(trained, tmp_path / "unet.onnx", dynamic_hw=True)
     # Sides divisible by 2**depth, like the example's (see export_onnx's docstring).
-    _compare(trained, path, [(2, 3, SIZE, SIZE), (1, 3, 48, 64)])
+    assert_parity(trained, path, [(2, 3, SIZE, SIZE), (1, 3, 48, 64)])
 
 
 @pytest.fixture(scope="module")
