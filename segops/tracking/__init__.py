@@ -16,7 +16,7 @@ from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 
 from segops.config import Config, TrackingConfig, config_hash
 from segops.train.callbacks import Callback
@@ -41,9 +41,27 @@ def _absolute_sqlite(uri: str, base: Path) -> str:
     return uri
 
 
+def is_server(uri: str) -> bool:
+    """Whether `uri` names a tracking server (http/https, or Databricks) rather than a store
+    this process opens itself (sqlite, a database URL, a folder)."""
+    return uri.split("://")[0].lower() in ("http", "https", "databricks")
+
+
+def artifact_location(uri: str, artifact_root: str, base: Path) -> str | None:
+    """The artifact location a new experiment gets: `artifact_root` (absolute) for a store this
+    process opens itself, None with a tracking server, so artifacts go where the server says
+    (its proxied `mlflow-artifacts:` destination) and never to this machine's disk."""
+    if is_server(uri):
+        return None
+    if "://" not in artifact_root:  # a local folder: give MLflow an absolute file URI
+        return (base / artifact_root).resolve().as_uri()
+    return artifact_root
+
+
 def connect(cfg: TrackingConfig, base: str | Path = ".") -> Store:
     """Point MLflow at the store (MLFLOW_TRACKING_URI wins over `cfg.uri`) and ensure the
-    experiment exists, with artifacts under `cfg.artifact_root` for a local store."""
+    experiment exists; with a local store its artifacts go under `cfg.artifact_root`, with a
+    tracking server wherever the server stores them."""
     base = Path(base).resolve()
     uri = _absolute_sqlite(os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri, base)
     mlflow.set_tracking_uri(uri)
@@ -51,11 +69,7 @@ def connect(cfg: TrackingConfig, base: str | Path = ".") -> Store:
     found = client.get_experiment_by_name(cfg.experiment)
     if found is not None:
         return Store(uri, found.experiment_id)
-    artifacts = None
-    if "://" not in cfg.artifact_root:  # a local folder: give MLflow an absolute file URI
-        artifacts = (base / cfg.artifact_root).resolve().as_uri()
-    else:
-        artifacts = cfg.artifact_root
+    artifacts = artifact_location(uri, cfg.artifact_root, base)
     try:
         return Store(uri, client.create_experiment(cfg.experiment, artifact_location=artifacts))
     except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent flow
@@ -108,6 +122,12 @@ class MlflowMetrics(Callback):
 
     def __init__(self, store: Store, run_id: str) -> None:
         self.client, self.run_id = MlflowClient(store.tracking_uri), run_id
+
+    def on_train_start(self, info: dict[str, Any]) -> None:
+        """The runtime the loop resolved (device, amp, channels_last, threads) as env tags."""
+        keys = ("device", "amp", "channels_last", "threads")
+        tags = [RunTag(f"{TAG}env.{k}", str(info[k])) for k in keys if k in info]
+        self.client.log_batch(self.run_id, tags=tags)
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:
         import time
