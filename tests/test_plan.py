@@ -99,11 +99,11 @@ def test_decide_input_gpu_cap():
     assert decide_input(_fp((900,) * 3, (900,) * 3, 900, True), "cuda")[0] == 512
 
 
-@pytest.mark.parametrize("side, depth", [(16, 1), (32, 2), (64, 3), (128, 4), (256, 5), (512, 5)])
-def test_unet_depth_keeps_eight_pixels(side, depth):
+@pytest.mark.parametrize("side, levels", [(16, 2), (32, 3), (64, 4), (128, 5), (256, 6), (512, 6)])
+def test_unet_levels_keep_eight_pixels(side, levels):
     options = decide_model(side, "cpu")[1].value
-    assert options == {"width": 16, "depth": depth}
-    assert side // 2**depth >= 8
+    assert options == {"width": 16, "levels": levels}  # levels - 1 downsamplings
+    assert side // 2 ** (levels - 1) >= 8
 
 
 @pytest.mark.parametrize(
@@ -155,7 +155,7 @@ def test_plan_for_large_images_with_a_rare_class(rare_dataset, tmp_path):
     assert plan.fingerprint.height == (160, 160, 160) and plan.fingerprint.width == (200,) * 3
     assert plan.value("data.crop_size") == 64  # half the 160-px shorter side, on a CPU
     assert "data.image_size" not in plan.values()["data"]
-    assert plan.value("model.options") == {"width": 16, "depth": 3}
+    assert plan.value("model.options") == {"width": 16, "levels": 4}
     assert plan.value("train.class_weights") == "balanced"
     np.testing.assert_allclose(plan.value("augment.mean"), pixels.mean(0), atol=1e-3)
     np.testing.assert_allclose(plan.value("augment.std"), pixels.std(0), atol=1e-3)
@@ -262,7 +262,7 @@ def test_make_plan_uses_the_timer_with_the_planned_model():
         return 0.1
 
     plan = make_plan(_fp(), budget_minutes=1.0, timer=timer)
-    assert calls == [("unet", {"width": 16, "depth": 3}, 8, 64)]
+    assert calls == [("unet", {"width": 16, "levels": 4}, 8, 64)]
     assert plan.value("train.epochs") == 55 and plan.step_seconds == 0.1
 
 

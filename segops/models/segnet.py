@@ -6,6 +6,10 @@ every value back at that position with `MaxUnpool2d` (zeros elsewhere) and densi
 map with two conv-BN-ReLU layers. No skip connections carry features, only the indices. The
 first level has `width` channels, doubling at each level below.
 
+`depth` counts these levels (the paper's VGG16 encoder has 5), which is what `levels` means for
+every model here (U-Net's `depth`, unlike this one, counts downsamplings): `levels` is accepted
+as the same option, so `levels: 4` and `depth: 4` build the same SegNet.
+
 Any input size works: pooling uses `ceil_mode=True` (an odd side keeps its last row or column
 in a window of its own) and each unpooling is told the exact size it undoes, so no padding or
 cropping is needed and the logits have the input's size.
@@ -71,11 +75,25 @@ class SegNet(nn.Module):
 
 
 @register_model(
-    "segnet", "SegNet, encoder-decoder unpooling with max-pool indices (options: width, depth)"
+    "segnet",
+    "SegNet, encoder-decoder unpooling with max-pool indices (options: width, levels = depth)",
 )
-def segnet(*, num_classes: int, pretrained: str | None = None, width: int = 16, depth: int = 4):
-    """A `SegNet`; `pretrained` is a local state-dict file (there are no torchvision weights)."""
-    model = SegNet(num_classes, width=width, depth=depth)
+def segnet(
+    *,
+    num_classes: int,
+    pretrained: str | None = None,
+    width: int = 16,
+    depth: int | None = None,
+    levels: int | None = None,
+):
+    """A `SegNet` of `levels` (or `depth`: the same count) encoder levels, default 4;
+    `pretrained` is a local state-dict file (there are no torchvision weights)."""
+    if levels is not None and depth is not None and levels != depth:
+        raise ConfigError(
+            f"model 'segnet': levels and depth are the same option; got {levels} and {depth}"
+        )
+    count = levels if levels is not None else depth if depth is not None else 4
+    model = SegNet(num_classes, width=width, depth=count)
     if pretrained:
         load_local_weights(model, pretrained, "segnet")
     return model

@@ -24,7 +24,7 @@ PIXEL_BUDGET = {"cpu": 8 * 128 * 128, "cuda": 8 * 512 * 512}  # batch x side^2 p
 MAX_BATCH = {"cpu": 8, "cuda": 32}
 UNET_WIDTH = {"cpu": 16, "cuda": 32}
 DEEPEST_MIN_PX = 8  # the U-Net's deepest level keeps at least this many pixels a side
-MAX_DEPTH = 5
+MAX_LEVELS = 6  # resolution levels (5 downsamplings); the paper's U-Net has 5
 # A present class with a smaller share of the pixels gets balanced weights. Low on purpose:
 # the default loss (ce_dice) already weighs every class equally through its Dice term, and
 # inverse-frequency CE weights on top made rare classes over-predicted (bench/quality.py).
@@ -103,19 +103,21 @@ def decide_input(fp: Fingerprint, device: str) -> tuple[int, list[Decision]]:
 
 
 def decide_model(side: int, device: str) -> list[Decision]:
-    """U-Net deep enough to see context, shallow enough to keep >= 8 px at the bottom."""
-    depth = 1
-    while depth < MAX_DEPTH and side // 2 ** (depth + 1) >= DEEPEST_MIN_PX:
-        depth += 1
+    """U-Net deep enough to see context, shallow enough to keep >= 8 px at the bottom.
+    `levels` counts resolution levels (levels - 1 downsamplings), see segops.models.unet."""
+    levels = 2
+    while levels < MAX_LEVELS and side // 2**levels >= DEEPEST_MIN_PX:
+        levels += 1
     width = UNET_WIDTH[device]
+    bottom = side // 2 ** (levels - 1)
     return [
         Decision("model.name", "unet", "a U-Net trains from scratch on any side and class count"),
         Decision(
             "model.options",
-            {"width": width, "depth": depth},
-            f"depth {depth} downsamplings leave {side // 2**depth} px at the deepest level of "
-            f"a {side} px input (>= {DEEPEST_MIN_PX}, at most {MAX_DEPTH}); width {width} on "
-            f"{device}",
+            {"width": width, "levels": levels},
+            f"{levels} levels ({levels - 1} downsamplings) leave {bottom} px at the deepest "
+            f"level of a {side} px input (>= {DEEPEST_MIN_PX}, at most {MAX_LEVELS} levels); "
+            f"width {width} on {device}",
         ),
     ]
 

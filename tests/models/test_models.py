@@ -98,3 +98,46 @@ def test_the_shipped_params_take_any_model_name():
     wrong = load_config(params, ["model.name=deeplabv3_resnet50", "model.options={width: 8}"])
     with pytest.raises(ConfigError, match=r"bad model.options .*--set 'model.options=\{\}'"):
         check_model_config(wrong)
+
+
+def _shape(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+@pytest.mark.parametrize(("depth", "levels"), [(4, 5), (3, 4), (2, 3), (0, 1)])
+def test_unet_old_depth_builds_the_network_of_levels_depth_plus_one(depth, levels):
+    """U-Net's `levels` counts resolution levels; the older `depth` (downsamplings) is still
+    read, so a recorded config with `depth: d` builds the very network of `levels: d + 1`."""
+    old = build_model("unet", num_classes=3, width=4, depth=depth)
+    new = build_model("unet", num_classes=3, width=4, levels=levels)
+    assert _shape(old) == _shape(new)
+    assert sum(p.numel() for p in old.parameters()) == sum(p.numel() for p in new.parameters())
+    assert len(new.down) == levels - 1
+    default = build_model("unet", num_classes=3)  # options {}: the network of `depth: 4`
+    assert _shape(default) == _shape(build_model("unet", num_classes=3, depth=4))
+
+
+def test_unet_levels_and_depth_together_or_no_level_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"levels or depth, not both.*depth d is levels d \+ 1"):
+        build_model("unet", num_classes=2, levels=4, depth=3)
+    with pytest.raises(ConfigError, match=r"levels must be >= 1"):
+        build_model("unet", num_classes=2, levels=0)
+
+
+def test_segnet_levels_is_its_depth():
+    old = build_model("segnet", num_classes=3, width=4, depth=3)
+    assert _shape(old) == _shape(build_model("segnet", num_classes=3, width=4, levels=3))
+    assert len(old.encoder) == 3
+    with pytest.raises(ConfigError, match=r"same option; got 3 and 2"):
+        build_model("segnet", num_classes=3, levels=3, depth=2)
+
+
+def test_old_config_with_depth_keeps_its_hash():
+    """Options are recorded as written: a config with `depth` hashes as it did before `levels`
+    existed (the hash was computed before the change) and still builds its network."""
+    from segops.config import config_hash, load_config
+    from segops.models import check_options
+
+    cfg = load_config(None, ["model.options={width: 4, depth: 2}"])
+    assert config_hash(cfg) == "0e328999c62fc5a5e65c86045f9bfc122144475ee6ac849cb342b50bbea967ef"
+    check_options(cfg.model.name, dict(cfg.model.options))
