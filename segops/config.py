@@ -80,6 +80,12 @@ class EvaluateConfig(_Section):
     worst_k: int = Field(8, ge=1, description="images shown in the overlay grid, worst IoU first")
 
 
+class PredictConfig(_Section):
+    """Scoring images with a trained model (`segops predict`, the served model, the score flow)."""
+
+    batch_size: int = Field(8, ge=1, description="images (or sliding windows) per forward pass")
+
+
 class ValidationConfig(_Section):
     """Great Expectations checks run before training (segops.validation)."""
 
@@ -136,6 +142,7 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    predict: PredictConfig = PredictConfig()
     validation: ValidationConfig = ValidationConfig()
     versioning: VersioningConfig = VersioningConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -264,6 +271,7 @@ def config_hash(config: Config) -> str:
     """sha256 of the canonical JSON of the resolved config, without `LOCATION_KEYS`."""
     data = config.to_dict()
     data.pop("promotion")  # the gate decides about a model; it does not shape it
+    data.pop("predict")  # how a trained model is scored; it does not shape it
     for section, key in LOCATION_KEYS:
         data[section].pop(key)
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"))

@@ -1,105 +1,45 @@
-"""Trained models back from checkpoints, and prediction at an image's original size."""
+"""Trained models back from checkpoints, and prediction at an image's original size.
+
+`predict_image` predicts one image; `predict_masks` many, batched (`segops.inference.batched`),
+each mask identical to what `predict_image` gives for that image alone.
+"""
 
 from __future__ import annotations
-
-import json
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from segops.config import Config, build_config
-from segops.data.transforms import eval_transform, to_tv
-from segops.models import build_model, model_info
-from segops.train.checkpoint import load_checkpoint
+from segops.inference.batched import batched_masks
+from segops.inference.inputs import (
+    SLIDE_ABOVE,
+    resized_input,
+    sliding_probs,
+    uses_sliding,
+    window_starts,
+)
+from segops.inference.loading import (
+    TrainedModel,
+    default_device,
+    load_model_files,
+    load_trained,
+    require_semantic_model,
+)
 
-
-@dataclass
-class TrainedModel:
-    model: nn.Module  # in eval mode, on `device`
-    config: Config  # the resolved config it was trained with
-    classes: tuple[str, ...]
-    checkpoint: Path
-    device: torch.device
-    kind: str = "semantic"  # "semantic" (logits) or "instance" (torchvision detection API)
-
-    def transform(self):
-        data = self.config.data
-        return eval_transform(self.config.augment, data.image_size, data.crop_size is not None)
-
-    @property
-    def input_size(self) -> int:
-        """Side of the windows the model sees: `data.crop_size` at native resolution, else
-        `data.image_size` (whole images resized to it)."""
-        return self.config.data.crop_size or self.config.data.image_size
-
-
-def _assemble(
-    state: dict, config: dict, classes: list[str], source: Path, device: str | torch.device
-) -> TrainedModel:
-    cfg = build_config(config, f"{source} (embedded config)")
-    kind = model_info(cfg.model.name).kind
-    options = dict(cfg.model.options)
-    if kind == "instance":  # as segops.train.instance.build_instance_model builds it
-        options = {"min_size": cfg.data.image_size, **options}
-    model = build_model(cfg.model.name, num_classes=len(classes), **options)
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as exc:  # names or shapes do not fit
-        from segops.errors import CheckpointError
-
-        detail = str(exc).splitlines()[1:4] or [type(exc).__name__]
-        raise CheckpointError(
-            f"{source}: its weights do not fit model {cfg.model.name!r} with {len(classes)} "
-            f"classes ({' '.join(line.strip() for line in detail)[:400]})"
-        ) from None
-    device = torch.device(device)
-    return TrainedModel(model.to(device).eval(), cfg, tuple(classes), source, device, kind)
-
-
-def require_semantic_model(trained: TrainedModel, what: str) -> None:
-    """ConfigError unless `trained` is a semantic model: `what` says what needs one."""
-    from segops.errors import ConfigError
-
-    if trained.kind != "semantic":
-        raise ConfigError(
-            f"{what} works on semantic models; {trained.checkpoint} is a {trained.kind} model "
-            f"({trained.config.model.name})"
-        )
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def load_trained(checkpoint: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
-    """Rebuild the model a checkpoint describes and load its weights (weights_only)."""
-    ckpt = load_checkpoint(checkpoint)
-    return _assemble(ckpt["model"], ckpt["config"], ckpt["classes"], Path(checkpoint), device)
-
-
-def load_model_files(
-    weights: str | Path, meta: str | Path, device: str | torch.device = "cpu"
-) -> TrainedModel:
-    """Rebuild a model from a logged model's `weights.pt` (state dict) and `model.json`.
-
-    CheckpointError (naming the file) for weights that are not a plain state dict (loaded
-    with `weights_only=True`, see `segops.weights`) or a `model.json` that is not one."""
-    from segops.errors import CheckpointError
-    from segops.weights import load_state_dict_file
-
-    try:
-        info = json.loads(Path(meta).read_text())
-        config, classes = info["config"], list(info["classes"])
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise CheckpointError(
-            f"{meta}: not a model description (model.json with config and classes): {exc!r}"
-        ) from None
-    state = load_state_dict_file(weights)
-    return _assemble(state, config, classes, Path(weights), device)
+__all__ = [
+    "SLIDE_ABOVE",
+    "TrainedModel",
+    "default_device",
+    "load_model_files",
+    "load_trained",
+    "predict_image",
+    "predict_instances_image",
+    "predict_masks",
+    "require_semantic_model",
+    "sliding_probs",
+    "uses_sliding",
+    "window_starts",
+]
 
 
 @torch.inference_mode()
@@ -123,9 +63,6 @@ def predict_instances_image(
     }
 
 
-SLIDE_ABOVE = 1.5  # a side longer than this many input sizes is predicted tile by tile
-
-
 @torch.inference_mode()
 def predict_image(
     trained: TrainedModel, image: np.ndarray, sliding: bool | None = None
@@ -141,11 +78,10 @@ def predict_image(
     """
     if trained.kind == "instance":
         return _painted(trained, image)
-    if trained.config.data.crop_size is not None:
-        sliding = True
-    elif sliding is None:
-        sliding = max(image.shape[:2]) > SLIDE_ABOVE * trained.config.data.image_size
-    probs = sliding_probs(trained, image) if sliding else _resized_probs(trained, image)
+    if uses_sliding(trained, image, sliding):
+        probs = sliding_probs(trained, image)
+    else:
+        probs = _resized_probs(trained, image)
     return probs.argmax(0).byte().cpu().numpy(), probs.cpu().numpy()
 
 
@@ -161,58 +97,24 @@ def _painted(trained: TrainedModel, image: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def _resized_probs(trained: TrainedModel, image: np.ndarray) -> torch.Tensor:
-    (tensor,) = to_tv(image)
-    tensor = trained.transform()(tensor).as_subclass(torch.Tensor)
+    tensor = resized_input(trained, image)
     logits = trained.model(tensor.unsqueeze(0).to(trained.device)).float()
     logits = F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
     return logits.softmax(1)[0]
 
 
-def _normalised(trained: TrainedModel, image: np.ndarray) -> torch.Tensor:
-    """`[3, H, W]` float image normalised as in training, at its own size."""
-    aug = trained.config.augment
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255
-    mean, std = torch.tensor(aug.mean).view(3, 1, 1), torch.tensor(aug.std).view(3, 1, 1)
-    return (tensor - mean) / std
-
-
-def window_starts(length: int, window: int, stride: int) -> list[int]:
-    """Offsets of windows covering `[0, length)`; the last one ends exactly at `length`."""
-    if length <= window:
-        return [0]
-    starts = list(range(0, length - window + 1, stride))
-    if starts[-1] != length - window:
-        starts.append(length - window)
-    return starts
-
-
-@torch.inference_mode()
-def sliding_probs(
-    trained: TrainedModel, image: np.ndarray, overlap: float = 0.5, batch: int = 8
-) -> torch.Tensor:
-    """Class probabilities `[C, H, W]` averaged over overlapping windows of the input size.
-
-    The image is zero-padded (the mean colour, after normalising) up to one window where it is
-    smaller; windows go through the model `batch` at a time.
-    """
-    win = trained.input_size
-    stride = max(1, int(win * (1 - overlap)))
-    x = _normalised(trained, image)
-    height, width = x.shape[1:]
-    x = F.pad(x, (0, max(0, win - width), 0, max(0, win - height)))
-    tiles = [
-        (i, j)
-        for i in window_starts(x.shape[1], win, stride)
-        for j in window_starts(x.shape[2], win, stride)
-    ]
-    total = torch.zeros(len(trained.classes), *x.shape[1:])
-    count = torch.zeros(1, *x.shape[1:])
-    for k in range(0, len(tiles), batch):
-        chunk = tiles[k : k + batch]
-        windows = torch.stack([x[:, i : i + win, j : j + win] for i, j in chunk])
-        logits = trained.model(windows.to(trained.device)).float()
-        logits = F.interpolate(logits, size=(win, win), mode="bilinear", align_corners=False)
-        for (i, j), probs in zip(chunk, logits.softmax(1).cpu(), strict=True):
-            total[:, i : i + win, j : j + win] += probs
-            count[:, i : i + win, j : j + win] += 1
-    return (total / count)[:, :height, :width]
+def predict_masks(
+    trained: TrainedModel, images: list[np.ndarray], batch_size: int = 8
+) -> list[np.ndarray]:
+    """HxW uint8 masks of `images` (HxWx3 uint8, any mix of sizes), each identical to
+    `predict_image(trained, image)[0]`, from about ceil(pieces / batch_size) forward passes
+    (a piece: one resized image or one sliding window). Instance models, and a lone image,
+    take the per-image path."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size = {batch_size}: give a positive integer")
+    if trained.kind == "instance" or len(images) == 1:
+        return [predict_image(trained, image)[0] for image in images]
+    masks: list[np.ndarray] = [None] * len(images)  # type: ignore[list-item]
+    for index, mask in batched_masks(trained, images, batch_size):
+        masks[index] = mask
+    return masks

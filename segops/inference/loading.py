@@ -1,0 +1,100 @@
+"""Trained models back from checkpoints or from a logged model's files."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from segops.config import Config, build_config
+from segops.data.transforms import eval_transform
+from segops.models import build_model, model_info
+from segops.train.checkpoint import load_checkpoint
+
+
+@dataclass
+class TrainedModel:
+    model: nn.Module  # in eval mode, on `device`
+    config: Config  # the resolved config it was trained with
+    classes: tuple[str, ...]
+    checkpoint: Path
+    device: torch.device
+    kind: str = "semantic"  # "semantic" (logits) or "instance" (torchvision detection API)
+
+    def transform(self):
+        data = self.config.data
+        return eval_transform(self.config.augment, data.image_size, data.crop_size is not None)
+
+    @property
+    def input_size(self) -> int:
+        """Side of the windows the model sees: `data.crop_size` at native resolution, else
+        `data.image_size` (whole images resized to it)."""
+        return self.config.data.crop_size or self.config.data.image_size
+
+
+def _assemble(
+    state: dict, config: dict, classes: list[str], source: Path, device: str | torch.device
+) -> TrainedModel:
+    cfg = build_config(config, f"{source} (embedded config)")
+    kind = model_info(cfg.model.name).kind
+    options = dict(cfg.model.options)
+    if kind == "instance":  # as segops.train.instance.build_instance_model builds it
+        options = {"min_size": cfg.data.image_size, **options}
+    model = build_model(cfg.model.name, num_classes=len(classes), **options)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:  # names or shapes do not fit
+        from segops.errors import CheckpointError
+
+        detail = str(exc).splitlines()[1:4] or [type(exc).__name__]
+        raise CheckpointError(
+            f"{source}: its weights do not fit model {cfg.model.name!r} with {len(classes)} "
+            f"classes ({' '.join(line.strip() for line in detail)[:400]})"
+        ) from None
+    device = torch.device(device)
+    return TrainedModel(model.to(device).eval(), cfg, tuple(classes), source, device, kind)
+
+
+def require_semantic_model(trained: TrainedModel, what: str) -> None:
+    """ConfigError unless `trained` is a semantic model: `what` says what needs one."""
+    from segops.errors import ConfigError
+
+    if trained.kind != "semantic":
+        raise ConfigError(
+            f"{what} works on semantic models; {trained.checkpoint} is a {trained.kind} model "
+            f"({trained.config.model.name})"
+        )
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_trained(checkpoint: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
+    """Rebuild the model a checkpoint describes and load its weights (weights_only)."""
+    ckpt = load_checkpoint(checkpoint)
+    return _assemble(ckpt["model"], ckpt["config"], ckpt["classes"], Path(checkpoint), device)
+
+
+def load_model_files(
+    weights: str | Path, meta: str | Path, device: str | torch.device = "cpu"
+) -> TrainedModel:
+    """Rebuild a model from a logged model's `weights.pt` (state dict) and `model.json`.
+
+    CheckpointError (naming the file) for weights that are not a plain state dict (loaded
+    with `weights_only=True`, see `segops.weights`) or a `model.json` that is not one."""
+    from segops.errors import CheckpointError
+    from segops.weights import load_state_dict_file
+
+    try:
+        info = json.loads(Path(meta).read_text())
+        config, classes = info["config"], list(info["classes"])
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(
+            f"{meta}: not a model description (model.json with config and classes): {exc!r}"
+        ) from None
+    state = load_state_dict_file(weights)
+    return _assemble(state, config, classes, Path(weights), device)
