@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -61,6 +61,9 @@ class TrainConfig(_Section):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: Literal["auto"] | bool = "auto"
+    threads: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
+        "auto", description="torch CPU threads; auto: usable cores, 1 when others keep them busy"
+    )
     deterministic: bool = False
     seed: int = 0
     early_stopping_patience: int | None = Field(None, ge=1)
@@ -256,6 +259,7 @@ LOCATION_KEYS = (
     ("data", "root"),
     ("data", "cache"),
     ("train", "out_dir"),
+    ("train", "threads"),  # how fast, not what: a run keeps its hash on a busier machine
     ("validation", "report_dir"),
     ("versioning", "path"),
     ("versioning", "remote"),

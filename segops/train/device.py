@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -9,6 +10,9 @@ import torch
 
 from segops.config import TrainConfig
 from segops.errors import ConfigError
+from segops.train.threads import decide_threads, read_cpu_facts
+
+_interop_set = False  # torch allows setting the inter-op pool once, before it is used
 
 
 @dataclass(frozen=True)
@@ -19,10 +23,16 @@ class Runtime:
     channels_last: bool
     pin_memory: bool
     deterministic: bool
+    threads: int = 0  # torch intra-op threads (0: not set by segops)
 
     def describe(self) -> dict[str, str]:
         amp = str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype else "off"
-        return {"device": str(self.device), "amp": amp, "channels_last": str(self.channels_last)}
+        return {
+            "device": str(self.device),
+            "amp": amp,
+            "channels_last": str(self.channels_last),
+            "threads": str(self.threads),
+        }
 
 
 def select_device(spec: str) -> torch.device:
@@ -47,13 +57,30 @@ def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def apply_thread_policy(cfg: TrainConfig) -> int:
+    """Set torch's thread pools as `cfg.threads` decides (segops.train.threads); returns the
+    intra-op thread count. The inter-op pool is sized once per process (torch refuses later)."""
+    global _interop_set
+    choice = decide_threads(cfg.threads, read_cpu_facts())
+    torch.set_num_threads(choice.threads)
+    if not _interop_set:
+        _interop_set = True
+        # RuntimeError when inter-op work already ran in this process: it keeps its pool
+        with contextlib.suppress(RuntimeError):
+            torch.set_num_interop_threads(choice.threads)
+    return choice.threads
+
+
 def resolve_runtime(cfg: TrainConfig) -> Runtime:
-    """Pick device, autocast dtype, channels-last and pinned memory for `cfg`."""
+    """Pick device, autocast dtype, channels-last and pinned memory for `cfg`, and apply its
+    thread policy."""
     device = select_device(cfg.device)
     dtype = _amp_dtype(cfg.amp, device)
     on_cuda = device.type == "cuda"
     channels_last = on_cuda if cfg.channels_last == "auto" else cfg.channels_last
-    return Runtime(device, dtype, dtype == torch.float16, channels_last, on_cuda, cfg.deterministic)
+    threads = apply_thread_policy(cfg)
+    fp16 = dtype == torch.float16
+    return Runtime(device, dtype, fp16, channels_last, on_cuda, cfg.deterministic, threads)
 
 
 def configure_determinism(runtime: Runtime) -> None:

@@ -1,0 +1,138 @@
+"""How many CPU threads torch may use: `train.threads` (`auto` or a number).
+
+PyTorch starts one intra-op thread per core of the machine, whatever this process may use and
+whoever else is running. On a shared machine that oversubscribes the cores: two threads on a
+busy 2-core machine were 3.4-13.5x slower per step than one (issue 17). `auto` decides once,
+when the runtime is resolved:
+
+1. usable = the cores this process may use: its CPU affinity, capped by a cgroup CPU quota
+   (v2 `cpu.max`, v1 `cpu.cfs_quota_us / cpu.cfs_period_us`), rounded up; divided by
+   LOCAL_WORLD_SIZE under torchrun (each rank gets its share). An explicit OMP_NUM_THREADS
+   (a launcher or the user decided) is taken as is.
+2. others = runnable threads of other processes: the 1-minute load average minus the one
+   thread this process itself has been running (never below 0).
+3. threads = the machine's cores minus `others`, rounded down, clamped to 1..usable. An idle
+   machine gets `usable`; a machine whose cores are all busy elsewhere (oversubscribed) gets 1.
+
+Pure functions of their inputs (stdlib only, no torch), so the decision is tested with fake
+affinity, quota and load; `read_cpu_facts` reads the real ones.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+CGROUP = Path("/sys/fs/cgroup")
+
+
+@dataclass(frozen=True)
+class CpuFacts:
+    affinity: int  # cores in this process's affinity mask
+    quota: float | None  # cgroup CPU quota in cores (None: unlimited)
+    machine: int  # cores of the machine (os.cpu_count)
+    load1: float  # 1-minute load average of the machine
+    omp: int | None = None  # OMP_NUM_THREADS, when set to a positive number
+    local_world: int = 1  # processes of this job on this machine (torchrun LOCAL_WORLD_SIZE)
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    threads: int
+    reason: str  # one line for the log and the run's tags
+
+
+def parse_cpu_max(text: str) -> float | None:
+    """Cores allowed by a cgroup v2 `cpu.max` ("max 100000" or "150000 100000")."""
+    parts = text.split()
+    if len(parts) != 2 or parts[0] == "max":
+        return None
+    quota, period = float(parts[0]), float(parts[1])
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def parse_cfs(quota_us: str, period_us: str) -> float | None:
+    """Cores allowed by cgroup v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us` (-1: unlimited)."""
+    quota, period = float(quota_us), float(period_us)
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def usable_cores(facts: CpuFacts) -> int:
+    """Cores this process may use: affinity capped by the quota, shared among local ranks."""
+    cores = facts.affinity
+    if facts.quota is not None:
+        cores = min(cores, max(1, math.ceil(facts.quota)))
+    return max(1, cores // max(1, facts.local_world))
+
+
+def decide_threads(setting: str | int, facts: CpuFacts) -> ThreadChoice:
+    """The torch thread count for `train.threads` = `setting` (see the module docstring)."""
+    if setting != "auto":
+        return ThreadChoice(int(setting), f"train.threads={setting}")
+    if facts.omp is not None:
+        return ThreadChoice(facts.omp, f"OMP_NUM_THREADS={facts.omp}")
+    usable = usable_cores(facts)
+    others = max(0.0, facts.load1 - 1.0)
+    free = math.floor(facts.machine - others)
+    threads = min(usable, max(1, free))
+    why = f"auto: {usable} usable cores, load {facts.load1:.2f} on {facts.machine} cores"
+    if threads < usable:
+        why += f" (others busy on {others:.1f}): {threads}"
+    return ThreadChoice(threads, why)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _own_cgroup() -> str:
+    """This process's cgroup v2 path ("0::/some/path" in /proc/self/cgroup), "" if none."""
+    for line in (_read(Path("/proc/self/cgroup")) or "").splitlines():
+        if line.startswith("0::"):
+            return line[3:].lstrip("/")
+    return ""
+
+
+def cgroup_quota(root: Path = CGROUP) -> float | None:
+    """The CPU quota in cores from cgroup v2 (own group, then the root) or v1; None if none."""
+    own = _own_cgroup()
+    for folder in (root / own, root) if own else (root,):
+        text = _read(folder / "cpu.max")
+        if text is not None:
+            return parse_cpu_max(text)
+    for v1 in (root / "cpu", root / "cpu,cpuacct"):
+        quota, period = _read(v1 / "cpu.cfs_quota_us"), _read(v1 / "cpu.cfs_period_us")
+        if quota is not None and period is not None:
+            return parse_cfs(quota, period)
+    return None
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def read_cpu_facts() -> CpuFacts:
+    """This process's affinity, cgroup quota, the machine's cores and load, OMP_NUM_THREADS."""
+    machine = os.cpu_count() or 1
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        affinity = machine
+    try:
+        load1 = os.getloadavg()[0]
+    except OSError:
+        load1 = 0.0
+    return CpuFacts(
+        affinity=affinity,
+        quota=cgroup_quota(),
+        machine=machine,
+        load1=load1,
+        omp=_env_int("OMP_NUM_THREADS"),
+        local_world=_env_int("LOCAL_WORLD_SIZE") or 1,
+    )

@@ -1,0 +1,108 @@
+"""The thread policy (`train.threads`): a table of decisions from fake affinity, quota and load,
+the cgroup readers on fake files, and the policy applied by the runtime."""
+
+from __future__ import annotations
+
+import pytest
+
+from segops.config import TrainConfig, config_hash, load_config
+from segops.errors import ConfigError
+from segops.train.threads import (
+    CpuFacts,
+    cgroup_quota,
+    decide_threads,
+    parse_cfs,
+    parse_cpu_max,
+    read_cpu_facts,
+    usable_cores,
+)
+
+
+def facts(affinity=2, quota=None, machine=2, load1=1.0, omp=None, local_world=1) -> CpuFacts:
+    return CpuFacts(affinity, quota, machine, load1, omp, local_world)
+
+
+@pytest.mark.parametrize(
+    ("cpu", "expected"),
+    [
+        (facts(load1=0.0), 2),  # idle 2-core machine: both cores
+        (facts(load1=1.0), 2),  # only this process has been running
+        (facts(load1=2.0), 1),  # one other busy process on 2 cores: oversubscribed -> 1
+        (facts(load1=6.5), 1),  # six engineers on 2 cores
+        (facts(affinity=16, machine=16, load1=5.0), 12),  # 4 busy elsewhere: the 12 free
+        (facts(affinity=16, machine=16, load1=40.0), 1),
+        (facts(affinity=4, machine=16, load1=0.0), 4),  # taskset to 4 cores
+        (facts(affinity=16, quota=2.5, machine=16, load1=0.0), 3),  # cgroup quota 2.5 cores
+        (facts(affinity=16, quota=0.5, machine=16, load1=0.0), 1),
+        (facts(affinity=8, machine=8, load1=0.0, local_world=2), 4),  # torchrun, 2 ranks
+        (facts(load1=9.0, omp=2), 2),  # OMP_NUM_THREADS set by a launcher or the user wins
+    ],
+)
+def test_auto_decides_from_affinity_quota_and_load(cpu: CpuFacts, expected: int):
+    assert decide_threads("auto", cpu).threads == expected
+
+
+def test_a_number_is_taken_as_is_and_the_reason_says_why():
+    assert decide_threads(3, facts(load1=9.0)).threads == 3
+    busy = decide_threads("auto", facts(load1=3.0))
+    assert "load 3.00" in busy.reason and busy.reason.endswith(": 1")
+
+
+def test_usable_cores_never_below_one():
+    assert usable_cores(facts(affinity=1, quota=0.1, local_world=4)) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "cores"), [("max 100000", None), ("150000 100000", 1.5), ("200000 100000", 2.0)]
+)
+def test_cgroup_v2_cpu_max(text: str, cores: float | None):
+    assert parse_cpu_max(text) == cores
+
+
+def test_cgroup_v1_cfs():
+    assert parse_cfs("-1", "100000") is None
+    assert parse_cfs("300000", "100000") == 3.0
+
+
+def test_cgroup_quota_reads_v2_then_v1(tmp_path):
+    assert cgroup_quota(tmp_path) is None  # nothing there: unlimited
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_quota(tmp_path) == 0.5
+    (tmp_path / "cpu.max").write_text("400000 100000\n")  # v2 at the root wins
+    assert cgroup_quota(tmp_path) == 4.0
+
+
+def test_read_cpu_facts_honours_omp_and_local_world(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    real = read_cpu_facts()
+    assert real.omp == 3 and real.local_world == 2 and 1 <= real.affinity <= real.machine
+    monkeypatch.setenv("OMP_NUM_THREADS", "")
+    assert read_cpu_facts().omp is None
+
+
+def test_config_takes_auto_or_a_positive_number_and_keeps_its_hash():
+    assert TrainConfig().threads == "auto"
+    assert load_config(None, ["train.threads=2"]).train.threads == 2
+    with pytest.raises(ConfigError, match="threads"):
+        load_config(None, ["train.threads=0"])
+    with pytest.raises(ConfigError, match="threads"):
+        load_config(None, ["train.threads=many"])
+    base = config_hash(load_config(None, []))
+    assert config_hash(load_config(None, ["train.threads=1"])) == base
+
+
+def test_the_runtime_applies_and_describes_the_policy():
+    import torch
+
+    from segops.train.device import resolve_runtime
+
+    before = torch.get_num_threads()
+    try:
+        runtime = resolve_runtime(TrainConfig(device="cpu", threads=1))
+        assert runtime.threads == 1 and torch.get_num_threads() == 1
+        assert runtime.describe()["threads"] == "1"
+    finally:
+        torch.set_num_threads(before)
