@@ -111,6 +111,7 @@ def test_audit_of_an_intact_chain_passes_every_link(chain, tmp_path):
         "model_version",
         "mlflow_run",
         "weights",
+        "contract",
         "data.dvc",
         "data.remote",
         "dataset",
@@ -434,3 +435,26 @@ def test_run_summary_names_each_figure_once(capsys):
     print_run_result(result)
     out = " ".join(capsys.readouterr().err.split())  # the CLI's console: stderr, wrapped
     assert out.count("mean IoU") == 1 and "dataset data/x (b.dir)" in out
+
+
+def test_model_json_beside_the_weights_carries_the_contract(chain):
+    from segops.promotion.registry import resolve, version_tags
+    from segops.record import LineageRecord
+    from segops.serving.contract import read_contract
+
+    beside = list(Path(chain.config["train"]["out_dir"]).rglob("model.json"))
+    assert len(beside) == 1
+    assert (beside[0].parent / "best.pt").is_file()
+    contract = read_contract(beside[0])
+    tags = version_tags(resolve(URI))
+    assert contract["lineage"] == {
+        "available": True,
+        "tags": LineageRecord.from_tags(tags).to_tags(),
+    }
+    assert contract["lineage"]["tags"]["segops.data.md5"] == chain.data["md5"]
+    assert contract["metrics"]["mean_iou"] == pytest.approx(float(tags["metrics.mean_iou"]))
+    assert contract["input"]["channels"] == 3
+    assert contract["input"]["normalisation"]["mean"] == [0.485, 0.456, 0.406]
+    assert contract["output"]["classes"] == contract["classes"]
+    assert set(contract["output"]["pixels"]) == {f"pixels_{c}" for c in contract["classes"]}
+    assert contract["versions"]["torch"] and contract["versions"]["segops"] == "0.1.0"

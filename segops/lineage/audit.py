@@ -70,6 +70,33 @@ def _weights(chain: Chain) -> Link:
     return Link("weights", OK, f"weights.pt sha256 {got[:16]}... matches the run")
 
 
+def _contract(chain: Chain) -> Link:
+    """The model's `model.json` (fetched by `_weights`) carries the same lineage as the
+    version's tags; a model logged before contracts existed is a warning, not a break."""
+    from segops.record import LineageError, LineageRecord
+    from segops.serving.contract import ContractError, read_contract
+
+    found = sorted((chain.scratch / "model").rglob("model.json"))
+    if not found:
+        return Link("contract", BROKEN, "the registered model has no model.json beside weights")
+    try:
+        contract = read_contract(found[0])
+    except ContractError as exc:
+        return Link("contract", WARN, str(exc))
+    chain.record["contract.schema"] = contract["schema"]
+    lineage = contract["lineage"]
+    if not lineage.get("available"):
+        return Link("contract", WARN, f"model.json records no lineage: {lineage.get('reason')}")
+    try:
+        tagged = LineageRecord.from_tags(chain.version_tags, chain.version.uri).to_tags()
+    except LineageError as exc:
+        return Link("contract", BROKEN, str(exc))
+    differ = sorted(k for k, v in tagged.items() if lineage["tags"].get(k) != v)
+    if differ:
+        return Link("contract", BROKEN, f"model.json and the version's tags differ on {differ}")
+    return Link("contract", OK, f"model.json ({contract['schema']}) matches the lineage tags")
+
+
 def _git(chain: Chain) -> Link:
     commit, dirty = chain.tag("git.commit"), chain.tag("git.dirty")
     chain.record |= {
@@ -177,6 +204,7 @@ def _decision(chain: Chain) -> Link:
 
 CHECKS: tuple[Callable[[Chain], Link], ...] = (
     _weights,
+    _contract,
     dvc_file,
     data_remote,
     dataset,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 import torchvision
 
 import segops
+from segops.serving.contract import build_contract, write_contract
 from segops.serving.pyfunc import MODEL_CODE, encode_png, signature, write_model_files
 from segops.train.checkpoint import file_sha256, load_checkpoint
 
@@ -49,12 +51,20 @@ def log_pyfunc(run_id: str, checkpoint: str | Path, name: str = "model") -> str:
     audit can prove the registered weights are the ones trained.
     The segops package travels with the model (code_paths), so serving needs only the pinned
     pip requirements, not a segops install.
+    Its `model.json` carries the contract (`segops.serving.contract`): input and output spec,
+    the run's headline metrics, package versions and lineage record; a copy is written beside
+    `checkpoint`.
     """
     ckpt = load_checkpoint(checkpoint)
+    run = mlflow.MlflowClient().get_run(run_id)
     # MLflow predicts the example while logging: image_size keeps it small (Mask R-CNN on CPU).
     size = int(ckpt["config"]["data"]["image_size"])
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
         artifacts = write_model_files(ckpt, Path(tmp))
+        meta = json.loads(Path(artifacts["meta"]).read_text())
+        contract = build_contract(meta, run.data.tags, run.data.metrics)
+        write_contract(artifacts["meta"], contract)
+        write_contract(Path(checkpoint).with_name("model.json"), contract)
         info = mlflow.pyfunc.log_model(
             name=name,
             python_model=str(MODEL_CODE),
