@@ -20,6 +20,7 @@ from segops.cli.plan import plan
 from segops.cli.schedule import schedule
 from segops.cli.scoring import evaluate, predict
 from segops.cli.serve import export, serve
+from segops.cli.stack import stack_app
 from segops.errors import SegopsError
 
 app = typer.Typer(
@@ -265,6 +266,7 @@ app.command()(plan)
 app.command()(lineage.audit)
 app.command()(lineage.reproduce)
 models_app.command("history")(lineage.models_history)
+app.add_typer(stack_app, name="stack")
 
 
 def main() -> None:

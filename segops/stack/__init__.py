@@ -1,0 +1,53 @@
+"""The local production stack, without Docker: PostgreSQL, an S3 server (rclone), an MLflow
+server (PostgreSQL + proxied S3 artifacts), a Prefect server (PostgreSQL), a `process` work
+pool and its workers, all on 127.0.0.1 under one folder (`.stack/`). Servers run as
+subprocesses (this package imports neither prefect nor mlflow); PIDs in pids/, logs in logs/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from segops.stack import postgres
+from segops.stack.procs import StackError, stop
+from segops.stack.services import services, start_one
+from segops.stack.settings import Settings, load_settings, save_settings
+
+__all__ = ["Settings", "StackError", "down", "export_lines", "load_settings", "status", "up"]
+
+
+def up(settings: Settings, on_progress=print) -> list[tuple[str, str]]:
+    """Start every service not yet running and wait for each to be healthy (idempotent).
+    Returns (service, "started" | "running") in start order."""
+    save_settings(settings)
+    done = []
+    for svc in services(settings):
+        on_progress(f"{svc.name}: checking ({svc.url}) ...")
+        done.append((svc.name, start_one(svc, settings)))
+    return done
+
+
+def status(settings: Settings) -> list[tuple[str, str, bool]]:
+    """(service, where, healthy) for each service."""
+    return [(svc.name, svc.url, svc.ready()) for svc in services(settings)]
+
+
+def down(settings: Settings) -> list[str]:
+    """Stop every service (workers first, PostgreSQL last); returns those that were running."""
+    stopped = []
+    for svc in reversed(services(settings)):
+        if svc.name == "postgres":
+            if postgres.stop(settings.root / "postgres"):
+                stopped.append(svc.name)
+        elif stop(svc.name, settings.root):
+            stopped.append(svc.name)
+    return stopped
+
+
+def export_lines(settings: Settings) -> list[str]:
+    """`export NAME=value` lines for a shell."""
+    return [f"export {k}={v}" for k, v in settings.exports().items()]
+
+
+def default_root(project: str | Path = ".") -> Path:
+    return Path(project).resolve() / ".stack"
