@@ -11,7 +11,7 @@ export DVC_NO_ANALYTICS ?= 1
 export MLFLOW_ALLOW_PICKLE_DESERIALIZATION ?= false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
 
-.PHONY: setup run test lint format bench clean help mlflow-ui prefect-ui
+.PHONY: setup run test lint format bench clean help mlflow-ui prefect-ui stack-up stack-down stack-status
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -50,6 +50,15 @@ mlflow-ui: setup  ## MLflow UI on the local store: http://127.0.0.1:5000
 
 prefect-ui: setup  ## a local Prefect server and UI: http://127.0.0.1:4200
 	$(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
+
+stack-up: setup  ## the local production stack (PostgreSQL, S3, MLflow, Prefect, 2 workers) under .stack/; prints exports
+	$(VENV)/bin/segops stack up
+
+stack-down:  ## stop the local stack (its data stays in .stack/)
+	$(VENV)/bin/segops stack down
+
+stack-status:  ## health of each service of the local stack
+	$(VENV)/bin/segops stack status
 
 clean:  ## remove outputs and local stores (keeps .venv)
 	rm -rf runs data/shapes .pytest_cache mlflow/mlflow.db mlflow/artifacts dvc-store
