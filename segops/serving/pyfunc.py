@@ -27,6 +27,13 @@ limit, a row with neither field or a null one, fields other than `image` and `ar
 400 with that message and keeps serving. Sizes are checked from image headers and list lengths
 before anything is decoded (`segops.serving.payload`).
 
+Images go through the network in batches (`segops.inference.predict_masks`): a request of N
+rows of a semantic model costs about ceil(N / batch size) forward passes (sliding windows of
+large images count as pieces too), each mask identical to predicting its image alone. The batch
+size is `SEGOPS_SERVE_BATCH_SIZE`, else `batch_size` in the model config (MLflow lets a
+load override only keys the model was logged with), else the trained config's
+`predict.batch_size` (default 8). Instance models predict row by row.
+
 The pixel limit (default 4096*4096; it also bounds the area a sliding window covers) is set at
 serve time by the environment variable `SEGOPS_SERVE_MAX_PIXELS`, else by `max_pixels` in the
 model config (MLflow's `SERVING_MODEL_CONFIG='{"max_pixels": ...}'`). A time budget per request
@@ -70,6 +77,7 @@ from segops.serving.payload import (  # noqa: F401  (re-exported: the row checks
 )
 
 MODEL_CODE = Path(__file__).with_name("model_code.py")
+BATCH_SIZE_ENV = "SEGOPS_SERVE_BATCH_SIZE"
 DEFAULT_SCORE_THRESHOLD = 0.5
 INSTANCE_LISTS = ("classes", "labels", "scores", "boxes", "masks")
 
@@ -118,6 +126,21 @@ def max_pixels_setting(model_config: dict[str, Any] | None) -> int:
     return value
 
 
+def batch_size_setting(model_config: dict[str, Any] | None, default: int) -> int:
+    """Images per forward pass: env `SEGOPS_SERVE_BATCH_SIZE`, else `batch_size` in the model
+    config, else `default`. Raises ValueError for a value that is not a positive integer."""
+    raw = os.environ.get(BATCH_SIZE_ENV) or (model_config or {}).get("batch_size")
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        value = 0
+    if isinstance(raw, bool) or value < 1:
+        raise ValueError(f"{BATCH_SIZE_ENV} / batch_size = {raw!r}: give a positive integer")
+    return value
+
+
 def score_threshold_param(params: dict[str, Any] | None) -> float:
     """`score_threshold` from the pyfunc params (default 0.5); raises INVALID_PARAMETER_VALUE
     unless it is a number from 0 to 1."""
@@ -155,6 +178,8 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
         self.classes = list(self.trained.classes)
         model_config = getattr(context, "model_config", None)
         self.max_pixels = max_pixels_setting(model_config)
+        default_batch = self.trained.config.predict.batch_size
+        self.batch_size = batch_size_setting(model_config, default_batch)
         # The area the sliding window covers (see segops.inference.predict_image): windows of
         # `data.crop_size` always for models trained on crops, else of `data.image_size` above
         # SLIDE_ABOVE of it; instance models resize internally.
@@ -169,7 +194,8 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
         """One row per input row: `mask` (base64 PNG) and `pixels_<class>` counts, plus the
         detections of an instance model (see the module docstring). Every row is checked
         (fields, sizes from headers) before any is decoded; rows are then decoded and
-        predicted one at a time, within the time budget and the concurrency bound."""
+        predicted in batches (instance models: one at a time), within the time budget and the
+        concurrency bound."""
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
         check_fields(model_input)
@@ -178,6 +204,8 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
         for i, (image, array) in enumerate(rows):
             check_row(i, image, array, self.budget)
         with self.gate.admit():
+            if threshold is None:
+                return pd.DataFrame(self._predict_batched(rows))
             return pd.DataFrame(
                 [self._predict_row(i, *row, threshold) for i, row in enumerate(rows)]
             )
@@ -189,16 +217,19 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
         arrays = model_input.get("array", missing)
         return zip(images, arrays, strict=True)
 
-    def _predict_row(
-        self, i: int, image: Any, array: Any, threshold: float | None
-    ) -> dict[str, Any]:
-        check_deadline()
-        decoded = row_image(i, image, array, self.budget)
-        if threshold is not None:
-            return self._instance_row(decoded, threshold)
-        from segops.inference import predict_image
+    def _predict_batched(self, rows: list[tuple[Any, Any]]) -> list[dict[str, Any]]:
+        from segops import inference
 
-        return self._row(predict_image(self.trained, decoded)[0])
+        images = []
+        for i, (image, array) in enumerate(rows):
+            check_deadline()
+            images.append(row_image(i, image, array, self.budget))
+        masks = inference.predict_masks(self.trained, images, self.batch_size)
+        return [self._row(mask) for mask in masks]
+
+    def _predict_row(self, i: int, image: Any, array: Any, threshold: float) -> dict[str, Any]:
+        check_deadline()
+        return self._instance_row(row_image(i, image, array, self.budget), threshold)
 
     def _row(self, mask: np.ndarray) -> dict[str, Any]:
         counts = np.bincount(mask.ravel(), minlength=len(self.classes))
