@@ -9,6 +9,9 @@ stopping (`train.early_stopping_patience`) and callbacks.
 Output directory (`train.out_dir`): `config.yaml` (resolved config), `history.csv` (one row per
 epoch, replaced atomically), `checkpoints/last.pt` (every epoch) and `checkpoints/best.pt`
 (best `task.score_key`), each checkpoint with a `.sha256` sidecar.
+
+Under torchrun (`world`, see `segops.train.distributed`) every rank runs this same loop on its
+share of the batches; only rank 0 writes files and reports to the callbacks.
 """
 
 from __future__ import annotations
@@ -31,6 +34,15 @@ from segops.config import Config, save_config
 from segops.train.callbacks import Callback, CallbackList
 from segops.train.checkpoint import save_checkpoint
 from segops.train.device import Runtime, configure_determinism, resolve_runtime
+from segops.train.distributed import (
+    SINGLE,
+    World,
+    epoch_over_ranks,
+    rank_seed,
+    set_epoch,
+    sync_buffers,
+    wrap_model,
+)
 from segops.train.parts import checkpoint_state, restore_state
 from segops.train.state import RunState, record_epoch, should_stop
 
@@ -64,6 +76,8 @@ class Setup:
     loader: DataLoader  # training batches, shuffled with `generator`
     generator: torch.Generator  # reseeded each epoch
     val_images: int
+    world: World = SINGLE  # set by fit
+    trained: nn.Module | None = None  # what the steps run: `model`, or DDP over it (fit sets)
 
 
 class Task(Protocol):
@@ -73,14 +87,15 @@ class Task(Protocol):
     state_key: str  # the best score's name in a checkpoint's `state`
     hashes: tuple[str, str]  # (config hash, dataset hash): a resume must match both
 
-    def build(self, runtime: Runtime, epochs: int) -> Setup:
-        """The run's model, optimiser, schedule over `epochs`, scaler and training loader."""
+    def build(self, runtime: Runtime, epochs: int, world: World = SINGLE) -> Setup:
+        """The run's model, optimiser, schedule over `epochs`, scaler and training loader
+        (of this rank's share of the batches)."""
 
     def batch_loss(self, model: nn.Module, batch: Any, runtime: Runtime) -> tuple:
         """(scalar training loss of `batch`, images in it), under the runtime's autocast."""
 
-    def validate(self, model: nn.Module, runtime: Runtime) -> dict[str, float]:
-        """The epoch's `val_*` history columns, `score_key` among them."""
+    def validate(self, model: nn.Module, runtime: Runtime, world: World = SINGLE) -> dict:
+        """The epoch's `val_*` history columns, `score_key` among them (over all ranks)."""
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """Keys that describe the model in every checkpoint: `classes`, maybe `kind`."""
@@ -152,13 +167,16 @@ def write_history(history: list[dict[str, Any]], path: Path) -> None:
 
 
 def _train_and_validate(cfg: Config, task: Task, setup: Setup, runtime, epoch: int, cbs) -> dict:
-    """The epoch's history row. Its shuffling and augmentation depend only on (seed, epoch)."""
-    setup.generator.manual_seed(epoch_seed(cfg.train.seed, epoch))
-    torch.manual_seed(epoch_seed(cfg.train.seed, epoch))
+    """The epoch's history row. Its shuffling and augmentation depend only on (seed, epoch) and,
+    under torchrun, the rank."""
+    world, seed = setup.world, epoch_seed(cfg.train.seed, epoch)
+    setup.generator.manual_seed(seed)
+    set_epoch(setup.loader, epoch)
+    torch.manual_seed(rank_seed(seed, world.rank))
     lr = setup.optimizer.param_groups[0]["lr"]
     optim = (setup.optimizer, setup.scheduler, setup.scaler)
     train = run_epoch(
-        setup.model,
+        setup.trained,
         setup.loader,
         task.batch_loss,
         *optim,
@@ -167,10 +185,12 @@ def _train_and_validate(cfg: Config, task: Task, setup: Setup, runtime, epoch: i
         callbacks=cbs,
         grad_clip=cfg.train.grad_clip,
     )
+    train = epoch_over_ranks(train, world)
+    sync_buffers(setup.model, world)
     return {
         "epoch": epoch,
         "train_loss": train["loss"],
-        **task.validate(setup.model, runtime),
+        **task.validate(setup.model, runtime, world),
         "lr": lr,
         "seconds": train["seconds"],
         "images_per_s": train["images"] / train["seconds"],
@@ -192,6 +212,8 @@ def _save_epoch(ckpt: dict[str, Any], out: Path, improved: bool, callbacks: Call
 def _end_epoch(cfg: Config, task: Task, setup: Setup, state: RunState, row: dict, out: Path, cbs):
     """Record the epoch's row, write history.csv and the checkpoints, report the epoch."""
     improved = record_epoch(state, row, task.score_key)
+    if not setup.world.is_main:
+        return
     write_history(state.history, out / "history.csv")
     meta = task.checkpoint_meta()
     ckpt = checkpoint_state(setup, state.to_dict(task.state_key), cfg, task.hashes, meta)
@@ -202,6 +224,7 @@ def _end_epoch(cfg: Config, task: Task, setup: Setup, state: RunState, row: dict
 def _start_info(runtime: Runtime, setup: Setup, state: RunState, epochs: int, out: Path) -> dict:
     return {
         **runtime.describe(),
+        "world_size": setup.world.size,
         "epochs": epochs,
         "start_epoch": state.epoch + 1,
         "train_images": len(setup.loader.dataset),
@@ -238,24 +261,29 @@ def fit(
     callbacks: list[Callback] | tuple = (),
     out_dir: str | Path | None = None,
     epochs: int | None = None,
+    world: World = SINGLE,
 ) -> TrainResult:
     """Train `task` for `epochs` (default `cfg.train.epochs`) into `out_dir` (default
     `cfg.train.out_dir`; see the module docstring); returns where things are and the best epoch.
 
     With `resume`, continues from `checkpoints/last.pt` when it exists (refusing one made with
-    another config or dataset) and ends with the same weights as an uninterrupted run."""
-    cbs, out = CallbackList(list(callbacks)), Path(out_dir or cfg.train.out_dir)
-    epochs = epochs or cfg.train.epochs
+    another config or dataset) and ends with the same weights as an uninterrupted run. Under
+    torchrun every rank resumes from that same file; `callbacks` hear rank 0 only."""
+    cbs = CallbackList(list(callbacks) if world.is_main else [])
+    out, epochs = Path(out_dir or cfg.train.out_dir), epochs or cfg.train.epochs
     runtime = resolve_runtime(cfg.train)
     configure_determinism(runtime)
     seed_everything(cfg.train.seed)
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    setup = task.build(runtime, epochs)
+    if world.is_main:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    setup = task.build(runtime, epochs, world)
     last = out / "checkpoints" / "last.pt"
     state = RunState()
     if resume and last.is_file():
         state = RunState.from_dict(restore_state(last, setup, task.hashes), task.state_key)
-    save_config(cfg, out / "config.yaml")
+    setup.world, setup.trained = world, wrap_model(setup.model, world, runtime.device)
+    if world.is_main:
+        save_config(cfg, out / "config.yaml")
     cbs.on_train_start(_start_info(runtime, setup, state, epochs, out))
     stopped = False
     for epoch in range(state.epoch + 1, epochs + 1):

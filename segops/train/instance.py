@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from segops.config import Config, config_hash
 from segops.data.instance_dataset import InstanceDataset, collate_instances, instance_transforms
@@ -25,7 +25,8 @@ from segops.errors import ConfigError
 from segops.models import build_model
 from segops.train.callbacks import Callback
 from segops.train.device import Runtime, autocast
-from segops.train.fit import Setup, TrainResult, fit
+from segops.train.distributed import SINGLE, World, train_loader
+from segops.train.fit import Setup, TrainResult, epoch_seed, fit
 from segops.train.instance_eval import evaluate_instance, predict_instances
 from segops.train.schedule import build_scheduler
 
@@ -87,14 +88,15 @@ class InstanceTask:
         self.classes, self.optimizer = _classes(classes, dataset_train), optimizer
         self.hashes = (config_hash(cfg), dataset_hash)
 
-    def build(self, runtime: Runtime, epochs: int) -> Setup:
+    def build(self, runtime: Runtime, epochs: int, world: World = SINGLE) -> Setup:
         cfg, generator = self.cfg, torch.Generator()
-        loader = DataLoader(
+        loader = train_loader(
             self.train_data,
             cfg.train.batch_size,
-            shuffle=True,
+            generator,
+            world,
+            epoch_seed(cfg.train.seed, 0),
             collate_fn=collate,
-            generator=generator,
             num_workers=cfg.data.num_workers,
             pin_memory=runtime.pin_memory,
         )
@@ -112,10 +114,10 @@ class InstanceTask:
         with autocast(runtime):
             return sum(model(images, targets).values()), len(images)
 
-    def validate(self, model: nn.Module, runtime: Runtime) -> dict[str, float]:
-        batch = self.cfg.evaluate.batch_size
+    def validate(self, model: nn.Module, runtime: Runtime, world: World = SINGLE) -> dict:
+        batch, device = self.cfg.evaluate.batch_size, runtime.device
         val = evaluate_instance(
-            model, self.val_data, self.classes, device=runtime.device, batch_size=batch
+            model, self.val_data, self.classes, device=device, batch_size=batch, world=world
         )
         return {
             "val_loss": math.nan,  # detection models give losses in train mode only

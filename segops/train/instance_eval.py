@@ -23,6 +23,7 @@ from segops.metrics.instance import (
     semantic_from_instances,
 )
 from segops.metrics.semantic import summarize
+from segops.train.distributed import SINGLE, World, gather_objects, ordered, shard_batches
 
 
 def _compact(output: dict[str, torch.Tensor], mask_threshold: float) -> dict[str, np.ndarray]:
@@ -47,17 +48,24 @@ def predict_instances(
     batch_size: int = 2,
     device: str | torch.device | None = None,
     mask_threshold: float = 0.5,
+    world: World = SINGLE,
 ) -> tuple[list[dict], list[dict]]:
     """(predictions, targets) for every sample of `dataset`, in order, as numpy dicts; images go
-    to `device` (default: the model's)."""
+    to `device` (default: the model's). Under torchrun each rank predicts whole batches of the
+    single-process order and every rank gets all of them back, in that order."""
     model.eval()
     device = device or next(model.parameters()).device
-    preds, targets = [], []
-    for images, batch_targets in DataLoader(dataset, batch_size, collate_fn=collate_instances):
+    batches = shard_batches(len(dataset), batch_size, world)  # type: ignore[arg-type]
+    found = []  # per batch: (predictions, targets)
+    for images, batch_targets in DataLoader(
+        dataset, batch_sampler=batches, collate_fn=collate_instances
+    ):
         outputs = model([torch.as_tensor(im).to(device) for im in images])
-        preds += [_compact(out, mask_threshold) for out in outputs]
-        targets += [{k: np.asarray(v) for k, v in t.items()} for t in batch_targets]
-    return preds, targets
+        preds = [_compact(out, mask_threshold) for out in outputs]
+        found.append((preds, [{k: np.asarray(v) for k, v in t.items()} for t in batch_targets]))
+    if world.distributed:
+        found = ordered(gather_objects(found, world))
+    return [p for batch, _ in found for p in batch], [t for _, batch in found for t in batch]
 
 
 def painted_maps(
@@ -81,11 +89,13 @@ def evaluate_instance(
     batch_size: int = 2,
     device: str | torch.device | None = None,
     score_threshold: float = 0.5,
+    world: World = SINGLE,
 ) -> dict[str, Any]:
     """COCO mask `AP`, `AP50`, `AP75`, `AR`; `mean_iou`, `pixel_accuracy` and `semantic` (the
     summary of `segops.metrics.semantic`) from masks painted with instances scoring at least
-    `score_threshold`; and `per_image_ap` {sample index: mask AP (NaN without ground truth)}."""
-    preds, targets = predict_instances(model, dataset, batch_size, device)
+    `score_threshold`; and `per_image_ap` {sample index: mask AP (NaN without ground truth)}.
+    Under torchrun (`world`) the predictions of every rank are gathered first."""
+    preds, targets = predict_instances(model, dataset, batch_size, device, world=world)
     matrix = ConfusionMatrix(len(classes))
     painted, truths = painted_maps(preds, targets, len(classes), score_threshold)
     for pred, truth in zip(painted, truths, strict=True):

@@ -5,6 +5,9 @@ Both kinds go through `segops.train.fit.fit`: semantic models as a `SemanticTask
 (`segops.train.instance`) on the dataset's instance targets (a `data.format` with instances).
 Both return a `TrainResult` (for an instance model, `best_miou` is the validation mean IoU of
 the painted masks at the epoch with the best mask AP).
+
+With `train.distributed` asking for more than one process, `train_configured` launches torchrun
+(`segops.train.launch`), whose ranks come back here with their `world`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from segops.errors import ConfigError
 from segops.models import check_options, model_info
 from segops.models.pretrained import check_pretrained_file
 from segops.train.callbacks import Callback
+from segops.train.distributed import SINGLE, World
 from segops.train.fit import TrainResult, fit
 from segops.train.semantic import SemanticTask
 
@@ -44,17 +48,29 @@ def train_configured(
     resume: bool = False,
     callbacks: list[Callback] | tuple = (),
     dataset: DatasetInfo | None = None,
+    world: World | None = None,
 ) -> TrainResult:
     """Train `cfg.model` on `cfg.data` whatever its kind (see the module docstring).
 
     `resume` continues from `<train.out_dir>/checkpoints/last.pt` when it exists, exactly.
+    `world` is given inside a torchrun rank only; elsewhere a world size above one (or a
+    rendezvous endpoint) launches torchrun and returns rank 0's result.
     """
     check_model_config(cfg)
-    info = dataset or load_dataset(cfg.data, eval_split="val")
+    if world is None:
+        from segops.train.launch import plan_launch
+
+        if plan_launch(cfg).world_size > 1 or cfg.train.distributed.rdzv_endpoint:
+            from segops.train.launch import launch
+
+            if dataset is None:  # checked, and its split files written, before ranks read it
+                load_dataset(cfg.data, eval_split="val")
+            return launch(cfg, resume=resume, callbacks=callbacks)
+    info = dataset or load_dataset(cfg.data, eval_split="val", write_splits=world is None)
     if model_kind(cfg) == "semantic":
         task = SemanticTask(cfg, info)
     else:
         from segops.train.instance import instance_task  # torchvision detection, pycocotools
 
         task = instance_task(cfg, info)
-    return fit(cfg, task, resume=resume, callbacks=callbacks)
+    return fit(cfg, task, resume=resume, callbacks=callbacks, world=world or SINGLE)

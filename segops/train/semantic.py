@@ -1,7 +1,8 @@
 """The semantic task for `segops.train.fit.fit`: a per-pixel classifier (U-Net and friends)
 trained with `train.loss` on the dataset's train split and validated by mean IoU on its val
 split. Its history rows hold `val_loss`, `val_miou` (the score that picks best.pt) and
-`val_pixel_acc`."""
+`val_pixel_acc`. Under torchrun each rank validates whole batches of the val split and the
+confusion matrix is summed over ranks: the metrics equal one process's exactly."""
 
 from __future__ import annotations
 
@@ -20,12 +21,24 @@ from segops.metrics.semantic import iou, nanmean, pixel_accuracy
 from segops.models import require_semantic
 from segops.train.callbacks import Callback
 from segops.train.device import Runtime, autocast
-from segops.train.fit import Setup, run_epoch
+from segops.train.distributed import (
+    SINGLE,
+    World,
+    all_reduce_sum,
+    gather_objects,
+    ordered,
+    shard_batches,
+    train_loader,
+)
+from segops.train.fit import Setup, epoch_seed, run_epoch
 from segops.train.parts import build_parts
 
 
-def make_loaders(cfg: Config, info: DatasetInfo, runtime: Runtime) -> tuple[DataLoader, ...]:
-    """Training loader (shuffled by a generator reseeded each epoch) and validation loader.
+def make_loaders(
+    cfg: Config, info: DatasetInfo, runtime: Runtime, world: World = SINGLE
+) -> tuple[DataLoader, ...]:
+    """Training loader (shuffled by a generator reseeded each epoch) and validation loader, of
+    this rank's share under torchrun (`segops.train.distributed`).
 
     With `data.crop_size` both work at native resolution: random crops for training, whole
     images one at a time for validation (their sizes may differ)."""
@@ -45,17 +58,14 @@ def make_loaders(cfg: Config, info: DatasetInfo, runtime: Runtime) -> tuple[Data
         "pin_memory": runtime.pin_memory,
         "persistent_workers": cfg.data.num_workers > 0,
     }
-    generator = torch.Generator()
-    train = DataLoader(
-        train_ds,
-        cfg.train.batch_size,
-        shuffle=True,
-        drop_last=len(train_ds) > cfg.train.batch_size,
-        generator=generator,
-        **common,
-    )
-    val = DataLoader(val_ds, val_batch, shuffle=False, **common)
-    return train, val, generator
+    generator, batch = torch.Generator(), cfg.train.batch_size
+    seed = epoch_seed(cfg.train.seed, 0)  # + epoch: the generator's seed in that epoch
+    drop = len(train_ds) > batch
+    train = train_loader(train_ds, batch, generator, world, seed, drop_last=drop, **common)
+    if not world.distributed:
+        return train, DataLoader(val_ds, val_batch, shuffle=False, **common), generator
+    shard = shard_batches(len(val_ds), val_batch, world)
+    return train, DataLoader(val_ds, batch_sampler=shard, **common), generator
 
 
 def _to_device(images: torch.Tensor, masks: torch.Tensor, runtime: Runtime) -> tuple:
@@ -104,19 +114,30 @@ def train_one_epoch(
 
 @torch.inference_mode()
 def validate(
-    model: nn.Module, loader: DataLoader, criterion: nn.Module, runtime: Runtime, num_classes: int
+    model: nn.Module,
+    loader: DataLoader,
+    criterion: nn.Module,
+    runtime: Runtime,
+    num_classes: int,
+    world: World = SINGLE,
 ) -> dict[str, float]:
-    """Validation loss, mean IoU and pixel accuracy over `loader`."""
+    """Validation loss, mean IoU and pixel accuracy over `loader` (over every rank's: the
+    int64 confusion matrix summed, the batch losses added in single-process order)."""
     model.eval()
-    matrix, total, count = ConfusionMatrix(num_classes), 0.0, 0
+    matrix, losses, count = ConfusionMatrix(num_classes), [], 0
     for images, masks in loader:
         images, masks = _to_device(images, masks, runtime)
         with autocast(runtime):
             logits = model(images)
-        total += float(criterion(logits.float(), masks)) * images.shape[0]
+        losses.append(float(criterion(logits.float(), masks)) * images.shape[0])
         count += images.shape[0]
         matrix.update(logits.argmax(1), masks)
-    mat = matrix.compute()
+    counts = torch.from_numpy(matrix.compute())  # [C, C] int64; zeros on a rank with no batch
+    mat = all_reduce_sum(counts, world).numpy()
+    total = 0.0
+    for value in ordered(gather_objects(losses, world)):
+        total += value  # one process's order, so the sum is the same float
+    count = sum(gather_objects(count, world))
     return {
         "loss": total / max(1, count),
         "miou": nanmean(iou(mat)),
@@ -136,18 +157,19 @@ class SemanticTask:
         self.criterion: nn.Module | None = None  # set by build, like the validation loader
         self.val_loader: DataLoader | None = None
 
-    def build(self, runtime: Runtime, epochs: int) -> Setup:
-        train, self.val_loader, generator = make_loaders(self.cfg, self.info, runtime)
+    def build(self, runtime: Runtime, epochs: int, world: World = SINGLE) -> Setup:
+        train, self.val_loader, generator = make_loaders(self.cfg, self.info, runtime, world)
         parts = build_parts(self.cfg, self.info, runtime, len(train), epochs)
         self.criterion = parts.criterion
         optim = (parts.optimizer, parts.scheduler, parts.scaler)
-        return Setup(parts.model, *optim, train, generator, len(self.val_loader.dataset))
+        return Setup(parts.model, *optim, train, generator, len(self.val_loader.dataset))  # type: ignore[arg-type]
 
     def batch_loss(self, model: nn.Module, batch: tuple, runtime: Runtime) -> tuple:
         return pixel_loss(self.criterion, model, batch, runtime)
 
-    def validate(self, model: nn.Module, runtime: Runtime) -> dict[str, float]:
-        val = validate(model, self.val_loader, self.criterion, runtime, self.info.num_classes)
+    def validate(self, model: nn.Module, runtime: Runtime, world: World = SINGLE) -> dict:
+        classes = self.info.num_classes
+        val = validate(model, self.val_loader, self.criterion, runtime, classes, world)
         return {"val_loss": val["loss"], "val_miou": val["miou"], "val_pixel_acc": val["pixel_acc"]}
 
     def checkpoint_meta(self) -> dict[str, Any]:
