@@ -60,12 +60,14 @@ def preflight_step(config: dict[str, Any], workspace: str = ".") -> list[str]:
 
 
 def registry_step(config: dict[str, Any]) -> dict[str, Any]:
-    """The model's contract (`kind`, `classes`); ConfigError when `promotion.model_name`
-    already has a champion of the other model kind (semantic vs instance) or of other classes:
+    """The model's contract (`kind`, `classes`, input `channels`); ConfigError when
+    `promotion.model_name` already has a champion of the other model kind (semantic vs
+    instance), of other classes or of another channel count:
     the gate could not compare them, so the flow stops here, before anything is validated,
     versioned, trained or registered."""
     from segops import tracking
     from segops.data.formats import read_layout
+    from segops.data.io import IMAGE_CHANNELS
     from segops.promotion.compat import check_compatible
     from segops.train.run import model_kind
 
@@ -73,8 +75,9 @@ def registry_step(config: dict[str, Any]) -> dict[str, Any]:
     tracking.connect(cfg.tracking)
     classes = read_layout(cfg.data.root, cfg.data.format, cfg.data).classes
     kind = model_kind(cfg)
-    check_compatible(cfg.promotion.model_name, kind, classes, str(cfg.data.root))
-    return {"kind": kind, "classes": list(classes)}
+    name, root = cfg.promotion.model_name, str(cfg.data.root)
+    check_compatible(name, kind, classes, root, IMAGE_CHANNELS)
+    return {"kind": kind, "classes": list(classes), "channels": IMAGE_CHANNELS}
 
 
 def place_step(config: dict[str, Any]) -> dict[str, Any]:
@@ -153,6 +156,7 @@ def lineage_tags(
         validation_passed=bool(validation["success"]),
         flow_run_id=flow_run_id or "none",
         code_version=code_version(),
+        channels=contract.get("channels"),
     )
     return record.to_tags()
 

@@ -32,11 +32,17 @@ class LineageRecord:
     validation_passed: bool
     flow_run_id: str  # "none" outside Prefect
     code_version: str  # sha256 of the segops/ and flows/ sources
+    # Channels of the images the model was trained on (segops.data.io.IMAGE_CHANNELS: readers
+    # turn grayscale into RGB). None: not recorded (versions made before the tag existed); a
+    # None field writes no tag, so such a version's tags round-trip unchanged.
+    channels: int | None = None
 
     def to_tags(self) -> dict[str, str]:
         """The MLflow tags of this record (strings; lists as JSON, booleans lower-case)."""
         out = {}
         for name, value in asdict(self).items():
+            if value is None and name in OPTIONAL:
+                continue
             if isinstance(value, bool):
                 value = str(value).lower()
             elif isinstance(value, (list, tuple)):
@@ -47,19 +53,20 @@ class LineageRecord:
     @classmethod
     def from_tags(cls, tags: dict[str, str], where: str = "the run") -> LineageRecord:
         """The record in `tags`; LineageError naming every missing tag."""
-        missing = [tag for name, tag in TAGS.items() if tag not in tags]
+        missing = [tag for name, tag in TAGS.items() if tag not in tags and name not in OPTIONAL]
+        values = {name: tags.get(tag) for name, tag in TAGS.items()}
         if missing:
             raise LineageError(
                 f"{where} lacks the lineage tag(s) {', '.join(missing)}: it was made before they "
                 "existed, or not by segops's flow; retrain it with `segops run` to record them"
             )
-        values = {name: tags[tag] for name, tag in TAGS.items()}
         return cls(
             **values
             | {
                 "classes": tuple(json.loads(values["classes"])),
                 "git_dirty": values["git_dirty"] == "true",
                 "validation_passed": values["validation_passed"] == "true",
+                "channels": None if values["channels"] is None else int(values["channels"]),
             }
         )
 
@@ -78,4 +85,6 @@ TAGS = {
     "validation_passed": "segops.validation.passed",
     "flow_run_id": "segops.prefect.flow_run_id",
     "code_version": "segops.code.version",
+    "channels": "segops.data.channels",
 }
+OPTIONAL = {"channels"}  # fields whose tag older versions lack: None when absent

@@ -100,6 +100,7 @@ def test_dataset_outside_the_repo_gets_its_own_name_lineage_and_audit(
     assert tags["segops.dataset.md5"] == dir_md5(mine) == own["data"]["dataset_md5"]
     assert tags["segops.dataset.path"] == "data/nuclei"
     assert tags["segops.data.classes"] == '["background", "nucleus"]'
+    assert tags["segops.data.channels"] == "3"  # the readers give RGB (IMAGE_CHANNELS)
     assert tags["segops.git.dirty"] == "false"
     version = MlflowClient().get_model_version("segops-nuclei", "1").tags
     assert version["segops.dataset.md5"] == dir_md5(mine)

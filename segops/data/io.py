@@ -29,6 +29,10 @@ MISSING = "missing: no such file"
 NOT_A_FILE = "not a regular file (a folder, pipe or device); put the image file there"
 ZERO_BYTES = "0 bytes: the file is empty; copy or export it again"
 NOT_AN_IMAGE = "not an image: not a readable image file (PNG, JPEG, TIFF); replace it"
+# Channels of every image the readers return (HxWx3: grayscale, 16-bit and RGBA become RGB),
+# so of every model's input; recorded in lineage (segops.data.channels) and compared with the
+# champion's before any work (segops.promotion.compat).
+IMAGE_CHANNELS = 3
 
 
 class ReadError(ValueError):
