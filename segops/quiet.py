@@ -19,7 +19,13 @@ QUIET_DEFAULTS = {
 }
 
 
+EPHEMERAL_ONLY = ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",)
+
+
 def quiet_defaults() -> None:
-    """Set each of `QUIET_DEFAULTS` that the environment does not set already."""
+    """Set each of `QUIET_DEFAULTS` that the environment does not set already (the ephemeral
+    API's settings only when no running server is named by PREFECT_API_URL)."""
+    server = bool(os.environ.get("PREFECT_API_URL", "").strip())
     for key, value in QUIET_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+        if not (server and key in EPHEMERAL_ONLY):
+            os.environ.setdefault(key, value)

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from segops.cli import lineage
+from segops.cli import lifecycle, lineage
 from segops.cli.common import DatasetOpt, ParamsOpt, PlanOpt, SetOpt, config, echo, with_plan
 from segops.cli.dataops import data_add
 from segops.cli.explain import explain
@@ -198,25 +198,30 @@ def run(
 
     from segops.cli.report import print_run_result
     from segops.promotion.decide import check_metric
-    from segops.train.run import check_model_config, model_kind
+    from segops.train.precheck import check_model_fast
 
     overrides = with_plan(plan, overrides)  # the plan's values travel as the first overrides
-    # Fail fast on a bad config, model/data or promotion metric, before Prefect starts.
+    # Fail fast on a bad config, model/data or promotion metric, before Prefect starts
+    # (without importing torch for a known model with default options).
     cfg = config(params, overrides, dataset)
-    check_model_config(cfg)
-    check_metric(cfg.promotion.metric, model_kind(cfg))
+    check_metric(cfg.promotion.metric, check_model_fast(cfg))
     from segops.preflight import check_stores
 
     check_stores(cfg, workspace)  # seconds, not minutes of retries, for a store that is down
+    echo(lifecycle.prefect_api_line())
     retrain = importlib.import_module("flows.retrain").retrain
+    lifecycle.freeze_heap()  # the collector no longer walks the imported modules
     path = str(params) if params.exists() or params != Path("params.yaml") else None
-    result = retrain(
-        params=path,
-        overrides=list(overrides or []),
-        dataset=str(dataset) if dataset else None,
-        workspace=str(workspace),
-        force=force,
-    )
+    try:
+        result = retrain(
+            params=path,
+            overrides=list(overrides or []),
+            dataset=str(dataset) if dataset else None,
+            workspace=str(workspace),
+            force=force,
+        )
+    finally:
+        lifecycle.arm_fast_exit()  # the flow ended, its files are written: skip the teardown
     print_run_result(result)
 
 
@@ -274,11 +279,15 @@ def main() -> None:
     from segops.quiet import quiet_defaults
 
     quiet_defaults()
+    lifecycle.own_process()
     try:
         app()
     except SegopsError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        lifecycle.leave(2)
+    except SystemExit as exc:
+        lifecycle.leave(exc.code)
+    lifecycle.leave(0)
 
 
 if __name__ == "__main__":

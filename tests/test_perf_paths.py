@@ -1,0 +1,125 @@
+"""The fast paths of `segops run` (issue 17): the config check without torch, the Prefect API
+settings, a frozen heap and a fast exit that still completes every file and keeps the status."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from segops.cli.lifecycle import prefect_api_line
+from segops.config import load_config
+from segops.errors import ConfigError
+from segops.models.catalog import MODEL_KINDS
+from segops.quiet import quiet_defaults
+from segops.train.precheck import check_model_fast
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_run_help_and_the_default_config_check_do_not_import_torch():
+    out = run_python("""
+        import sys
+        from typer.testing import CliRunner
+        from segops.cli.main import app
+        from segops.cli.common import config
+        from segops.promotion.decide import check_metric
+        from segops.train.precheck import check_model_fast
+        from pathlib import Path
+        assert CliRunner().invoke(app, ["run", "--help"]).exit_code == 0
+        cfg = config(Path("params.yaml"), ["model.name=segnet"])
+        check_metric(cfg.promotion.metric, check_model_fast(cfg))
+        print(sorted(m for m in ("torch", "torchvision", "mlflow", "prefect") if m in sys.modules))
+    """)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_static_catalog_is_the_registry():
+    from segops.models import list_models
+
+    assert {entry.name: entry.kind for entry in list_models(kind=None)} == MODEL_KINDS
+
+
+def test_the_fast_check_refuses_what_the_full_check_refuses():
+    assert check_model_fast(load_config(None, [])) == "semantic"
+    with pytest.raises(ConfigError, match="unknown model"):
+        check_model_fast(load_config(None, ["model.name=unet3d"]))
+    with pytest.raises(ConfigError, match="instance annotations"):
+        check_model_fast(load_config(None, ["model.name=maskrcnn_resnet50_fpn"]))
+    with pytest.raises(ConfigError, match=r"bad model\.options"):  # options: the meta-device build
+        check_model_fast(load_config(None, ["model.options={widht: 8}"]))
+
+
+def test_a_running_prefect_server_gets_no_ephemeral_settings(monkeypatch):
+    key = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+    monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    quiet_defaults()
+    assert key not in os.environ
+    assert "http://127.0.0.1:4200/api (a running server" in prefect_api_line()
+    monkeypatch.setenv("PREFECT_API_URL", "")
+    quiet_defaults()
+    assert os.environ[key] == "90"
+    assert "temporary local one" in prefect_api_line()
+
+
+FAST_EXIT = """
+    import atexit, gc, logging, sys
+    from segops.cli.lifecycle import arm_fast_exit, freeze_heap, leave, own_process
+    freeze_heap()  # a test calling the app in-process: the heap is left alone
+    assert gc.get_freeze_count() == 0
+    own_process()
+    freeze_heap()
+    log = logging.getLogger("x")
+    log.addHandler(logging.FileHandler(sys.argv[1] + "/run.log"))
+    log.setLevel(logging.INFO)
+    out = open(sys.argv[1] + "/out.txt", "w")  # an open, buffered file closed by its handler
+    atexit.register(lambda: (out.write("x" * 100_000), out.close()))
+    for i in range(2000):
+        log.info("line %d", i)
+    sys.stdout.write("y" * 200_000)
+    print("frozen", gc.get_freeze_count() > 0, file=sys.stderr)
+    arm_fast_exit()
+    leave(int(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("status", [0, 3])
+def test_the_fast_exit_completes_files_and_keeps_the_status(tmp_path, status):
+    code = f"import sys; sys.argv = ['x', {str(tmp_path)!r}, '{status}']\n"
+    out = run_python(code + textwrap.dedent(FAST_EXIT))
+    assert out.returncode == status, out.stderr
+    assert out.stdout == "y" * 200_000
+    assert "frozen True" in out.stderr
+    assert (tmp_path / "out.txt").read_text() == "x" * 100_000
+    lines = (tmp_path / "run.log").read_text().splitlines()
+    assert len(lines) == 2000 and lines[-1] == "line 1999"
+
+
+def test_segops_exits_as_before_when_not_armed(tmp_path):
+    refused = subprocess.run(
+        [sys.executable, "-m", "segops.cli.main", "run", "--set", "train.threads=0"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "train.threads" in refused.stderr
