@@ -19,8 +19,14 @@ from pathlib import Path
 
 import yaml
 
+from segops import tracking
+from segops.config import build_config, config_hash
 from segops.lineage.data_links import data_deep, data_remote, dataset, deep_check, dvc_file
 from segops.lineage.links import BROKEN, OK, TAG, UNCHECKED, WARN, AuditReport, Chain, Link
+from segops.promotion.registry import RegistryError, resolve, version_tags
+from segops.record import LineageError, LineageRecord
+from segops.serving.contract import ContractError, read_contract
+from segops.train.checkpoint import file_sha256
 
 __all__ = ["BROKEN", "OK", "UNCHECKED", "WARN", "AuditReport", "Link", "audit", "deep_check"]
 
@@ -31,8 +37,6 @@ def audit(model_uri: str, repo: str | Path = ".", deep: bool = False) -> AuditRe
     `repo` is the git repository whose history must hold the recorded commit; `deep` re-hashes
     every object of the data version on the DVC remote (link `data.deep`).
     """
-    from segops import tracking
-    from segops.promotion.registry import RegistryError, resolve, version_tags
 
     try:
         ref = resolve(model_uri)
@@ -54,8 +58,6 @@ def audit(model_uri: str, repo: str | Path = ".", deep: bool = False) -> AuditRe
 
 
 def _weights(chain: Chain) -> Link:
-    from segops import tracking
-    from segops.train.checkpoint import file_sha256
 
     expected = chain.tag("weights_sha256")
     chain.record["weights_sha256"] = expected
@@ -73,8 +75,6 @@ def _weights(chain: Chain) -> Link:
 def _contract(chain: Chain) -> Link:
     """The model's `model.json` (fetched by `_weights`) carries the same lineage as the
     version's tags; a model logged before contracts existed is a warning, not a break."""
-    from segops.record import LineageError, LineageRecord
-    from segops.serving.contract import ContractError, read_contract
 
     found = sorted((chain.scratch / "model").rglob("model.json"))
     if not found:
@@ -119,7 +119,6 @@ def _git(chain: Chain) -> Link:
 
 
 def _config(chain: Chain) -> Link:
-    from segops.config import build_config, config_hash
 
     expected = chain.tag("config_hash")
     chain.record |= {"config_hash": expected, "seed": chain.tag("seed")}

@@ -8,11 +8,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from segops.dvc_remote import (
+    VersioningError,
+    dataset_md5_on_remote,
+    dvc_text_md5,
+    manifest,
+    remote_has,
+    remote_odb,
+)
+from segops.errors import DatasetError
 from segops.lineage.links import BROKEN, OK, UNCHECKED, Chain, Link
 
 
 def dvc_file(chain: Chain) -> Link:
-    from segops.dvc_remote import VersioningError, dvc_text_md5
 
     md5 = chain.tag("data.md5")
     chain.record |= {"data.md5": md5, "data.path": chain.tag("data.path")}
@@ -31,7 +39,6 @@ def dvc_file(chain: Chain) -> Link:
 
 
 def data_remote(chain: Chain) -> Link:
-    from segops.dvc_remote import VersioningError, remote_has
 
     url, text = chain.tag("data.remote_url"), chain.record.get("data.dvc")
     chain.record["data.remote_url"] = url
@@ -53,8 +60,6 @@ def data_remote(chain: Chain) -> Link:
 
 def dataset(chain: Chain) -> Link:
     """The dataset trained on (its own hash and path) is inside the recorded data version."""
-    from segops.dvc_remote import VersioningError, dataset_md5_on_remote
-    from segops.errors import DatasetError
 
     md5, path = chain.tag("dataset.md5"), chain.tag("dataset.path")
     chain.record |= {"dataset.md5": md5, "dataset.path": path}
@@ -88,7 +93,6 @@ def data_deep(chain: Chain) -> Link:
 def deep_check(dvc_text: str, remote_url: str) -> Link:
     """Read every object of the data version on the remote, md5 it and compare with its name:
     link `data.deep`, broken (naming them) when objects are corrupt or missing."""
-    from segops.dvc_remote import VersioningError, dvc_text_md5, manifest, remote_odb
 
     start = time.monotonic()
     try:

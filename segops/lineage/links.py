@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from segops import tracking
+
 OK, WARN, UNCHECKED, BROKEN = "ok", "warn", "unchecked", "broken"
 TAG = "segops."
 
@@ -80,6 +82,5 @@ class Chain:
         return self.run["tags"].get(TAG + key, "")
 
     def artifact(self, path: str) -> Path | None:
-        from segops import tracking
 
         return tracking.download_artifact(self.version.run_id, path, self.scratch / "artifacts")

@@ -10,6 +10,8 @@ from typing import Any
 from segops.config import Config, build_config
 
 LINEAGE = "segops."
+# The steps import their work inside the function: the flow module (and `segops run`, which
+# imports it) must not pay for torch, MLflow and ONNX before a step runs (docs/development.md).
 
 
 def _cfg(config: dict[str, Any]) -> Config:
