@@ -23,6 +23,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact  # 
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
+from flows import promotion_lock  # noqa: E402
 from segops import pipeline  # noqa: E402
 from segops.config import load_config  # noqa: E402
 from segops.errors import SegopsError  # noqa: E402
@@ -88,8 +89,17 @@ def register_model(config: dict, run_id: str, checkpoint: str, attempt_key: str)
 
 
 @task(name="promote", retries=1, cache_policy=NO_CACHE)
-def promote_model(config: dict, model: dict) -> dict:
-    return pipeline.promote_step(config, model)
+def promote_model(config: dict, model: dict, file_lock: bool = True) -> dict:
+    return pipeline.promote_step(config, model, file_lock)
+
+
+def promote_serialised(config: dict, model: dict) -> dict:
+    """The promote task, one decision per registered model at a time: under the Prefect
+    server's global concurrency limit `promote-<name>` (every host), else the file lock."""
+    if promotion_lock.server_url() is None:
+        return promote_model(config, model)
+    with promotion_lock.global_promotion_lock(model["name"]):
+        return promote_model(config, model, file_lock=False)
 
 
 @task(name="model-report", retries=1, cache_policy=NO_CACHE)
@@ -99,7 +109,7 @@ def model_report(config: dict, model: dict, checkpoint: str) -> dict:
 
 def _gate_and_report(config: dict, model: dict, checkpoint: str) -> tuple[dict, dict]:
     """Promote (or not) the registered `model`, then write its report; both as artifacts."""
-    decision = promote_model(config, model)
+    decision = promote_serialised(config, model)
     create_markdown_artifact(_decision_markdown(model, decision), key="promotion-decision")
     report = model_report(config, model, checkpoint)
     if report["link"]:

@@ -263,8 +263,11 @@ def register_step(
     return {"name": ref.name, "version": ref.version, "run_id": ref.run_id, "uri": ref.uri}
 
 
-def promote_step(config: dict[str, Any], model: dict[str, str]) -> dict[str, Any]:
-    """Decide challenger vs champion, record the decision, move `champion` only on a pass."""
+def promote_step(
+    config: dict[str, Any], model: dict[str, str], file_lock: bool = True
+) -> dict[str, Any]:
+    """Decide challenger vs champion, record the decision, move `champion` only on a pass.
+    `file_lock=False`: the caller holds a lock every host shares (see `gate.promote`)."""
     from segops import tracking
     from segops.promotion.gate import promote
     from segops.promotion.registry import ModelRef
@@ -272,6 +275,6 @@ def promote_step(config: dict[str, Any], model: dict[str, str]) -> dict[str, Any
     cfg = _cfg(config)
     tracking.connect(cfg.tracking)
     ref = ModelRef(model["name"], model["version"], model["run_id"])
-    decision = promote(ref, cfg)  # under the lock of `promotion_lock_dir(cfg)`
+    decision = promote(ref, cfg, file_lock=file_lock)  # champion read under the lock
     tracking.finish_run(model["run_id"])
     return decision.to_dict()

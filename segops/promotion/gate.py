@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 
 import mlflow
@@ -95,14 +96,19 @@ def _champion_scores(current: ModelRef, cfg: Config, data_version: str) -> Score
     return scores_from_files(report.metrics_json, report.per_image_csv, cfg.promotion.metric)
 
 
-def promote(ref: ModelRef, cfg: Config, lock_dir: str | Path | None = None) -> PromotionDecision:
+def promote(
+    ref: ModelRef, cfg: Config, lock_dir: str | Path | None = None, file_lock: bool = True
+) -> PromotionDecision:
     """Decide whether `ref` (the challenger) replaces the champion, record it, move the alias.
 
     Serialised by the lock in `lock_dir` (default `promotion_lock_dir(cfg)`, the one rollback
-    takes too) so that concurrent flows decide one after the other.
+    takes too) so that concurrent flows decide one after the other. `file_lock=False` when the
+    caller already holds a lock shared by every host (the flow's Prefect concurrency limit);
+    the champion is read after the lock is taken either way.
     """
     challenger = run_scores(ref.run_id, cfg.promotion.metric)
-    with promotion_lock(lock_dir or promotion_lock_dir(cfg)):
+    lock = promotion_lock(lock_dir or promotion_lock_dir(cfg)) if file_lock else nullcontext()
+    with lock:
         current = champion(ref.name)
         # A retried step may find `ref` already champion: then there is nothing to beat.
         same = current is not None and current.version == ref.version
