@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -101,6 +102,16 @@ def _dvc_md5(text: str, where: str) -> str:
     if out.get("hash") != "md5":
         raise VersioningError(f"{where}: written by DVC 2; run `dvc cache migrate` and re-add it")
     return md5
+
+
+REMOTE_URL_ENV = "SEGOPS_DVC_REMOTE_URL"
+
+
+def remote_url_for(configured: str | None) -> str | None:
+    """The URL a push goes to: SEGOPS_DVC_REMOTE_URL, when set, wins over
+    `versioning.remote_url` (as MLFLOW_TRACKING_URI does over `tracking.uri`). An S3 endpoint
+    and keys come from AWS_ENDPOINT_URL / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY."""
+    return os.environ.get(REMOTE_URL_ENV) or configured
 
 
 def absolute_url(url: str, base: Path) -> str:

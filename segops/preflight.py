@@ -93,7 +93,7 @@ def dvc_check(
     cfg: VersioningConfig, workspace: str | Path, timeout: float = TIMEOUT
 ) -> Check | None:
     """The check of the remote `version_dataset` would push to; None when it does not push."""
-    from segops.dvc_remote import absolute_url
+    from segops.dvc_remote import absolute_url, remote_url_for
     from segops.versioning import VersioningError, find_workspace
 
     if not cfg.push:
@@ -104,9 +104,10 @@ def dvc_check(
         problem = str(exc)
         return "dvc", str(Path(workspace).resolve()), lambda: problem
     name = cfg.remote.lower()
-    options = _dvc_remote_options(root, name)
-    if cfg.remote_url:
-        options["url"] = absolute_url(cfg.remote_url, root)
+    override = remote_url_for(cfg.remote_url)
+    options = _dvc_remote_options(root, name, validate=not override)
+    if override:  # raw options: the validated ones carry defaults of the configured URL's kind
+        options["url"] = absolute_url(override, root)
     url = str(options.get("url", ""))
     if not url:
         fix = f"set versioning.remote_url, or run `dvc remote add -d {name} URL` in {root}"
@@ -120,11 +121,11 @@ def dvc_check(
     return None  # gs, azure, ssh, ...: not checked here
 
 
-def _dvc_remote_options(root: Path, name: str) -> dict:
+def _dvc_remote_options(root: Path, name: str, validate: bool = True) -> dict:
     """The remote's options from .dvc/config (+ config.local, global): url, endpointurl, ..."""
     from dvc.config import Config as DvcConfig
 
-    return dict(DvcConfig(str(root / ".dvc"))["remote"].get(name, {}))
+    return dict(DvcConfig(str(root / ".dvc"), validate=validate)["remote"].get(name, {}))
 
 
 def _run_bounded(checks: list[Check], deadline: float) -> dict[str, str | None]:
@@ -200,6 +201,17 @@ def _s3(options: dict, timeout: float) -> str | None:
     endpointurl and credentials apply, as for `dvc push`)."""
     from dvc.fs import get_cloud_fs
 
+    endpoint = options.get("endpointurl") or os.environ.get("AWS_ENDPOINT_URL", "")
+    if endpoint:  # botocore retries a refused endpoint for many seconds: probe it first
+        parts = urlsplit(endpoint)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            socket.create_connection((parts.hostname or "", port), timeout=timeout).close()
+        except OSError as exc:
+            return (
+                f"S3 endpoint {endpoint} unreachable ({exc}); check AWS_ENDPOINT_URL (or the "
+                "remote's endpointurl) and that the S3 server runs"
+            )
     bounded = {"connect_timeout": math.ceil(timeout), "read_timeout": math.ceil(timeout)}
     cls, conf, path = get_cloud_fs(None, **(options | bounded))
     fs = cls(**conf)

@@ -7,9 +7,9 @@ every file's md5; a dataset's own hash is that of its folder's part of the manif
 DVC is driven through its Python API (`dvc.repo.Repo`): typed exceptions, the real count of
 uploaded objects, no process start. Work on a workspace is serialised by a thread lock in-process
 (DVC's Repo is not thread-safe) and by `.dvc/tmp/segops.lock` across processes (DVC's own lock
-does not cover config edits), and DVC's repo lock waits as `dvc --wait-for-lock` does.
-Never run `dvc gc` here: without git it deletes older versions.
-"""
+does not cover config edits), and DVC's repo lock waits as `dvc --wait-for-lock` does. Never
+run `dvc gc` here: without git it deletes older versions. A remote URL given for a call goes in
+`.dvc/config.local` (untracked), never credentials: those come from the environment."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from segops.dvc_remote import (  # re-exported: the remote half of the versionin
     missing_objects,
     quiet_dvc,
     remote_has,
+    remote_url_for,
     restore_dataset,
 )
 
@@ -122,7 +123,7 @@ def version_dataset(
     sub = _dataset_subdir(root, rel, dataset)
     _refuse_links(root / rel)
     dvc_file = root / f"{rel}.dvc"
-    with _locked(root), _remote_for_call(root, cfg.remote, cfg.remote_url):
+    with _locked(root), _remote_for_call(root, cfg.remote, remote_url_for(cfg.remote_url)):
         previous = dvc_file.read_text() if dvc_file.is_file() else None
         with _open_repo(root) as repo:
             _step("add", rel, dvc_file, previous, lambda: repo.add(str(root / rel)))
@@ -176,33 +177,32 @@ def _open_repo(root: Path) -> Iterator[Repo]:
 
 @contextmanager
 def _remote_for_call(root: Path, name: str, url: str | None) -> Iterator[None]:
-    """Set remote `name` to `url` (if given) for the body; if the body fails, put
-    `.dvc/config` back byte for byte, so a bad `versioning.remote_url` is not kept."""
+    """Remote `name` = `url` (if given) for the body; put back byte for byte if it fails."""
     if not url:
         yield
         return
-    conf = root / ".dvc" / "config"
+    conf = root / ".dvc" / "config.local"
     saved = conf.read_bytes() if conf.is_file() else None
     try:
-        _set_remote(root, name, url)
+        _set_remote(root, name, url, level="local")
         yield
     except BaseException as exc:
-        if saved is None:
-            conf.unlink(missing_ok=True)
-        else:
+        conf.unlink(missing_ok=True)
+        if saved is not None:
             conf.write_bytes(saved)
         if isinstance(exc, VersioningError):
-            note = f" .dvc/config was put back as it was: remote {name} is not set to {url}."
+            note = f" .dvc/config.local was put back as it was: remote {name} is not {url}."
             raise VersioningError(f"{exc}{note}") from exc
         raise
 
 
-def _set_remote(root: Path, name: str, url: str) -> None:
+def _set_remote(root: Path, name: str, url: str, level: str = "repo") -> None:
+    """Make `name` = `url` the default remote at `level` (repo or local); no credentials."""
     from dvc.config import Config
 
     if not name.strip() or not url.strip():
         raise VersioningError(f"remote name and URL must be non-empty (got {name!r}, {url!r})")
-    with Config(str(root / ".dvc")).edit() as conf:
+    with Config(str(root / ".dvc")).edit(level) as conf:
         # DVC looks remotes up by lower-cased name (`dvc remote add` lower-cases them too).
         conf["remote"].setdefault(name.lower(), {})["url"] = absolute_url(url, root)
         conf["core"]["remote"] = name.lower()

@@ -127,9 +127,10 @@ def test_failed_remote_url_leaves_dvc_config_byte_for_byte(ws, tmp_path, name):
     (tmp_path / "a_file").write_text("")
     bad = VersioningConfig(remote=name, remote_url=str(tmp_path / "a_file" / "r"))
     generate_shapes(ws / "data" / "more", n=2, size=16, seed=1)  # something to push
-    with pytest.raises(VersioningError, match=r"push.*\.dvc/config was put back"):
+    with pytest.raises(VersioningError, match=r"push.*\.dvc/config\.local was put back"):
         version_dataset(ws, bad)
     assert (ws / ".dvc" / "config").read_bytes() == before
+    assert not (ws / ".dvc" / "config.local").exists()  # where the call's URL went, removed
     # A later plain run pushes to the remote that was there before.
     assert version_dataset(ws, VersioningConfig(remote="local")).pushed > 0
 

@@ -1,0 +1,106 @@
+"""The DVC remote on a real S3 server (`rclone serve s3` on loopback): the URL from
+SEGOPS_DVC_REMOTE_URL goes to `.dvc/config.local`, credentials only in the environment; the
+preflight names an unreachable endpoint or a missing bucket in seconds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from segops.config import load_config
+from segops.data.shapes import generate_shapes
+from segops.preflight import StoreUnreachable, check_stores
+from segops.stack.procs import http_ok
+from segops.versioning import remote_has, version_dataset
+from tests.conftest import dvc_workspace
+
+pytestmark = pytest.mark.slow
+KEY, SECRET = "segops-test", "s3cret-for-tests"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """An S3 server with one bucket `dvc`; yields its endpoint URL."""
+    root = tmp_path_factory.mktemp("s3")
+    (root / "buckets" / "dvc").mkdir(parents=True)
+    port = _free_port()
+    rclone = Path(sys.executable).parent / "rclone"
+    cmd = [str(rclone), "serve", "s3", "--addr", f"127.0.0.1:{port}"]
+    cmd += ["--auth-key", f"{KEY},{SECRET}", str(root / "buckets")]
+    env = dict(os.environ, RCLONE_CONFIG=str(root / "rclone.conf"))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while not http_ok(url) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        yield url, root / "buckets"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+@pytest.fixture
+def s3_env(s3, monkeypatch):
+    url, _ = s3
+    for name, value in {
+        "AWS_ENDPOINT_URL": url,
+        "AWS_ACCESS_KEY_ID": KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "SEGOPS_DVC_REMOTE_URL": "s3://dvc/team",
+    }.items():
+        monkeypatch.setenv(name, value)
+    return s3
+
+
+def test_push_to_s3_from_env_keeps_the_checkout_clean(s3_env, tmp_path):
+    _, buckets = s3_env
+    ws = dvc_workspace(tmp_path)
+    tracked = (ws / ".dvc" / "config").read_bytes()
+    generate_shapes(ws / "data" / "shapes", n=6, size=16, seed=0)
+    version = version_dataset(ws, load_config().versioning)
+    files = [p for p in (ws / "data").rglob("*") if p.is_file()]
+    assert version.remote_url == "s3://dvc/team" and version.pushed == len(files) + 1  # + .dir
+    assert (ws / ".dvc" / "config").read_bytes() == tracked  # the tracked config is untouched
+    local = (ws / ".dvc" / "config.local").read_text()
+    assert "s3://dvc/team" in local and SECRET not in local and KEY not in local
+    on_s3 = [p for p in (buckets / "dvc" / "team").rglob("*") if p.is_file()]
+    assert len(on_s3) == version.pushed
+    assert remote_has((ws / "data.dvc").read_text(), "s3://dvc/team")  # read back without ws
+    lines = check_stores(load_config(), ws)
+    assert "dvc remote 'local' s3://dvc/team: ok" in lines
+
+
+def test_preflight_names_a_missing_bucket_and_an_unreachable_endpoint(
+    s3_env, tmp_path, monkeypatch
+):
+    ws = dvc_workspace(tmp_path)
+    monkeypatch.setenv("SEGOPS_DVC_REMOTE_URL", "s3://nobucket/x")
+    started = time.monotonic()
+    with pytest.raises(StoreUnreachable, match=r"bucket nobucket does not exist"):
+        check_stores(load_config(), ws)
+    dead = f"http://127.0.0.1:{_free_port()}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", dead)
+    monkeypatch.setenv("SEGOPS_DVC_REMOTE_URL", "s3://dvc/team")
+    with pytest.raises(
+        StoreUnreachable,
+        match=r"dvc remote 'local' s3://dvc/team: S3 endpoint http://127.0.0.1:\d+ unreachable",
+    ):
+        check_stores(load_config(), ws)
+    assert time.monotonic() - started < 20
+    assert not (ws / ".dvc" / "config.local").exists()  # a check writes nothing
