@@ -48,6 +48,15 @@ class DataConfig(BaseModel):
         "image is smaller) and predict with a sliding window of this side; None = resize "
         "whole images to image_size",
     )
+    scale: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="with data.crop_size: resize every image by this factor first, the same "
+        "way in training, evaluation, predict, the served model and the report (predictions "
+        "are brought back to the original size, where metrics are counted); None = native. "
+        "At most 1: upscaling would make a request cost more than serving's pixel budget",
+    )
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     split_seed: int = 0
@@ -74,6 +83,15 @@ class DataConfig(BaseModel):
         cfg._other_options = other
         return cfg
 
+    @model_validator(mode="after")
+    def _scale_needs_crops(self) -> DataConfig:
+        if self.scale is not None and self.crop_size is None:
+            raise ValueError(
+                "data.scale resizes images before native-resolution crops: set data.crop_size "
+                "too (without it whole images are resized to data.image_size anyway)"
+            )
+        return self
+
     @field_validator("format")
     @classmethod
     def _registered(cls, name: str) -> str:
@@ -93,12 +111,14 @@ class DataConfig(BaseModel):
 
     @model_serializer(mode="wrap")
     def _omit_defaults(self, handler: Any, info: SerializationInfo) -> dict[str, Any]:
-        """crop_size and options at their defaults are not dumped, and options with a legacy
+        """crop_size, scale and options at their defaults are not dumped, and options with a legacy
         key are dumped under it: configs keep their dump and `config_hash`."""
         data = handler(self)
         data.pop("options", None)
         if self.crop_size is None:
             data.pop("crop_size", None)
+        if self.scale is None:
+            data.pop("scale", None)
         flat, rest = dump_options(self.format, self.options, self._other_options, info.mode)
         data.update(flat)
         return {**data, "options": rest} if rest else data

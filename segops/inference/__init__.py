@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from segops.inference.batched import batched_masks
 from segops.inference.inputs import (
     SLIDE_ABOVE,
+    at_data_scale,
     resized_input,
     sliding_probs,
     uses_sliding,
@@ -74,14 +75,18 @@ def predict_image(
     window of that side. Otherwise images up to `SLIDE_ABOVE` times the model's input size
     are resized to it and the logits resized back bilinearly; larger ones (or `sliding=True`)
     are predicted at native resolution with a sliding window, so small objects are not shrunk
-    away.
+    away. A model trained with `data.scale` predicts the image resized by it, its
+    probabilities brought back to the image's size (`at_data_scale`).
     """
     if trained.kind == "instance":
         return _painted(trained, image)
-    if uses_sliding(trained, image, sliding):
-        probs = sliding_probs(trained, image)
-    else:
-        probs = _resized_probs(trained, image)
+
+    def probs_of(image: np.ndarray) -> torch.Tensor:
+        if uses_sliding(trained, image, sliding):
+            return sliding_probs(trained, image)
+        return _resized_probs(trained, image)
+
+    probs = at_data_scale(trained, image, probs_of)  # data.scale: resized there and back
     return probs.argmax(0).byte().cpu().numpy(), probs.cpu().numpy()
 
 
@@ -109,10 +114,10 @@ def predict_masks(
     """HxW uint8 masks of `images` (HxWx3 uint8, any mix of sizes), each identical to
     `predict_image(trained, image)[0]`, from about ceil(pieces / batch_size) forward passes
     (a piece: one resized image or one sliding window). Instance models, and a lone image,
-    take the per-image path."""
+    take the per-image path, and so do models trained with `data.scale` (so far)."""
     if batch_size < 1:
         raise ValueError(f"batch_size = {batch_size}: give a positive integer")
-    if trained.kind == "instance" or len(images) == 1:
+    if trained.kind == "instance" or len(images) == 1 or trained.config.data.scale is not None:
         return [predict_image(trained, image)[0] for image in images]
     masks: list[np.ndarray] = [None] * len(images)  # type: ignore[list-item]
     for index, mask in batched_masks(trained, images, batch_size):

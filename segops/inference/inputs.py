@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from segops.data.transforms import to_tv
+from segops.data.transforms import rescale_image, to_tv
 from segops.inference.loading import TrainedModel
 
 SLIDE_ABOVE = 1.5  # a side longer than this many input sizes is predicted tile by tile
@@ -19,6 +21,20 @@ def uses_sliding(trained: TrainedModel, image: np.ndarray, sliding: bool | None 
     if sliding is None:
         return max(image.shape[:2]) > SLIDE_ABOVE * trained.config.data.image_size
     return sliding
+
+
+def at_data_scale(
+    trained: TrainedModel, image: np.ndarray, probs_of: Callable[[np.ndarray], torch.Tensor]
+) -> torch.Tensor:
+    """`probs_of(image)` (`[C, h, w]` class probabilities) for a model trained on images
+    resized by `data.scale`: the image is resized by it as in training
+    (`segops.data.transforms.rescale_image`), the probabilities brought back bilinearly to the
+    image's own size (`[C, H, W]`), where masks are compared with the truth."""
+    factor = trained.config.data.scale
+    if factor is None or factor == 1:
+        return probs_of(image)
+    probs = probs_of(rescale_image(image, factor))
+    return F.interpolate(probs[None], image.shape[:2], mode="bilinear", align_corners=False)[0]
 
 
 def resized_input(trained: TrainedModel, image: np.ndarray) -> torch.Tensor:

@@ -40,16 +40,19 @@ def make_loaders(
     """Training loader (shuffled by a generator reseeded each epoch) and validation loader, of
     this rank's share under torchrun (`segops.train.distributed`).
 
-    With `data.crop_size` both work at native resolution: random crops for training, whole
-    images one at a time for validation (their sizes may differ)."""
-    size, crop = cfg.data.image_size, cfg.data.crop_size
+    With `data.crop_size` both work at native resolution (or resized by `data.scale`): random
+    crops for training, whole images one at a time for validation (their sizes may differ)."""
+    size, crop, scale = cfg.data.image_size, cfg.data.crop_size, cfg.data.scale
     train_ds = SegmentationDataset(
-        info.root, info.split("train"), train_transform(cfg.augment, size, crop), cfg.data.cache
+        info.root,
+        info.split("train"),
+        train_transform(cfg.augment, size, crop, scale),
+        cfg.data.cache,
     )
     val_ds = SegmentationDataset(
         info.root,
         info.split("val"),
-        eval_transform(cfg.augment, size, native=crop is not None),
+        eval_transform(cfg.augment, size, native=crop is not None, scale=scale),
         cfg.data.cache,
     )
     val_batch = cfg.evaluate.batch_size if crop is None else 1
