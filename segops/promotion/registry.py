@@ -77,7 +77,13 @@ def register(
         version = found[0]
     else:
         tags = {ATTEMPT_TAG: attempt_key, **tags}
-        version = client.create_model_version(name, model_uri, run_id=run_id, tags=tags)
+        # A tracking server accepts a logged model's `models:/m-...` source only with its id.
+        model_id = (
+            model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+        )
+        version = client.create_model_version(
+            name, model_uri, run_id=run_id, tags=tags, model_id=model_id
+        )
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     return ModelRef(name, str(version.version), run_id)
 
