@@ -1,0 +1,106 @@
+"""Helpers of the team-stack tests: the stack brought up through the CLI, clones of this
+repository that share nothing but the servers, and `segops` run inside them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SEGOPS = str(Path(sys.executable).parent / "segops")
+MODEL = "segops-shapes"  # promotion.model_name=auto on data/shapes
+# A tiny U-Net, one epoch on 24 images of 32x32: each flow run is seconds of compute.
+TINY = [
+    "data.image_size=32",
+    "model.options={width: 4, depth: 2}",
+    "train.epochs=1",
+    "train.batch_size=8",
+    "evaluate.worst_k=2",
+]
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def postgres_missing() -> bool:
+    found = shutil.which("pg_ctl") or list(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    return not found
+
+
+def stack_root() -> Path:
+    """A folder the `postgres` user can traverse (pytest's tmp folders are mode 700)."""
+    root = Path(tempfile.mkdtemp(prefix="segops-stack-", dir="/tmp"))
+    root.chmod(0o755)
+    return root
+
+
+def stack_cli(root: Path, *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [SEGOPS, "stack", *args, "--root", str(root / ".stack")],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=root,
+    )
+
+
+def parse_exports(stdout: str) -> dict[str, str]:
+    lines = [ln.removeprefix("export ") for ln in stdout.splitlines() if ln.startswith("export ")]
+    return dict(ln.split("=", 1) for ln in lines)
+
+
+def clone(dest: Path) -> Path:
+    """A fresh clone of this repository's HEAD (committed work only) with its own data."""
+    subprocess.run(["git", "clone", "-q", str(REPO), str(dest)], check=True, timeout=120)
+    return dest
+
+
+def clone_env(exports: dict[str, str], where: Path) -> dict[str, str]:
+    """This process's test environment, pointed at the stack, with the clone's own homes."""
+    return dict(
+        os.environ,
+        **exports,
+        PREFECT_HOME=str(where / ".prefect-home"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DVC_NO_ANALYTICS="1",
+        PYTHONUNBUFFERED="1",
+    )
+
+
+def segops(where: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
+    """Start `segops ARGS` in `where` (output captured, merged)."""
+    return subprocess.Popen(
+        [SEGOPS, *args],
+        cwd=where,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def tracked(repo: Path, folder: str) -> set[str]:
+    out = subprocess.run(["git", "ls-files", folder], cwd=repo, capture_output=True, text=True)
+    return set(out.stdout.split())

@@ -1,0 +1,171 @@
+"""Team mode end to end: the local production stack (`segops stack up`), two clones of this
+repository that share nothing but the servers each run the retrain flow at once, and a third
+fresh clone holding only the server URLs audits, reproduces and loads the champion.
+
+One stack per module (about a minute to start); each flow run trains a tiny U-Net for one epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration import team
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        team.postgres_missing(), reason="needs PostgreSQL: apt-get install postgresql"
+    ),
+]
+
+PREDICT = """
+import base64, io, mlflow, numpy as np, pandas as pd
+from PIL import Image
+buf = io.BytesIO()
+Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(buf, "PNG")
+rows = pd.DataFrame({"image": [base64.b64encode(buf.getvalue()).decode()] * 2})
+out = mlflow.pyfunc.load_model("models:/NAME@champion").predict(rows)
+print("predicted", len(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def stack():
+    """The stack on free ports in a fresh folder; yields (stack folder, export variables)."""
+    root = team.stack_root()
+    pg, s3, mlflow, prefect = team.free_ports(4)
+    ports = ["--postgres-port", str(pg), "--s3-port", str(s3)]
+    ports += ["--mlflow-port", str(mlflow), "--prefect-port", str(prefect), "--workers", "1"]
+    try:
+        up = team.stack_cli(root, "up", *ports)
+        assert up.returncode == 0, up.stderr[-3000:]
+        yield root / ".stack", team.parse_exports(up.stdout)
+    finally:
+        down = team.stack_cli(root, "down", timeout=120)
+        shutil.rmtree(root, ignore_errors=True)
+        assert down.returncode == 0, down.stderr
+
+
+@pytest.fixture(scope="module")
+def two_runs(stack, tmp_path_factory):
+    """Two clones, each with its own data and PREFECT_HOME, run the flow at the same time
+    (different seeds: two versions). Yields [(clone, return code, output)]."""
+    _, exports = stack
+    clones = [team.clone(tmp_path_factory.mktemp("clones") / f"c{i}") for i in (1, 2)]
+    envs = [team.clone_env(exports, c) for c in clones]
+    for c, env in zip(clones, envs, strict=True):
+        rc, out = team.finish(team.segops(c, env, "data", "shapes", "--n", "24", "--size", "32"))
+        assert rc == 0, out
+    procs = [
+        team.segops(c, env, "run", *_sets(*team.TINY, f"train.seed={i}"))
+        for i, (c, env) in enumerate(zip(clones, envs, strict=True))
+    ]
+    return [(c, *team.finish(p)) for c, p in zip(clones, procs, strict=True)]
+
+
+def _sets(*overrides: str) -> list[str]:
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+def _client(exports: dict[str, str]):
+    from mlflow import MlflowClient
+
+    uri = exports["MLFLOW_TRACKING_URI"]
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_stack_status_reports_every_service_healthy(stack):
+    root, exports = stack
+    status = team.stack_cli(root.parent, "status")
+    assert status.returncode == 0, status.stdout
+    names = [line.split()[0] for line in status.stdout.splitlines()]
+    assert names == ["postgres", "s3", "mlflow", "prefect", "worker-1"]
+    assert all(" healthy " in line for line in status.stdout.splitlines())
+    assert exports["MLFLOW_TRACKING_URI"].startswith("http://127.0.0.1:")
+    assert exports["SEGOPS_DVC_REMOTE_URL"] == "s3://dvc/segops"
+    again = team.stack_cli(root.parent, "up")  # idempotent: nothing restarted
+    assert again.returncode == 0 and again.stderr.count(": running") == 5, again.stderr
+
+
+def test_two_clones_run_at_once_and_one_champion_results(stack, two_runs):
+    _, exports = stack
+    for clone, rc, out in two_runs:
+        assert rc == 0, f"{clone}:\n{out[-4000:]}"
+    client = _client(exports)
+    versions = client.search_model_versions(f"name = '{team.MODEL}'")
+    assert sorted(v.version for v in versions) == ["1", "2"]
+    champion = client.get_model_version_by_alias(team.MODEL, "champion")
+    holders = [
+        v for v in versions if "champion" in client.get_model_version(v.name, v.version).aliases
+    ]
+    assert [v.version for v in holders] == [champion.version]
+
+
+def test_artifacts_are_on_s3_and_nothing_is_on_the_clones(stack, two_runs):
+    root, exports = stack
+    client = _client(exports)
+    bucket = root / "s3" / "mlflow"
+    for version in client.search_model_versions(f"name = '{team.MODEL}'"):
+        run = client.get_run(version.run_id)
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
+        on_s3 = bucket / run.info.artifact_uri.removeprefix("mlflow-artifacts:/")
+        for name in ("config.yaml", "eval/metrics.json", "lineage/data.dvc", "history.csv"):
+            assert (on_s3 / name).is_file(), f"{name} of run {run.info.run_id} not on S3"
+        model = client.get_logged_model(version.source.removeprefix("models:/"))
+        weights = bucket / model.artifact_location.removeprefix("mlflow-artifacts:/")
+        assert any(p.name == "MLmodel" for p in team.files_under(weights))
+    for clone, _, _ in two_runs:
+        local = {str(p.relative_to(clone)) for p in team.files_under(clone / "mlflow")}
+        assert local <= team.tracked(clone, "mlflow"), f"artifacts on {clone}: {local}"
+        md5 = _dvc_md5(clone / "data.dvc")
+        manifest = root / "s3" / "dvc" / "segops" / "files" / "md5" / md5[:2] / md5[2:]
+        assert manifest.is_file(), f"dataset {md5} of {clone} is not on the S3 remote"
+
+
+def _dvc_md5(dvc_file: Path) -> str:
+    import yaml
+
+    return yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"]
+
+
+def test_a_third_clone_audits_reproduces_lists_and_loads_the_champion(
+    stack, two_runs, tmp_path_factory
+):
+    _, exports = stack
+    third = team.clone(tmp_path_factory.mktemp("third") / "c3")
+    env = team.clone_env(exports, third)
+    champion = f"models:/{team.MODEL}@champion"
+    started = time.monotonic()
+    procs = {
+        "audit": team.segops(third, env, "audit", champion),
+        "reproduce": team.segops(third, env, "reproduce", champion),
+        "history": team.segops(third, env, "models", "history", team.MODEL, "--json"),
+    }
+    predict = PREDICT.replace("NAME", team.MODEL)
+    procs["predict"] = subprocess.Popen(
+        [sys.executable, "-c", predict],
+        cwd=third,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    done = {name: team.finish(p) for name, p in procs.items()}
+    for name, (rc, out) in done.items():
+        assert rc == 0, f"{name} failed:\n{out[-4000:]}"
+    assert "lineage intact" in done["audit"][1]
+    report = third / "runs" / "reproduce" / f"{team.MODEL}-at-champion" / "reproduce.json"
+    assert json.loads(report.read_text())["weights_identical"] is True
+    events = [json.loads(ln) for ln in done["history"][1].splitlines() if ln.startswith("{")]
+    decided = [e["version"] for e in events if e["event"] == "decided"]
+    assert sorted(decided) == ["1", "2"]
+    assert "predicted 2" in done["predict"][1]
+    assert not (third / "data").exists() or not any((third / "data").iterdir())  # only URLs
+    assert time.monotonic() - started < 240
