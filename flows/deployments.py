@@ -1,27 +1,33 @@
-"""Scheduled retraining: a Prefect deployment of the `retrain` flow on a cron schedule.
+"""Deployments of the `retrain` flow that run on any worker.
 
-The deployment runs on a *process* work pool: a worker started on this machine (or any machine
-holding the project at the same path) runs each flow run as a subprocess, in the project root.
-Needs a Prefect server; the deployment is declared in `prefect.yaml` (`prefect deploy --all`)
-or created from Python / the CLI:
+A deployment records no path of the machine that made it: its pull step clones the repository
+at one commit (`flows.code_source`), the params file, dataset and workspace are relative to that
+clone, and the stores' URLs come from the work pool (its job variables, or the worker's own
+environment for a process pool), never from the shell that deployed. Work pools of type
+`process` (a worker on a host with the project's dependencies) and `docker` / `kubernetes`
+(the segops worker image, docker/Dockerfile) are supported. Needs a Prefect server:
 
-    prefect server start                        (or: make prefect-ui), then
     export PREFECT_API_URL=http://127.0.0.1:4200/api
-    segops schedule --cron "0 3 * * *"          (calls deploy_retrain)
+    segops schedule --cron "0 3 * * *" --repo https://git.example.com/segops.git
     prefect worker start --pool segops-process
+
+From Python (e.g. a test): `deploy_retrain(None, repository=URL, commit=SHA, pool=...)`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import re
+from pathlib import PurePosixPath
+from typing import Any
 
+from flows.code_source import CodeSource
 from segops.errors import SegopsError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT = "flows/retrain.py:retrain"
 DEFAULT_POOL = "segops-process"
 DEFAULT_NAME = "retrain-scheduled"
 FLOW_NAME = "retrain"
+POOL_TYPES = ("process", "docker", "kubernetes")  # docker and kubernetes: the worker image
 
 
 class ScheduleError(SegopsError):
@@ -75,86 +81,128 @@ def api_url() -> str:
     return str(url)
 
 
-def ensure_process_pool(pool: str) -> str:
-    """Create work pool `pool` of type process when it is missing; returns its type."""
+def ensure_pool(pool: str, pool_type: str = "process") -> str:
+    """Create work pool `pool` of `pool_type` with Prefect's default job template when it is
+    missing; returns the type of the pool the server holds. Configure the stores' URLs and the
+    image on the pool (`prefect work-pool update`, or its job variables in the UI)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-    from prefect.workers.process import ProcessWorker
+    from prefect.utilities.asyncutils import run_coro_as_sync
+    from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
 
+    if pool_type not in POOL_TYPES:
+        raise ScheduleError(f"work pool type {pool_type!r}: use one of {', '.join(POOL_TYPES)}")
     with get_client(sync_client=True) as client:
         try:
             return client.read_work_pool(pool).type
         except ObjectNotFound:
             pass
-        template = ProcessWorker.get_default_base_job_template()
+        # A type whose worker is not installed here (docker, kubernetes): the server answers
+        # from Prefect's worker metadata (the copy bundled with it when offline).
+        default = get_default_base_job_template_for_infrastructure_type(pool_type)
+        template = run_coro_as_sync(default)
         try:
             created = client.create_work_pool(
-                WorkPoolCreate(name=pool, type="process", base_job_template=template)
+                WorkPoolCreate(name=pool, type=pool_type, base_job_template=template or {})
             )
-        except ObjectAlreadyExists:  # created meanwhile by another `segops schedule`
+        except ObjectAlreadyExists:  # created meanwhile by another deploy
             return client.read_work_pool(pool).type
         return created.type
 
 
+def _relative(value: str | None, what: str) -> str | None:
+    """Refuse a path of the deploying machine: the worker resolves paths in its clone."""
+    if value is None or "://" in value:
+        return value
+    if PurePosixPath(value).is_absolute() or value.startswith("~") or ".." in value.split("/"):
+        raise ScheduleError(
+            f"{what} {value!r} is a path of this machine: give it relative to the repository "
+            "root (the flow run starts in a fresh clone on the worker)"
+        )
+    return value
+
+
 def deploy_retrain(
-    cron: str,
+    cron: str | None,
+    *,
+    repository: str,
+    commit: str,
     name: str = DEFAULT_NAME,
     pool: str = DEFAULT_POOL,
+    pool_type: str = "process",
     params: str | None = "params.yaml",
     overrides: list[str] | None = None,
     dataset: str | None = None,
     workspace: str = ".",
-    env: dict[str, str] | None = None,
+    job_variables: dict[str, Any] | None = None,
     timezone: str = "UTC",
 ) -> str:
-    """Create (or update, same `name`) deployment `retrain/<name>` on a cron schedule; returns
-    the deployment id.
+    """Create (or update, same `name`) deployment `retrain/<name>`; returns its id.
 
-    The flow's code is taken from this project's directory, which is where the worker runs it,
-    so relative `params`, `dataset` and `workspace` paths are relative to the project root.
-    `env` goes to the flow-run process (e.g. MLFLOW_TRACKING_URI, so the worker logs to the
-    same store as you). The process work pool is created when missing.
+    Each flow run clones `repository` at `commit` (a full SHA) and starts in the clone;
+    `params`, `dataset` and `workspace` are relative to it (or URLs). `cron` None: no schedule
+    (runs are triggered by hand or through the API). `job_variables` override the pool's for
+    this deployment only (e.g. `{"image": "segops:1.2"}`); nothing is taken from this shell.
     """
-    schedule = check_cron(cron, timezone)  # before any network call: bad input creates nothing
+    schedule = check_cron(cron, timezone) if cron is not None else None  # before any I/O
     if not pool.strip() or not name.strip():
         raise ScheduleError("the deployment name and the work pool name must not be empty")
-    api_url()
-    pool_type = ensure_process_pool(pool)
-    if pool_type != "process":
-        # Without an image the code is only reachable on this filesystem: only process workers
-        # (which run flows as local subprocesses) can execute it.
-        raise ScheduleError(
-            f"work pool {pool!r} has type {pool_type!r}; scheduled retraining needs a process "
-            f"pool (runs from {PROJECT_ROOT}). Use --pool {DEFAULT_POOL} or another process pool."
-        )
-
-    from prefect import flow
-    from prefect.client.schemas.schedules import CronSchedule
-
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+        raise ScheduleError(f"commit {commit!r}: give the full 40-character SHA to clone")
     parameters = {
-        "params": params,
+        "params": _relative(params, "params file"),
         "overrides": list(overrides or []),
-        "dataset": dataset,
-        "workspace": workspace,
+        "dataset": _relative(dataset, "dataset"),
+        "workspace": _relative(workspace, "workspace"),
     }
-    job_variables = {"env": dict(env)} if env else {}
-    try:
-        # from_source(<local dir>) records the directory as the deployment's pull step
-        # (set_working_directory), so the worker imports flows/retrain.py from this checkout.
-        # to_deployment + apply rather than .deploy(): same API calls, minus the image checks
-        # and console tables that .deploy() prints for container pools.
-        remote = flow.from_source(source=str(PROJECT_ROOT), entrypoint=ENTRYPOINT)
-        deployment = remote.to_deployment(
-            name=name,
-            schedules=[CronSchedule(**schedule)],
-            parameters=parameters,
-            job_variables=job_variables,
-            work_pool_name=pool,
-            description=f"Retrain on cron {schedule['cron']} ({schedule['timezone']}).",
-            tags=["segops", "scheduled"],
+    api_url()
+    found_type = ensure_pool(pool, pool_type)
+    if found_type not in POOL_TYPES:
+        raise ScheduleError(
+            f"work pool {pool!r} has type {found_type!r}; use a {', '.join(POOL_TYPES)} pool"
         )
-        deployment_id = deployment.apply(work_pool_name=pool)
-    except ValueError as exc:  # Prefect reports a bad pool, entrypoint or parameters this way
+    return _create(CodeSource(repository, commit), name, pool, parameters, job_variables, schedule)
+
+
+def _create(
+    source: CodeSource,
+    name: str,
+    pool: str,
+    parameters: dict[str, Any],
+    job_variables: dict[str, Any] | None,
+    schedule: dict[str, str] | None,
+) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.exceptions import PrefectHTTPStatusError
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.retrain import retrain
+
+    schedules = [DeploymentScheduleCreate(schedule=CronSchedule(**schedule), active=True)]
+    when = f"cron {schedule['cron']} ({schedule['timezone']})" if schedule else "on demand"
+    try:
+        # The client rather than flow.from_source(...).deploy(): from_source clones the
+        # repository here first, and `.deploy()` / `prefect deploy` print hints that fail on
+        # Prefect 3.8.8. The server upserts by flow and name: a second deploy replaces this one.
+        with get_client(sync_client=True) as client:
+            deployment_id = client.create_deployment(
+                flow_id=client.create_flow_from_name(FLOW_NAME),
+                name=name,
+                version=source.commit[:12],
+                entrypoint=ENTRYPOINT,
+                work_pool_name=pool,
+                pull_steps=source.pull_steps(),
+                parameters=parameters,
+                parameter_openapi_schema=parameter_schema(retrain).model_dump(exclude_unset=True),
+                job_variables=dict(job_variables or {}),
+                schedules=schedules if schedule else [],
+                description=f"Retrain {when} from {source.repository}@{source.commit[:12]}.",
+                tags=["segops", "scheduled" if schedule else "on-demand"],
+                path=None,
+            )
+    except (ValueError, PrefectHTTPStatusError) as exc:
         raise ScheduleError(f"could not deploy {FLOW_NAME}/{name}: {exc}") from exc
     return str(deployment_id)

@@ -75,8 +75,6 @@ def test_worker_serves_the_pool_segops_schedule_creates(compose):
     command = compose["services"]["worker"]["command"]
     assert command == _cmd("Dockerfile")
     assert command[command.index("--pool") + 1] == DEFAULT_POOL
-    deployments = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
-    assert {d["work_pool"]["name"] for d in deployments} == {DEFAULT_POOL}
 
 
 @pytest.mark.parametrize(

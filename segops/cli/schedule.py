@@ -6,30 +6,29 @@ itself never imports it), so `segops --help` stays fast.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from segops.cli.common import DatasetOpt, ParamsOpt, SetOpt, config
 
-# Forwarded to the flow-run process when set here, so scheduled runs use the stores you use.
-FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "DVC_NO_ANALYTICS")
 
-
-def _parse_env(pairs: list[str] | None) -> dict[str, str]:
+def _job_variables(pairs: list[str] | None, image: str | None) -> dict[str, Any]:
+    """`--env KEY=VALUE` and `--image` as job variables of this deployment (nothing else:
+    the stores' URLs belong to the work pool, not to the shell that deploys)."""
     from segops.errors import ConfigError
 
-    env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    env: dict[str, str] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(
-                f"--env {pair!r}: expected KEY=VALUE, e.g. --env MLFLOW_TRACKING_URI=..."
-            )
+            raise ConfigError(f"--env {pair!r}: expected KEY=VALUE, e.g. --env SEGOPS_X=1")
         env[key.strip()] = value
-    return env
+    variables: dict[str, Any] = {"env": env} if env else {}
+    if image:
+        variables["image"] = image
+    return variables
 
 
 def schedule(
@@ -43,51 +42,69 @@ def schedule(
     name: Annotated[
         str, typer.Option(help="deployment name: runs appear as retrain/<name>")
     ] = "retrain-scheduled",
-    pool: Annotated[
-        str, typer.Option(help="process work pool (created when missing)")
-    ] = "segops-process",
+    pool: Annotated[str, typer.Option(help="work pool (created when missing)")] = "segops-process",
+    pool_type: Annotated[
+        str, typer.Option(help="type of a pool created here: process, docker or kubernetes")
+    ] = "process",
+    repo: Annotated[
+        str | None,
+        typer.Option(help="git URL the workers clone (default: this checkout's origin)"),
+    ] = None,
+    commit: Annotated[
+        str | None, typer.Option(help="commit the workers run (default: HEAD)")
+    ] = None,
+    image: Annotated[
+        str | None, typer.Option(help="worker image for docker/kubernetes pools (job variable)")
+    ] = None,
     timezone: Annotated[str, typer.Option(help="IANA timezone of the cron string")] = "UTC",
     params: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
     dataset: DatasetOpt = None,
-    workspace: Annotated[Path, typer.Option(help="DVC workspace (repository root)")] = Path("."),
+    workspace: Annotated[
+        Path | None, typer.Option(help="DVC workspace (default: the repository root)")
+    ] = None,
     env: Annotated[
         list[str] | None,
-        typer.Option(
-            "--env",
-            help="KEY=VALUE for the flow-run process (repeatable); "
-            f"{', '.join(FORWARDED_ENV)} are forwarded when set",
-        ),
+        typer.Option("--env", help="KEY=VALUE for the flow runs of this deployment (repeatable)"),
     ] = None,
 ) -> None:
     """Deploy the `retrain` flow to Prefect on a cron schedule.
 
-    Needs a running Prefect server (`make prefect-ui`) and PREFECT_API_URL; a process worker
-    (`prefect worker start --pool segops-process`) then runs it in this project."""
+    Workers clone the repository at the commit deployed and run there: give paths inside this
+    checkout (they are recorded relative to its root). The stores' URLs (MLFLOW_TRACKING_URI,
+    AWS_*) come from the work pool or the worker's environment, not from this shell."""
     import importlib
 
     from segops.cli.progress import console
 
-    # Fail fast on a bad config here rather than in the worker at 3 a.m.; paths are made
-    # absolute because the worker runs from the project root, not from this directory.
-    config(params, overrides, dataset.resolve() if dataset else None)
-    params_path = str(params.resolve()) if params.exists() else None
-
+    source_mod = importlib.import_module("flows.code_source")
     deployments = importlib.import_module("flows.deployments")
+    # Fail fast on a bad config or path here rather than in the worker at 3 a.m.
+    deployments.check_cron(cron, timezone)
+    config(params, overrides, dataset.resolve() if dataset else None)
+    root = source_mod.checkout_root(Path.cwd())
+    source = source_mod.code_source(root, repo, commit)
+    params_rel = None  # no params file: the defaults
+    if params.exists():
+        params_rel = source_mod.relative_to_checkout(params, root, "params file")
+        source_mod.check_committed(root, source.commit, params_rel, "params file")
     deployment_id = deployments.deploy_retrain(
-        cron=cron,
+        cron,
+        repository=source.repository,
+        commit=source.commit,
         name=name,
         pool=pool,
-        params=params_path,
+        pool_type=pool_type,
+        params=params_rel,
         overrides=list(overrides or []),
-        dataset=str(dataset.resolve()) if dataset else None,
-        workspace=str(workspace.resolve()),
-        env=_parse_env(env),
+        dataset=source_mod.relative_to_checkout(dataset, root, "dataset") if dataset else None,
+        workspace=source_mod.relative_to_checkout(workspace or root, root, "workspace"),
+        job_variables=_job_variables(env, image),
         timezone=timezone,
     )
     console.print(
         f"deployment retrain/{name} ({deployment_id}): cron '{cron}' ({timezone}) "
-        f"on work pool {pool}\n"
+        f"on work pool {pool}, code {source.repository} @ {source.commit[:12]}\n"
         f"start a worker:  prefect worker start --pool {pool}\n"
         f"run it now:      prefect deployment run 'retrain/{name}'",
         highlight=False,
