@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -68,36 +70,93 @@ def _model_to_evaluate(model: str | Path | None, cfg: Config) -> tuple[TrainedMo
 
 def predict(
     src: Annotated[Path, typer.Argument(help="an image file or a folder of images")],
-    out: Annotated[Path, typer.Argument(help="output folder for masks and overlays")],
+    out: Annotated[Path, typer.Argument(help="output folder for masks, overlays and tables")],
     model: Annotated[
-        str | None, typer.Option(help="a registered model: models:/NAME@champion or /NAME/3")
+        str | None,
+        typer.Option(help="a registered model: models:/NAME@champion, /NAME/3, or NAME"),
     ] = None,
     checkpoint: Annotated[
         Path | None, typer.Option(help="a checkpoint instead (runs/latest/checkpoints/best.pt)")
     ] = None,
+    engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray Data)")] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="an existing Ray cluster (host:port, ray://host:port)")
+    ] = None,
+    num_cpus: Annotated[
+        int | None, typer.Option(help="CPUs of a local Ray cluster (default: all)")
+    ] = None,
+    dashboard: Annotated[bool, typer.Option(help="start a local Ray cluster's dashboard")] = False,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="images per forward (predict.batch_size)")
+    ] = None,
+    overlays: Annotated[bool, typer.Option(help="also write <id>_overlay.png")] = True,
+    overwrite: Annotated[bool, typer.Option(help="predict again images already done")] = False,
     params: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
 ) -> None:
-    """Predict masks at original size: <id>_mask.png (class ids), <id>_overlay.png, summary.csv.
+    """Predict masks at original size: <id>_mask.png (class ids), <id>_overlay.png,
+    summary.csv (each class's pixel fraction per image), errors.csv (unreadable images).
 
-    Images much larger than the model's input size are predicted with a sliding window.
-    summary.csv has one row per image with each class's pixel fraction.
+    Images much larger than the model's input size are predicted with a sliding window. A
+    rerun skips images whose outputs exist (--overwrite to redo them). --engine ray scores on
+    Ray Data actors (one model load each), on the cluster at --address or a local one.
     """
-    from segops.cli.progress import counter
-    from segops.predict import predict_images
+    from segops.scoring.checks import check_ray_address, check_source_folder
 
     if model and checkpoint:
         raise typer.BadParameter("give --model or --checkpoint, not both")
-    if model:
-        from segops import tracking
-        from segops.serving.registered import load_registered
+    if engine not in ("local", "ray"):
+        raise typer.BadParameter(f"--engine {engine!r}: give local or ray")
+    check_source_folder(src)  # bad input in seconds, before torch, a model or a cluster
+    if engine == "ray" and address:
+        check_ray_address(address)
+    from segops.scoring.job import JobOptions, predict_job
 
-        tracking.connect(config(params, overrides).tracking)
-        trained = load_registered(model)
-    else:
-        from segops.inference import load_trained
+    source = _source(model, checkpoint, params, overrides)
+    options = JobOptions(engine, batch_size, overlays, overwrite, address, num_cpus, dashboard)
+    with _rate_bar(f"predicting ({engine}) -> {out}") as update:
+        summary = predict_job(source, src, out, options, update, _dashboard)
+    echo(
+        f"{summary.scored} images predicted ({summary.images_per_s:g} images/s), "
+        f"{summary.skipped} already done, {summary.errors} unreadable (errors.csv)\n"
+        f"masks in {out}; per-image class fractions: {summary.summary_csv}"
+    )
 
-        trained = load_trained(checkpoint or Path("runs/latest/checkpoints/best.pt"))
-    with counter(f"predicting -> {out}") as update:
-        summary = predict_images(trained, src, out, progress=update)
-    echo(f"wrote masks and overlays to {out}; per-image class fractions: {summary}")
+
+def _source(
+    model: str | None, checkpoint: Path | None, params: Path, overrides: list[str] | None
+) -> dict:
+    from segops.scoring.source import checkpoint_source, registered_source
+
+    if not model:
+        return checkpoint_source(checkpoint or Path("runs/latest/checkpoints/best.pt"))
+    from segops import tracking
+
+    tracking.connect(config(params, overrides).tracking)
+    return registered_source(model)
+
+
+def _dashboard(url: str) -> None:
+    echo(f"Ray dashboard: http://{url.removeprefix('http://')}")
+
+
+@contextmanager
+def _rate_bar(description: str) -> Iterator[Callable[[int, int], None]]:
+    """One progress bar with images/s; yields `update(done, total)`."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from segops.cli.progress import console
+
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn()]
+    columns += [TextColumn("{task.fields[rate]}"), TimeElapsedColumn()]
+    start = time.perf_counter()
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(description, total=None, rate="")
+
+        def update(done: int, total: int) -> None:
+            rate = done / max(time.perf_counter() - start, 1e-9)
+            bar.update(task, completed=done, total=total, rate=f"{rate:.1f} images/s")
+
+        yield update

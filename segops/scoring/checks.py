@@ -1,0 +1,55 @@
+"""Bad input refused in seconds, before a model is loaded or a cluster started."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from segops.errors import DatasetError, SegopsError
+
+RAY_CONNECT_TIMEOUT_S = 3.0
+RAY_DEFAULT_PORT = 6379  # the GCS port `ray start --head` listens on
+
+
+class EngineError(SegopsError):
+    """The scoring engine cannot start (e.g. the Ray cluster does not answer)."""
+
+
+def check_source_folder(src: str | Path) -> list[Path]:
+    """The images to score; DatasetError for a missing path, an empty folder or an `s3://`
+    prefix (not supported yet)."""
+    from segops.predict import list_images
+
+    if str(src).startswith(("s3://", "gs://")):
+        raise DatasetError(
+            f"{src}: object-store prefixes are not supported by segops predict yet; copy the "
+            "images to a folder first (e.g. `aws s3 sync`)"
+        )
+    return list_images(src)
+
+
+def ray_endpoint(address: str) -> tuple[str, int]:
+    """(host, port) of a Ray address: `host:port`, `ray://host:port` or a bare host."""
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    if not parsed.hostname:
+        raise EngineError(f"Ray address {address!r}: give host:port or ray://host:port")
+    default = 10001 if parsed.scheme == "ray" else RAY_DEFAULT_PORT
+    return parsed.hostname, parsed.port or default
+
+
+def check_ray_address(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """EngineError unless something accepts a TCP connection at the Ray address within
+    `timeout` seconds (Ray's own connect retries for minutes)."""
+    if address == "auto":
+        return
+    host, port = ray_endpoint(address)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except OSError as exc:
+        raise EngineError(
+            f"Ray cluster at {address} does not answer ({host}:{port}: {exc or 'timed out'} "
+            f"within {timeout:g} s): start it with `ray start --head`, fix --address, or drop "
+            "--address to start a local one"
+        ) from None

@@ -1,0 +1,86 @@
+"""One prediction job over a folder, on the `local` or the `ray` engine.
+
+Order: the input is listed (an empty or missing folder is refused), the Ray address answers
+(when given), then the model is loaded (once here, or once per Ray actor) and the chunks still
+to do are predicted; `summary.csv` and `errors.csv` are written last (`segops.predict`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from segops.errors import ConfigError
+from segops.predict import PredictSummary, finish, plan, score_chunk
+from segops.scoring.checks import check_ray_address, check_source_folder
+from segops.scoring.source import load_source
+
+ENGINES = ("local", "ray")
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    engine: str = "local"  # local | ray
+    batch_size: int | None = None  # default: the model's predict.batch_size
+    overlays: bool = True
+    overwrite: bool = False  # predict again images whose outputs exist
+    address: str | None = None  # an existing Ray cluster; None: start a local one
+    num_cpus: int | None = None  # of a local Ray cluster; None: this machine's
+    dashboard: bool = False  # of a local Ray cluster
+
+
+def predict_job(
+    source: dict[str, Any],
+    src: str | Path,
+    out: str | Path,
+    options: JobOptions = JobOptions(),
+    progress: Progress | None = None,
+    on_dashboard: Callable[[str], None] | None = None,
+) -> PredictSummary:
+    """Predict every image of `src` into `out` with the model `source` names (see
+    `segops.scoring.source`); returns what was done. `progress(done, total)` as images finish;
+    `on_dashboard(url)` when a local Ray cluster with a dashboard is started."""
+    if options.engine not in ENGINES:
+        raise ConfigError(f"engine {options.engine!r}: give one of {', '.join(ENGINES)}")
+    images = [p.resolve() for p in check_source_folder(src)]
+    if options.engine == "ray" and options.address:
+        check_ray_address(options.address)
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    # On the ray engine the driver's copy only gives config, classes and summary rows.
+    trained = load_source(source, None if options.engine == "local" else "cpu")
+    size = options.batch_size or trained.config.predict.batch_size
+    chunks, skipped = plan(images, out, size, options.overlays, options.overwrite)
+    start = time.perf_counter()
+    if options.engine == "local":
+        rows: list[dict[str, Any]] = []
+        for chunk in chunks:
+            rows += score_chunk(trained, chunk, out, options.overlays, size)
+            if progress:
+                progress(len(rows), sum(map(len, chunks)))
+    else:
+        rows = _on_ray(source, chunks, out, size, options, progress, on_dashboard)
+    return finish(trained, out, rows, skipped, len(images), time.perf_counter() - start)
+
+
+def _on_ray(
+    source: dict[str, Any],
+    chunks: list[list[str]],
+    out: Path,
+    size: int,
+    options: JobOptions,
+    progress: Progress | None,
+    on_dashboard: Callable[[str], None] | None,
+) -> list[dict[str, Any]]:
+    from segops.scoring.ray_engine import ray_session, score_on_ray
+
+    if not chunks:
+        return []
+    with ray_session(options.address, options.num_cpus, options.dashboard) as url:
+        if url and on_dashboard:
+            on_dashboard(url)
+        return score_on_ray(source, chunks, str(out), options.overlays, size, progress)

@@ -1,0 +1,121 @@
+"""The `ray` engine: Ray Data `map_batches` over an actor pool, one model load per actor.
+
+The dataset holds one row per chunk of image paths, planned by the driver exactly as the
+local engine plans them (`segops.predict.plan`), so each forward pass sees the same images on
+either engine and the outputs are byte-identical. Each actor (`ChunkScorer`) loads the pinned
+model once, then predicts and writes chunk after chunk (`segops.predict.score_chunk`) and
+returns its rows as JSON. With CUDA on the driver each actor takes one GPU.
+
+Ray is imported here only: never when the CLI starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from segops.scoring.checks import check_ray_address
+
+
+class ChunkScorer:
+    """A Ray Data callable class: the model is loaded once, in the actor's constructor."""
+
+    def __init__(self, source: dict[str, Any], out: str, overlays: bool, batch_size: int):
+        from segops.scoring.source import load_source
+
+        self.trained = load_source(source)
+        self.out, self.overlays, self.batch_size = out, overlays, batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from segops.predict import score_chunk
+
+        results = []
+        for chunk in batch["paths"]:
+            rows = score_chunk(
+                self.trained, json.loads(chunk), self.out, self.overlays, self.batch_size
+            )
+            results.append(json.dumps(rows))
+        return {"rows": np.array(results, dtype=object)}
+
+
+@contextmanager
+def ray_session(
+    address: str | None, num_cpus: int | None = None, dashboard: bool = False
+) -> Iterator[str | None]:
+    """Connect to the Ray cluster at `address` (checked within seconds first), or start a local
+    one with `num_cpus` (default: this machine's) and the dashboard only when asked. Yields
+    the dashboard URL of a cluster started here (None otherwise); shuts down only what it
+    started, and leaves an already initialised Ray alone."""
+    import ray
+
+    if ray.is_initialized():
+        yield None
+        return
+    if address:
+        check_ray_address(address)
+        ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+        url = None
+    else:
+        context = ray.init(
+            num_cpus=num_cpus or os.cpu_count() or 1,
+            include_dashboard=dashboard,
+            logging_level="WARNING",
+            log_to_driver=False,
+        )
+        url = context.dashboard_url or None
+    try:
+        yield url
+    finally:
+        ray.shutdown()
+
+
+def score_on_ray(
+    source: dict[str, Any],
+    chunks: list[list[str]],
+    out: str,
+    overlays: bool,
+    batch_size: int,
+    progress: Callable[[int, int], None] | None = None,
+    actors: int | None = None,
+) -> list[dict[str, Any]]:
+    """Rows of every chunk (as `score_chunk` returns them), scored by an actor pool of
+    `actors` (default: the cluster's CPUs, at most one per chunk); call inside `ray_session`."""
+    import logging
+
+    import ray
+    import torch
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # our bar, not its log lines
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    gpus = 1 if torch.cuda.is_available() else 0
+    pool = actors or max(1, int(ray.cluster_resources().get("GPU" if gpus else "CPU", 1)))
+    pool = max(1, min(pool, len(chunks)))
+    items = [{"paths": json.dumps(chunk)} for chunk in chunks]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), pool * 4)))
+    scored = ds.map_batches(
+        ChunkScorer,
+        fn_constructor_kwargs={
+            "source": source,
+            "out": out,
+            "overlays": overlays,
+            "batch_size": batch_size,
+        },
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=pool),
+        num_cpus=1,
+        num_gpus=gpus,
+        batch_format="numpy",
+    )
+    rows: list[dict[str, Any]] = []
+    total = sum(map(len, chunks))
+    for batch in scored.iter_batches(batch_size=1, batch_format="numpy"):
+        for text in batch["rows"]:
+            rows += json.loads(text)
+        if progress:
+            progress(len(rows), total)
+    return rows
