@@ -1,10 +1,13 @@
-# MLflow tracking server and model registry: Postgres backend, S3-style artifact store.
-FROM python:3.11-slim
-ENV PIP_NO_CACHE_DIR=1
-# The same MLflow as the clients (constraints.txt); psycopg2 and boto3 for the backends.
-RUN pip install "mlflow==3.17.2" "psycopg2-binary>=2.9" "boto3>=1.34"
+# MLflow tracking server and model registry: PostgreSQL backend (psycopg2), S3 artifact store
+# (boto3). Every package pinned by the project's constraints file (the clients' MLflow).
+# Build from the repository root: docker build -f docker/mlflow.Dockerfile .
+FROM python:3.11.11-slim-bookworm
+ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
+COPY constraints.txt /tmp/constraints.txt
+RUN pip install -c /tmp/constraints.txt "mlflow==3.17.2" psycopg2-binary boto3 \
+    && rm /tmp/constraints.txt
 RUN useradd --create-home mlflow
 USER mlflow
 EXPOSE 5000
-# The command (stores, hosts) is set in compose.yaml.
+# Stores and allowed hosts are set in compose.yaml (MLFLOW_BACKEND_STORE_URI, the command).
 CMD ["mlflow", "server", "--host", "0.0.0.0", "--port", "5000"]
