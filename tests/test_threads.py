@@ -9,6 +9,7 @@ from segops.config import TrainConfig, config_hash, load_config
 from segops.errors import ConfigError
 from segops.train.threads import (
     CpuFacts,
+    busy_cores,
     cgroup_quota,
     decide_threads,
     parse_cfs,
@@ -18,8 +19,16 @@ from segops.train.threads import (
 )
 
 
-def facts(affinity=2, quota=None, machine=2, load1=1.0, omp=None, local_world=1) -> CpuFacts:
-    return CpuFacts(affinity, quota, machine, load1, omp, local_world)
+def facts(affinity=2, quota=None, machine=2, load1=1.0, omp=None, local_world=1, busy=0.0):
+    return CpuFacts(
+        affinity=affinity,
+        quota=quota,
+        machine=machine,
+        load1=load1,
+        omp=omp,
+        local_world=local_world,
+        busy=busy,
+    )
 
 
 @pytest.mark.parametrize(
@@ -36,6 +45,9 @@ def facts(affinity=2, quota=None, machine=2, load1=1.0, omp=None, local_world=1)
         (facts(affinity=16, quota=0.5, machine=16, load1=0.0), 1),
         (facts(affinity=8, machine=8, load1=0.0, local_world=2), 4),  # torchrun, 2 ranks
         (facts(load1=9.0, omp=2), 2),  # OMP_NUM_THREADS set by a launcher or the user wins
+        (facts(load1=0.2, busy=1.0), 1),  # a process started seconds ago: the load lags
+        (facts(affinity=8, machine=8, load1=0.5, busy=2.6), 5),
+        (facts(load1=0.2, busy=0.3), 2),  # a little background work leaves both cores
     ],
 )
 def test_auto_decides_from_affinity_quota_and_load(cpu: CpuFacts, expected: int):
@@ -46,6 +58,18 @@ def test_a_number_is_taken_as_is_and_the_reason_says_why():
     assert decide_threads(3, facts(load1=9.0)).threads == 3
     busy = decide_threads("auto", facts(load1=3.0))
     assert "load 3.00" in busy.reason and busy.reason.endswith(": 1")
+
+
+def test_busy_cores_sees_a_busy_process():
+    import subprocess
+    import sys
+
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        assert busy_cores(0.3) >= 0.5  # the spinning process holds about one core
+    finally:
+        spin.kill()
+        spin.wait()
 
 
 def test_usable_cores_never_below_one():

@@ -9,9 +9,11 @@ when the runtime is resolved:
    (v2 `cpu.max`, v1 `cpu.cfs_quota_us / cpu.cfs_period_us`), rounded up; divided by
    LOCAL_WORLD_SIZE under torchrun (each rank gets its share). An explicit OMP_NUM_THREADS
    (a launcher or the user decided) is taken as is.
-2. others = runnable threads of other processes: the 1-minute load average minus the one
-   thread this process itself has been running (never below 0).
-3. threads = the machine's cores minus `others`, rounded down, clamped to 1..usable. An idle
+2. others = cores kept busy by other processes: the larger of the 1-minute load average minus
+   the one thread this process itself has been running, and the cores busy during a 0.1 s
+   sample of /proc/stat taken while this process sleeps (the load average lags a process
+   that started seconds ago by up to a minute).
+3. threads = the machine's cores minus `others`, to the nearest core, clamped to 1..usable. An idle
    machine gets `usable`; a machine whose cores are all busy elsewhere (oversubscribed) gets 1.
 
 Pure functions of their inputs (stdlib only, no torch), so the decision is tested with fake
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +38,7 @@ class CpuFacts:
     machine: int  # cores of the machine (os.cpu_count)
     load1: float  # 1-minute load average of the machine
     omp: int | None = None  # OMP_NUM_THREADS, when set to a positive number
+    busy: float = 0.0  # cores busy (all processes but this sleeping one) in a short sample
     local_world: int = 1  # processes of this job on this machine (torchrun LOCAL_WORLD_SIZE)
 
 
@@ -74,10 +78,11 @@ def decide_threads(setting: str | int, facts: CpuFacts) -> ThreadChoice:
     if facts.omp is not None:
         return ThreadChoice(facts.omp, f"OMP_NUM_THREADS={facts.omp}")
     usable = usable_cores(facts)
-    others = max(0.0, facts.load1 - 1.0)
-    free = math.floor(facts.machine - others)
+    others = max(0.0, facts.load1 - 1.0, facts.busy)
+    free = math.floor(facts.machine - others + 0.5)  # to the nearest core
     threads = min(usable, max(1, free))
-    why = f"auto: {usable} usable cores, load {facts.load1:.2f} on {facts.machine} cores"
+    why = f"auto: {usable} usable cores, load {facts.load1:.2f}, busy {facts.busy:.1f} of "
+    why += f"{facts.machine} cores"
     if threads < usable:
         why += f" (others busy on {others:.1f}): {threads}"
     return ThreadChoice(threads, why)
@@ -117,6 +122,27 @@ def _env_int(name: str) -> int | None:
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
+def _cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs from /proc/stat; None where there is none."""
+    line = (_read(Path("/proc/stat")) or "").split("\n", 1)[0].split()
+    if not line or line[0] != "cpu":
+        return None
+    values = [int(v) for v in line[1:9]]  # user nice system idle iowait irq softirq steal
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+def busy_cores(window: float = 0.1) -> float:
+    """Cores busy over `window` seconds while this thread sleeps (0.0 if unknown)."""
+    before = _cpu_times()
+    time.sleep(window)
+    after = _cpu_times()
+    if before is None or after is None or after[1] <= before[1]:
+        return 0.0
+    share = (after[0] - before[0]) / (after[1] - before[1])
+    return share * (os.cpu_count() or 1)
+
+
 def read_cpu_facts() -> CpuFacts:
     """This process's affinity, cgroup quota, the machine's cores and load, OMP_NUM_THREADS."""
     machine = os.cpu_count() or 1
@@ -135,4 +161,5 @@ def read_cpu_facts() -> CpuFacts:
         load1=load1,
         omp=_env_int("OMP_NUM_THREADS"),
         local_world=_env_int("LOCAL_WORLD_SIZE") or 1,
+        busy=busy_cores(),
     )
