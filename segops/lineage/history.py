@@ -1,8 +1,9 @@
-"""`segops models history`: every version and every champion move of a model, in time order.
+"""`segops models history`: every version, champion move and scoring of a model, in time order.
 
-Merges three records: the registry's versions (with their lineage tags: data version, flow run,
-metrics), the promotion decision tags on each version, and our append-only champion log
-(promotions and rollbacks, see `segops.promotion.registry`).
+Merges four records: the registry's versions (with their lineage tags: data version, flow run,
+metrics), the promotion decision tags on each version, our append-only champion log
+(promotions and rollbacks, see `segops.promotion.registry`), and the score runs (which version
+scored which input, see `segops.tracking.scoring`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from segops.record import TAGS
 
-_RANK = {"registered": 0, "decided": 1, "promoted": 2, "rolled_back": 2}
+_RANK = {"registered": 0, "decided": 1, "promoted": 2, "rolled_back": 2, "scored": 3}
 
 
 def _when(value: str | int | None) -> datetime:
@@ -47,11 +48,38 @@ def _decided(v: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_history(versions: list[dict], moves: list[dict]) -> list[dict[str, Any]]:
-    """Events sorted by time: each version registered, its gate decision, champion moves.
+def _scored(run: dict[str, Any]) -> dict[str, Any]:
+    from segops.tracking.scoring import SCORE_TAGS
 
-    `versions` as from `registry.list_versions`, `moves` as from `registry.history`. Each event:
-    at (ISO), version, event, detail, and for registrations data md5, mean IoU and flow run.
+    tags, metrics = run["tags"], run["metrics"]
+    champion = tags.get(SCORE_TAGS["champion"]) == "true"
+    was = (
+        "champion"
+        if champion
+        else f"not champion (v{tags.get(SCORE_TAGS['champion_version'])} was)"
+    )
+    return {
+        "at": _when(run["start_time"]),
+        "version": tags[SCORE_TAGS["model_version"]],
+        "event": "scored",
+        "data": tags.get(SCORE_TAGS["input_hash"], ""),
+        "flow_run": tags.get(SCORE_TAGS["flow_run_id"], ""),
+        "detail": (
+            f"{int(metrics.get('scored', 0))} images of {tags.get(SCORE_TAGS['input'], '?')}, "
+            f"{int(metrics.get('errors', 0))} unreadable, as {was}; run {run['run_id']}"
+        ),
+    }
+
+
+def build_history(
+    versions: list[dict], moves: list[dict], scorings: list[dict] | None = None
+) -> list[dict[str, Any]]:
+    """Events sorted by time: each version registered, its gate decision, champion moves, and
+    each scoring (its data: the input's listing hash).
+
+    `versions` as from `registry.list_versions`, `moves` as from `registry.history`, `scorings`
+    as from `tracking.scoring.score_runs`. Each event: at (ISO), version, event, detail, and for
+    registrations data md5, mean IoU and flow run.
     """
     events = [_registered(v) for v in versions]
     events += [_decided(v) for v in versions if "promotion.promote" in v["tags"]]
@@ -59,6 +87,7 @@ def build_history(versions: list[dict], moves: list[dict]) -> list[dict[str, Any
         {"at": _when(m["at"]), "version": m["version"], "event": m["action"], "detail": m["reason"]}
         for m in moves
     ]
+    events += [_scored(run) for run in scorings or []]
     events.sort(key=lambda e: (e["at"], _RANK[e["event"]], int(e["version"])))
     return [e | {"at": e["at"].isoformat(timespec="milliseconds")} for e in events]
 
@@ -66,5 +95,6 @@ def build_history(versions: list[dict], moves: list[dict]) -> list[dict[str, Any
 def model_history(name: str) -> list[dict[str, Any]]:
     """`build_history` of registered model `name` (an empty list when it does not exist)."""
     from segops.promotion.registry import history, list_versions
+    from segops.tracking.scoring import score_runs
 
-    return build_history(list_versions(name), history(name))
+    return build_history(list_versions(name), history(name), score_runs(name))

@@ -1,0 +1,97 @@
+"""The `score` flow: pin the champion -> identify the input -> score it -> record the run.
+
+Every task calls one `segops.scoring.steps` function and passes small references (the pinned
+version as a dict, the input's listing hash, the summary's counts and paths). Deploy it like
+`retrain`, e.g. nightly after it, with `model`, `src` and `out` as parameters.
+
+    python -m flows.score MODEL SRC OUT [--engine ray] [--address host:port]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from segops.quiet import quiet_defaults
+
+quiet_defaults()  # before Prefect and MLflow read their settings
+
+from prefect import flow, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.runtime import flow_run  # noqa: E402
+
+from segops.config import load_config  # noqa: E402
+from segops.scoring import steps  # noqa: E402
+
+
+@task(name="identify-input", cache_policy=NO_CACHE)
+def identify_input(src: str) -> dict:
+    return steps.input_identity(src)
+
+
+@task(name="pin-model", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def pin_model(config: dict, model: str | None) -> dict:
+    return steps.pin_step(config, model)
+
+
+@task(name="score", cache_policy=NO_CACHE)
+def score_input(
+    config: dict, pinned: dict, src: str, out: str, engine: str, address: str | None
+) -> dict:
+    return steps.score_step(config, pinned, src, out, engine, address)
+
+
+@task(name="record-run", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def record_run(config: dict, pinned: dict, identity: dict, summary: dict, run_id: str) -> str:
+    return steps.record_step(config, pinned, identity, summary, run_id)
+
+
+@flow(name="score", log_prints=True)
+def score(
+    src: str,
+    out: str,
+    model: str | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    params: str | None = "params.yaml",
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
+    """Score the images of `src` into `out` with `model` (default: `promotion.model_name`'s
+    champion, pinned to its version) and record an MLflow run linked to that version.
+    Returns the pinned version, the input's identity, the summary and the run id."""
+    config = load_config(params, overrides).to_dict()
+    identity = identify_input(src)  # an empty or missing folder stops here, before any work
+    pinned = pin_model(config, model)  # a name with no champion stops here
+    if not pinned["champion"]:
+        print(
+            f"warning: {pinned['model_uri']} is not the champion of {pinned['name']} (v"
+            f"{pinned['champion_version']} is); scoring with it anyway, and recording that"
+        )
+    summary = score_input(config, pinned, src, out, engine, address)
+    run_id = record_run(config, pinned, identity, summary, str(flow_run.id or "none"))
+    print(
+        f"{pinned['model_uri']} scored {summary['scored']} images of {src} "
+        f"({summary['errors']} unreadable, {summary['images_per_s']:g} images/s); run {run_id}"
+    )
+    return {"model": pinned, "input": identity, "summary": summary, "run_id": run_id}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=score.__doc__)
+    parser.add_argument("src")
+    parser.add_argument("out")
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--engine", default="local", choices=["local", "ray"])
+    parser.add_argument("--address", default=None)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    result = score(
+        args.src, args.out, args.model, args.engine, args.address, args.params, args.overrides
+    )
+    print(json.dumps(result, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
