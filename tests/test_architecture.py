@@ -53,3 +53,15 @@ def test_cli_entry_point_imports_nothing_heavy():
     code = f"import sys, segops.cli.main; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_no_import_cycles_between_modules_function_local_imports_included():
+    import grimp
+
+    graph = grimp.build_graph("segops")
+    cycles = []
+    for module in sorted(graph.modules):
+        for imported in graph.find_modules_directly_imported_by(module):
+            if graph.chain_exists(importer=imported, imported=module):
+                cycles.append(f"{module} -> {imported} -> ... -> {module}")
+    assert cycles == []

@@ -23,13 +23,13 @@ from segops.config import Config
 from segops.data.instance_dataset import InstanceDataset
 from segops.data.io import read_image
 from segops.data.manifest import DatasetInfo, dataset_fingerprint, load_dataset
-from segops.evaluate.report import (
+from segops.evaluate.outputs import (
     EvalReport,
-    _check_classes,
-    _per_class_table,
-    _write_plots,
-    _write_tables,
+    check_classes,
     inference_protocol,
+    per_class_table,
+    write_plots,
+    write_tables,
 )
 from segops.inference import TrainedModel
 from segops.metrics.confusion import ConfusionMatrix
@@ -105,7 +105,7 @@ def evaluate_instance_model(
     writes under `out` what `segops.evaluate.report.evaluate_model` writes."""
     split = split or cfg.evaluate.split
     info = dataset or load_dataset(cfg.data, eval_split=split)
-    _check_classes(trained, info)
+    check_classes(trained, info)
     ds = InstanceDataset(info.split(split), root=info.root)
     found, targets = predict_instances(trained.model, ds, cfg.evaluate.batch_size, trained.device)
     if progress:
@@ -114,14 +114,14 @@ def evaluate_instance_model(
     mat, per_image = _confusions(*maps, len(info.classes))
     summary = _instance_summary(mat, found, targets, list(info.classes))
     scores = _image_scores([ref.id for ref in ds.refs], found, targets, per_image)
-    per_class = _per_class_table(summary, mat)
+    per_class = per_class_table(summary, mat)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     protocol = inference_protocol(trained)
-    files = _write_tables(
+    files = write_tables(
         out, summary, scores, per_class, mat, split, trained.checkpoint, info, protocol
     )
     worst = _worst(info, ds, scores, maps, cfg.evaluate.worst_k)
-    figures = _write_plots(out / "plots", history, per_class, mat, info, worst)
+    figures = write_plots(out / "plots", history, per_class, mat, info, worst)
     means = (summary["mean_iou"], summary["mean_dice"], summary["pixel_accuracy"])
     fingerprint = dataset_fingerprint(info)
     return EvalReport(
