@@ -42,6 +42,8 @@ test: lint  ## lint, then the whole test suite (slow tests included)
 
 bench: setup  ## benchmarks; results go in bench/RESULTS.md
 	$(PY) bench/train_overhead.py
+	$(PY) bench/threads.py
+	$(PY) bench/pipeline.py
 	$(PY) bench/serving.py
 	$(PY) bench/quality.py
 

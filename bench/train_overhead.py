@@ -1,11 +1,20 @@
-"""Overhead of the segops training loop against a minimal plain PyTorch loop.
+"""The segops training loop as users run it, against a plain PyTorch loop on the same data.
 
-Same model (from the same initial weights), same pre-collated batches, same device, run
-interleaved in one process (plain, segops, plain, segops, ...) so machine noise hits both
-alike. Prints images/s of each, their ratio (goal: >= 0.95), and the DataLoader's images/s
-alone (decode + augment + collate, no model).
+segops: `SemanticTask(cfg, info).build(...)` and `run_epoch` exactly as `fit` runs an epoch
+(its DataLoader over the real dataset path, per-epoch reseeded shuffling, the default loss
+`train.loss`, schedule, scaler, autocast and channels-last as `resolve_runtime` decides, the
+per-step loss sync and callbacks). plain: the smallest correct loop, a `DataLoader(shuffle=True)`
+over the same dataset object (same decoding, cache and augmentation), the same loss module,
+AdamW with the same settings, from the same initial weights; fp32, contiguous.
 
-    python bench/train_overhead.py [--rounds 5] [--images 256] [--size 64] [--batch 16]
+Method: one warm-up epoch each (fills the decode cache, allocator, kernels); then rounds of
+one epoch each, the order alternating (plain first in even rounds, segops first in odd ones);
+per round the paired ratio plain_seconds / segops_seconds (= segops' images/s over plain's);
+the median, min and max of those ratios are reported (goal: median >= 0.98). On CUDA each
+timing is bracketed by `torch.cuda.synchronize()`. Both loops run in one process with the
+thread count `train.threads` gives.
+
+    python bench/train_overhead.py [--rounds 6] [--images 256] [--size 64] [--batch 8]
 """
 
 from __future__ import annotations
@@ -17,99 +26,116 @@ import tempfile
 import time
 
 import torch
-import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 from segops.config import load_config
 from segops.data.manifest import load_dataset
 from segops.data.shapes import generate_shapes
-from segops.models import build_model
 from segops.train.callbacks import CallbackList
 from segops.train.device import resolve_runtime
-from segops.train.loop import make_loaders, train_one_epoch
-from segops.train.losses import build_loss
-from segops.train.schedule import build_scheduler
+from segops.train.fit import run_epoch
+from segops.train.semantic import SemanticTask
 
 
-def plain_epoch(model, batches, optimizer, device) -> float:
-    """The baseline: the smallest correct loop. Returns seconds."""
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def plain_epoch(model, loader, criterion, optimizer, device) -> float:
+    """The baseline: the smallest correct loop over `loader`. Returns seconds."""
     model.train()
+    _sync(device)
     start = time.perf_counter()
-    for images, masks in batches:
+    for images, masks in loader:
         images, masks = images.to(device), masks.to(device)
-        loss = F.cross_entropy(model(images), masks, ignore_index=255)
+        loss = criterion(model(images), masks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    _sync(device)
     return time.perf_counter() - start
 
 
-def segops_epoch(model, batches, optimizer, runtime, steps) -> float:
-    """segops' `train_one_epoch` with its schedule, scaler and a (no-op) callback list."""
-    scheduler = build_scheduler(optimizer, steps, 0, "cosine")
-    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.use_scaler)
-    criterion = build_loss("ce", None).to(runtime.device)
-    fit = train_one_epoch(
-        model, batches, criterion, optimizer, scheduler, scaler, runtime, callbacks=CallbackList([])
+def segops_epoch(task, setup, runtime, epoch: int) -> float:
+    """One epoch as `fit` runs it (reseeded shuffling, run_epoch with a callback list)."""
+    setup.generator.manual_seed(epoch)
+    _sync(runtime.device)
+    start = time.perf_counter()
+    optim = (setup.optimizer, setup.scheduler, setup.scaler)
+    cbs = CallbackList([])
+    run_epoch(
+        setup.model, setup.loader, task.batch_loss, *optim, runtime, epoch=epoch, callbacks=cbs
     )
-    return fit["seconds"]
+    _sync(runtime.device)
+    return time.perf_counter() - start
 
 
-def loader_images_per_s(loader, epochs: int = 2) -> float:
-    seen, start = 0, time.perf_counter()
-    for _ in range(epochs):
-        for images, _ in loader:
-            seen += len(images)
-    return seen / (time.perf_counter() - start)
+def build(args, root: str):
+    cfg = load_config(
+        "params.yaml",
+        [
+            f"data.root={root}",
+            f"data.image_size={args.size}",
+            f"train.batch_size={args.batch}",
+            f"train.epochs={args.rounds + 1}",
+            "data.val_fraction=0.1",
+        ],
+    )
+    info = load_dataset(cfg.data, eval_split="val", write_splits=False)
+    runtime = resolve_runtime(cfg.train)
+    torch.manual_seed(0)
+    task = SemanticTask(cfg, info)
+    setup = task.build(runtime, args.rounds + 1)
+    model = copy.deepcopy(setup.model).to(memory_format=torch.contiguous_format)
+    plain = {
+        "model": model,
+        "loader": DataLoader(setup.loader.dataset, args.batch, shuffle=True, drop_last=True),
+        "criterion": copy.deepcopy(task.criterion),
+        "optimizer": torch.optim.AdamW(
+            model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+        ),
+        "device": runtime.device,
+    }
+    return cfg, runtime, task, setup, plain
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         generate_shapes(tmp, n=args.images, size=args.size, seed=0)
-        cfg = load_config(
-            "params.yaml",
-            [
-                f"data.root={tmp}",
-                f"data.image_size={args.size}",
-                f"train.batch_size={args.batch}",
-                "data.val_fraction=0.1",
-            ],
-        )
-        info = load_dataset(cfg.data, write_splits=False)
-        runtime = resolve_runtime(cfg.train)
-        loader, _, _ = make_loaders(cfg, info, runtime)
-        loader_ips = loader_images_per_s(loader)
-        batches = list(loader)  # both loops see exactly these batches
-    torch.manual_seed(0)
-    base = build_model(cfg.model.name, num_classes=info.num_classes, **cfg.model.options)
-    images = sum(len(b[0]) for b in batches)
-    results = {"plain": [], "segops": []}
-    models = {k: copy.deepcopy(base).to(runtime.device) for k in results}
-    optims = {k: torch.optim.AdamW(m.parameters(), lr=1e-3) for k, m in models.items()}
-    plain_epoch(models["plain"], batches[:2], optims["plain"], runtime.device)  # warm-up
-    for _ in range(args.rounds):
-        results["plain"].append(
-            images / plain_epoch(models["plain"], batches, optims["plain"], runtime.device)
-        )
-        results["segops"].append(
-            images
-            / segops_epoch(models["segops"], batches, optims["segops"], runtime, len(batches))
-        )
-    plain, ours = statistics.median(results["plain"]), statistics.median(results["segops"])
-    print(f"device: {runtime.device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+        cfg, runtime, task, setup, plain = build(args, tmp)
+        images = len(setup.loader) * args.batch
+        plain_epoch(**plain)  # warm-up: decode cache, allocator, kernels
+        segops_epoch(task, setup, runtime, 0)
+        ratios, times = [], {"plain": [], "segops": []}
+        for r in range(args.rounds):
+            order = ("plain", "segops") if r % 2 == 0 else ("segops", "plain")
+            for name in order:
+                if name == "plain":
+                    times["plain"].append(plain_epoch(**plain))
+                else:
+                    times["segops"].append(segops_epoch(task, setup, runtime, r + 1))
+            ratios.append(times["plain"][-1] / times["segops"][-1])
+    print(f"device {runtime.device}, torch {torch.__version__}, {runtime.describe()}")
     print(
-        f"model {cfg.model.name} {cfg.model.options}, {images} images of {args.size}px, "
-        f"batch {args.batch}, {args.rounds} interleaved rounds (median)"
+        f"model {cfg.model.name} {cfg.model.options}, loss {cfg.train.loss}, {images} images/epoch "
+        f"of {args.size}px, batch {args.batch}, num_workers {cfg.data.num_workers}, "
+        f"{args.rounds} alternating rounds after one warm-up epoch each"
     )
-    print(f"plain PyTorch loop : {plain:8.1f} images/s  {[round(x, 1) for x in results['plain']]}")
-    print(f"segops loop        : {ours:8.1f} images/s  {[round(x, 1) for x in results['segops']]}")
-    print(f"ratio segops/plain : {ours / plain:8.3f}   (goal >= 0.95)")
-    print(f"data loader alone  : {loader_ips:8.1f} images/s")
+    for name, secs in times.items():
+        ips = [round(images / s, 1) for s in secs]
+        print(f"{name:<7} images/s per round: {ips}")
+    print(f"paired ratios segops/plain: {[round(x, 3) for x in ratios]}")
+    print(
+        f"median {statistics.median(ratios):.3f}  min {min(ratios):.3f}  max {max(ratios):.3f}"
+        "   (goal: median >= 0.98)"
+    )
 
 
 if __name__ == "__main__":
