@@ -130,3 +130,18 @@ def test_the_runtime_applies_and_describes_the_policy():
         assert runtime.describe()["threads"] == "1"
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_run_records_the_runtime_it_trained_with(own_mlflow):
+    from mlflow import MlflowClient
+
+    from segops import tracking
+    from segops.config import TrackingConfig
+
+    store = tracking.connect(TrackingConfig(experiment="threads"))
+    run_id = MlflowClient(store.tracking_uri).create_run(store.experiment_id).info.run_id
+    info = {"device": "cpu", "amp": "off", "channels_last": "False", "threads": "1", "epochs": 2}
+    tracking.MlflowMetrics(store, run_id).on_train_start(info)
+    tags = tracking.run_summary(run_id)["tags"]
+    assert tags["segops.env.threads"] == "1" and tags["segops.env.device"] == "cpu"
+    assert "segops.env.epochs" not in tags
