@@ -181,7 +181,11 @@ def _create(
 
     from flows.retrain import retrain
 
-    schedules = [DeploymentScheduleCreate(schedule=CronSchedule(**schedule), active=True)]
+    schedules = (
+        [DeploymentScheduleCreate(schedule=CronSchedule(**schedule), active=True)]
+        if schedule
+        else []
+    )
     when = f"cron {schedule['cron']} ({schedule['timezone']})" if schedule else "on demand"
     try:
         # The client rather than flow.from_source(...).deploy(): from_source clones the
@@ -198,7 +202,7 @@ def _create(
                 parameters=parameters,
                 parameter_openapi_schema=parameter_schema(retrain).model_dump(exclude_unset=True),
                 job_variables=dict(job_variables or {}),
-                schedules=schedules if schedule else [],
+                schedules=schedules,
                 description=f"Retrain {when} from {source.repository}@{source.commit[:12]}.",
                 tags=["segops", "scheduled" if schedule else "on-demand"],
                 path=None,

@@ -10,14 +10,16 @@ the API and lets a process worker (`--run-once`) clone and run it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from uuid import UUID
 
 import pytest
 import typer
-from prefect_server import free_port, running_server
+from prefect_server import BIN, free_port, prefect_env, running_server, stop
 from typer.testing import CliRunner
 
 pytestmark = pytest.mark.slow
@@ -213,3 +215,62 @@ def test_host_paths_are_refused_before_anything_is_created(api, checkout, tmp_pa
             d.name for d in client.read_deployments(limit=50, sort="NAME_ASC")
         }  # 3.8: not None
     assert names <= {"anywhere", "in-docker"}
+
+
+def test_a_worker_clones_the_commit_and_runs_it(api, tmp_path, monkeypatch):
+    """The whole path on one host: deploy this project's HEAD (file:// URL, explicit), trigger
+    a run, a process worker in an unrelated folder clones the commit and runs the flow there;
+    the stores come from the worker's environment."""
+    from mlflow import MlflowClient
+    from prefect.client.orchestration import get_client
+
+    from flows.deployments import deploy_retrain
+    from segops.data.shapes import generate_shapes
+
+    dataset = generate_shapes(tmp_path / "shapes", n=60, size=32, seed=4)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    overrides = [  # the dataset is imported into the clone's data/ by the flow (place-data)
+        f"data.root={dataset}",
+        "data.image_size=32",
+        "data.val_fraction=0.34",
+        "model.options={width: 8, depth: 2}",
+        "train.epochs=1",
+        "train.batch_size=8",
+        "train.warmup_epochs=0",
+        "evaluate.worst_k=2",
+        f"promotion.model_name={MODEL}",
+        "promotion.bootstrap_samples=200",
+    ]
+    head = _git(ROOT, "rev-parse", "HEAD")
+    deployment_id = deploy_retrain(
+        None, repository=f"file://{ROOT}", commit=head, name="run-test", overrides=overrides
+    )
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run_from_deployment(UUID(deployment_id))
+    worker_log = tmp_path / "worker.log"
+    (tmp_path / "elsewhere").mkdir()
+    with worker_log.open("w") as log:
+        worker = subprocess.Popen(
+            [str(BIN / "prefect"), "worker", "start", "--pool", "segops-process", "--run-once"],
+            env=prefect_env(api, tmp_path / "worker-home"),
+            cwd=tmp_path / "elsewhere",
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            worker.wait(timeout=300)  # --run-once: returns when the run has finished
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"worker still running after 300 s:\n{worker_log.read_text()[-4000:]}")
+        finally:
+            stop(worker)
+    with get_client(sync_client=True) as client:
+        deadline = time.monotonic() + 30  # the final state may land just after the worker exits
+        while not (state := client.read_flow_run(run.id).state).is_final():
+            assert time.monotonic() < deadline, f"run stuck in {state.name}"
+            time.sleep(1)
+    assert state.is_completed(), f"{state.name}: {state.message}\n{worker_log.read_text()[-4000:]}"
+    version = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_model_version(MODEL, "1")
+    assert version.tags.get("promotion.promote") == "true"
+    assert version.tags.get("segops.git.commit", head) == head  # the clone's commit
+    assert not (tmp_path / "elsewhere" / "data").exists()  # the run worked in its own clone
