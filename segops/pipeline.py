@@ -39,11 +39,10 @@ def attempt_config(config: dict[str, Any], attempt_key: str) -> dict[str, Any]:
     model cannot have.
     """
     from segops.promotion.decide import check_metric
-    from segops.train.run import check_model_config, model_kind
+    from segops.train.precheck import check_model_fast
 
     cfg = _cfg(config)
-    check_model_config(cfg)
-    check_metric(cfg.promotion.metric, model_kind(cfg))
+    check_metric(cfg.promotion.metric, check_model_fast(cfg))  # torch-free where it can be
     out = Path(cfg.train.out_dir).parent / attempt_key
     updated = config | {
         "train": {**config["train"], "out_dir": str(out)},
