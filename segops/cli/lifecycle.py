@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import gc
+import importlib
 import logging
 import os
 import sys
@@ -39,10 +40,12 @@ def prefect_api_line() -> str:
     )
 
 
-def freeze_heap() -> None:
-    """Move every object alive now to the collector's permanent generation: the modules just
-    imported are never collected, and full collections stop walking them."""
+def freeze_heap(preload: tuple[str, ...] = ()) -> None:
+    """Import `preload` (modules the run will import anyway), then move every object alive
+    to the collector's permanent generation: full collections stop walking the modules."""
     if _owned:
+        for name in preload:
+            importlib.import_module(name)
         gc.collect()
         gc.freeze()
 

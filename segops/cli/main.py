@@ -210,7 +210,7 @@ def run(
     check_stores(cfg, workspace)  # seconds, not minutes of retries, for a store that is down
     echo(lifecycle.prefect_api_line())
     retrain = importlib.import_module("flows.retrain").retrain
-    lifecycle.freeze_heap()  # the collector no longer walks the imported modules
+    lifecycle.freeze_heap(("mlflow", "great_expectations"))  # every flow imports them
     path = str(params) if params.exists() or params != Path("params.yaml") else None
     try:
         result = retrain(
