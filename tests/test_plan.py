@@ -26,11 +26,20 @@ from segops.plan.decide import (
 from segops.plan.fingerprint import Fingerprint
 from segops.plan.planfile import plan_markdown, plan_overrides, render_plan, write_plan
 from segops.plan.planner import plan_dataset
+from segops.plan.scale import decide_scale
 
 TRAIN, VAL = [f"t{i}" for i in range(6)], ["v0", "v1"]
 
 
-def _fp(height=(64, 64, 64), width=(64, 64, 64), short=64, same=True, fractions=(0.5, 0.5)):
+def _fp(
+    height=(64, 64, 64),
+    width=(64, 64, 64),
+    short=64,
+    same=True,
+    fractions=(0.5, 0.5),
+    extent=0.0,
+    extents=(),
+):
     """A fingerprint with only the fields a rule reads set to something other than filler."""
     return Fingerprint(
         root="ds",
@@ -45,6 +54,8 @@ def _fp(height=(64, 64, 64), width=(64, 64, 64), short=64, same=True, fractions=
         mean=(0.5, 0.5, 0.5),
         std=(0.2, 0.2, 0.2),
         intensity_images=80,
+        object_extent=extent,
+        class_extents=extents,
     )
 
 
@@ -93,6 +104,33 @@ def test_decide_input(height, width, short, same, crop, image_size):
     assert values.get("data.image_size") == image_size
     assert side == (crop or image_size)
     assert all(d.reason for d in decisions)
+
+
+@pytest.mark.parametrize(
+    "extent, extents, crop, factor, side",
+    [
+        (32, (0, 32, 34, 25, 31), 64, 0.5, 64),  # shapes at 128 px: objects ~32 px
+        (16, (0, 17, 18, 13, 16), 64, None, 64),  # a quarter of the window: native
+        (60, (0, 60, 10), 64, None, 64),  # the 10-px class would fall under 8 px
+        (100, (0, 100, 40), 64, 0.25, 32),  # as small as allowed; the crop fits 32-px images
+        (20, (0, 20), 128, None, 128),  # 256-px tiles of ~20-px nuclei: native
+    ],
+)
+def test_decide_scale_fits_objects_in_the_window(extent, extents, crop, factor, side):
+    fp = _fp((128,) * 3, (128,) * 3, 128, True, extent=extent, extents=extents)
+    got, (crop_decision, scale) = decide_scale(fp, Decision("data.crop_size", crop, "native"))
+    assert (scale.key, scale.value, got, crop_decision.value) == ("data.scale", factor, side, side)
+    assert "typical object extent" in scale.reason
+
+
+def test_large_shapes_are_planned_at_half_size(tmp_path):
+    root = generate_shapes(tmp_path / "large", n=12, size=128, seed=7)
+    plan = plan_dataset(_config(root), probe=False)
+    assert plan.value("data.crop_size") == 64 and plan.value("data.scale") == 0.5
+    assert plan.fingerprint.object_extent > 16  # 64-px windows: objects over a quarter
+    cfg = load_config(write_plan(plan, tmp_path / "plan.yaml"))
+    assert (cfg.data.crop_size, cfg.data.scale) == (64, 0.5)
+    assert "typical object extent" in render_plan(plan)
 
 
 def test_decide_input_gpu_cap():
@@ -148,6 +186,11 @@ def test_decide_epochs(step, budget, epochs, clamped):
     assert ("clamped" in decision.reason) == clamped
 
 
+def test_validation_on_whole_images_costs_their_area():
+    # 10 steps of 0.1 s + 20 images of 4 inputs each: 20 * 4 * 0.1 / 8 / 3 = 0.333 s
+    assert decide_epochs(0.1, 8, {"train": 80, "val": 20}, 1.0, val_area=4.0).value == 45
+
+
 def test_plan_for_large_images_with_a_rare_class(rare_dataset, tmp_path):
     root, pixels = rare_dataset
     plan = plan_dataset(_config(root), probe=False)
@@ -156,6 +199,11 @@ def test_plan_for_large_images_with_a_rare_class(rare_dataset, tmp_path):
     assert plan.value("data.crop_size") == 64  # half the 160-px shorter side, on a CPU
     assert "data.image_size" not in plan.values()["data"]
     assert plan.value("model.options") == {"width": 16, "levels": 4}
+    # the 200-px band is large for 64-px windows, but resizing would shrink the 10-px class
+    assert plan.value("data.scale") is None and "smallest class extends 10 px" in next(
+        d.reason for d in plan.decisions if d.key == "data.scale"
+    )
+    assert plan.fingerprint.class_extents == (0.0, 60.0, 10.0)
     assert plan.value("train.class_weights") == "balanced"
     np.testing.assert_allclose(plan.value("augment.mean"), pixels.mean(0), atol=1e-3)
     np.testing.assert_allclose(plan.value("augment.std"), pixels.std(0), atol=1e-3)

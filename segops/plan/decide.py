@@ -166,12 +166,18 @@ def decide_normalisation(fp: Fingerprint) -> list[Decision]:
 
 
 def decide_epochs(
-    step_seconds: float, batch: int, samples: dict[str, int], budget_minutes: float
+    step_seconds: float,
+    batch: int,
+    samples: dict[str, int],
+    budget_minutes: float,
+    val_area: float = 1.0,
 ) -> Decision:
-    """Epochs that fit the budget: training steps plus validation (a forward ~ 1/3 step)."""
+    """Epochs that fit the budget: training steps plus validation (a forward ~ 1/3 step per
+    batch of inputs; `val_area`: a validation image's pixels over one input's, since with
+    crops validation runs on whole images)."""
     n_train, n_val = samples.get("train", 0), samples.get("val", 0)
     steps = max(1, n_train // batch)
-    epoch_seconds = steps * step_seconds + n_val * step_seconds / batch / 3
+    epoch_seconds = steps * step_seconds + n_val * val_area * step_seconds / batch / 3
     fit = int(budget_minutes * 60 // max(epoch_seconds, 1e-6))
     lo, hi = EPOCH_RANGE
     epochs = min(hi, max(lo, fit))
@@ -180,7 +186,8 @@ def decide_epochs(
         "train.epochs",
         epochs,
         f"{budget_minutes:g} min budget / ~{epoch_seconds:.2f} s per epoch ({steps} steps of "
-        f"{step_seconds:.3f} s measured + validation of {n_val} images) = {fit}{clamp}",
+        f"{step_seconds:.3f} s measured + validation of {n_val} images of {val_area:.2g} "
+        f"inputs each) = {fit}{clamp}",
     )
 
 
@@ -193,7 +200,14 @@ def make_plan(
     timer: StepTimer | None = None,
 ) -> Plan:
     """Every decision for `fp`; `timer` (None: skip) measures a step for `train.epochs`."""
+    from segops.plan.scale import decide_scale  # it builds on this module's decisions
+
     side, decisions = decide_input(fp, device)
+    val_area = 1.0
+    if decisions[0].value is not None:  # native crops: resized first when objects are large
+        side, decisions = decide_scale(fp, decisions[0])
+        factor = decisions[1].value or 1.0
+        val_area = fp.height[1] * fp.width[1] * factor**2 / side**2
     head = [
         Decision("data.root", fp.root, "the dataset this plan was made from"),
         Decision("data.format", fmt, "the layout the dataset was read with"),
@@ -204,5 +218,5 @@ def make_plan(
     step = None
     if timer is not None:
         step = timer(model[0].value, model[1].value, batch.value, side)
-        rest.append(decide_epochs(step, batch.value, fp.samples, budget_minutes))
+        rest.append(decide_epochs(step, batch.value, fp.samples, budget_minutes, val_area))
     return Plan(fp, device, budget_minutes, (*head, *decisions, *model, *rest), step)

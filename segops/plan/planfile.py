@@ -31,6 +31,11 @@ def _percent(fp: Fingerprint) -> str:
     return ", ".join(f"{name} {share:.2%}" for name, share in pairs)
 
 
+def _extents(fp: Fingerprint) -> str:
+    pairs = zip(fp.classes, fp.class_extents, strict=False)  # none in older fingerprints
+    return f"{fp.object_extent:g}" + "".join(f", {n} {e:g}" for n, e in pairs if e > 0)
+
+
 def fingerprint_lines(fp: Fingerprint) -> list[str]:
     """The fingerprint as short human-readable lines."""
     (h0, h1, h2), (w0, w1, w2) = fp.height, fp.width
@@ -42,6 +47,7 @@ def fingerprint_lines(fp: Fingerprint) -> list[str]:
         f"median shorter side {fp.short_side}; {'all one size' if fp.same_size else 'mixed'}",
         f"channels: {fp.channels}",
         f"class shares of the training pixels: {_percent(fp)}",
+        f"typical object extent (px, pixel-weighted median run of a class): {_extents(fp)}",
         f"intensity ({fp.intensity_images} training images, [0, 1]): mean {mean}; std {std}",
     ]
 
