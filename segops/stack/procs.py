@@ -84,7 +84,7 @@ def wait_until(
     raise StackError(f"{name} not ready after {timeout:g} s; its log ({log}) ends:\n{tail(log)}")
 
 
-def stop(name: str, root: Path, grace: float = 10.0) -> bool:
+def stop(name: str, root: Path, grace: float = 5.0) -> bool:
     """Stop the process group in pids/<name>.pid (TERM, then KILL after `grace` s); remove the
     PID file. Returns whether a process was running."""
     pid_file = root / "pids" / f"{name}.pid"

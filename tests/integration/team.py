@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,22 +80,29 @@ def clone_env(exports: dict[str, str], where: Path) -> dict[str, str]:
     )
 
 
-def segops(where: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
-    """Start `segops ARGS` in `where` (output captured, merged)."""
-    return subprocess.Popen(
-        [SEGOPS, *args],
-        cwd=where,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+class Segops:
+    """`segops ARGS` running in `where`, output (merged) to a log file beside the folder."""
 
+    def __init__(self, where: Path, env: dict[str, str], *args: str) -> None:
+        self.log = where.parent / f"{where.name}-{args[0]}-{time.monotonic_ns()}.log"
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(
+                [SEGOPS, *args], cwd=where, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
 
-def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
-    out, _ = proc.communicate(timeout=timeout)
-    return proc.returncode, out
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, text: str, timeout: float = 120) -> None:
+        """Until `text` is in the output (or the process ended)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.output() and self.proc.poll() is None:
+            assert time.monotonic() < deadline, f"no {text!r} in {timeout} s:\n{self.output()}"
+            time.sleep(0.2)
+
+    def finish(self, timeout: float = 300) -> tuple[int, str]:
+        self.proc.wait(timeout)
+        return self.proc.returncode, self.output()
 
 
 def files_under(folder: Path) -> list[Path]:
