@@ -9,8 +9,9 @@ serialises processes that share a disk. `segops` never imports Prefect: the choi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, suppress
+from pathlib import Path
 
 # Renewed in the background while held; long enough for a champion's re-evaluation to finish
 # between renewals, short enough that a dead holder's slot comes back within minutes.
@@ -67,3 +68,15 @@ def global_promotion_lock(model_name: str) -> Iterator[str]:
     # strict: a limit deleted between ensure_limit and here fails instead of running unlocked.
     with concurrency(name, occupy=1, lease_duration=LEASE_SECONDS, strict=True):
         yield name
+
+
+def promotion_lock_for(
+    model_name: str, lock_dir: str | Path, on_wait: Callable[[], None] | None = None
+) -> AbstractContextManager:
+    """The lock a promotion or rollback of `model_name` takes outside a flow (`segops promote`):
+    the global limit with a Prefect server, else the file lock in `lock_dir`."""
+    from segops.promotion.registry import promotion_lock
+
+    if server_url() is None:
+        return promotion_lock(lock_dir, on_wait)
+    return global_promotion_lock(model_name)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from prefect_server import prefect_env, running_server, stop
+from prefect_server import BIN, prefect_env, running_server, stop
 
 pytestmark = pytest.mark.slow
 
@@ -67,13 +67,13 @@ def _wait_for_line(proc: subprocess.Popen, text: str) -> bool:
     return any(line.strip() == text for line in proc.stdout)
 
 
-def _register(cfg, store, key: str, mean: float, tmp_path: Path):
+def _register(cfg, store, key: str, mean: float, tmp_path: Path, name: str = MODEL):
     from segops import tracking
     from segops.promotion.registry import register
 
     run = tracking.open_run(store, cfg, key, {})
     _log_eval(run, mean, tmp_path / key)
-    return register(f"runs:/{run}/model", MODEL, run, key, {})
+    return register(f"runs:/{run}/model", name, run, key, {})
 
 
 def test_two_hosts_promote_one_after_the_other(prefect_server, own_mlflow, tmp_path):
@@ -147,3 +147,41 @@ def test_two_hosts_promote_one_after_the_other(prefect_server, own_mlflow, tmp_p
     assert holders == [b.version]
     promoted = [e["version"] for e in history(MODEL) if e["action"] == "promoted"]
     assert promoted == (["1", a.version, b.version] if earlier == a.version else ["1", b.version])
+
+
+def test_rollback_from_another_host_waits_for_the_limit(prefect_server, own_mlflow, tmp_path):
+    """`segops promote --rollback` with a Prefect server takes the same limit as the flows."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.promotion_lock import global_promotion_lock
+    from segops import tracking
+    from segops.config import load_config
+    from segops.promotion.registry import champion, record_decision
+
+    name = f"{MODEL}-rollback"
+    sets = [f"tracking.artifact_root={tmp_path / 'mlflow' / 'artifacts'}"]
+    sets += [f"promotion.model_name={name}"]
+    cfg = load_config(None, sets)
+    store = tracking.connect(cfg.tracking)
+    for key in ("first", "second"):  # two champions in turn: rollback has somewhere to go
+        ref = _register(cfg, store, key, 0.5, tmp_path, name)
+        record_decision(ref, {"promotion.promote": "true"}, True, "test")
+    argv = [str(BIN / "segops"), "promote", "--rollback", *[a for s in sets for a in ("--set", s)]]
+    with (
+        temporary_settings(updates={PREFECT_API_URL: prefect_server}),
+        global_promotion_lock(name),  # a promotion in flight on another host
+    ):
+        proc = subprocess.Popen(
+            argv,
+            env=prefect_env(prefect_server, tmp_path / "cli-home"),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        time.sleep(12)  # the CLI's imports, then it waits for the limit
+        running, before = proc.poll(), champion(name).version
+    output = proc.communicate(timeout=120)[0]
+    assert running is None and before == "2", output
+    assert proc.returncode == 0, output
+    assert champion(name).version == "1"

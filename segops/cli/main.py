@@ -6,6 +6,7 @@ overrides; the resolved config is saved with what the command writes.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -97,6 +98,7 @@ def train(
     resume: Annotated[
         bool, typer.Option(help="continue from <train.out_dir>/checkpoints/last.pt")
     ] = False,
+    nproc: Annotated[int | None, typer.Option(help="DDP ranks (torchrun), batch per rank")] = None,
 ) -> None:
     """Check the dataset, then train; checkpoints every epoch, keeps the best by val mean IoU
     (semantic models) or val mask AP (instance models such as maskrcnn_resnet50_fpn)."""
@@ -104,7 +106,8 @@ def train(
     from segops.data.manifest import load_dataset
     from segops.train.run import check_model_config, train_configured
 
-    cfg = config(params, overrides, dataset)
+    ranks = [f"train.distributed.nproc_per_node={nproc}"] if nproc else []  # DDP under torchrun
+    cfg = config(params, [*(overrides or []), *ranks], dataset)
     check_model_config(cfg)
     with counter("checking dataset") as update:
         info = load_dataset(cfg.data, eval_split="val", progress=update)
@@ -242,10 +245,13 @@ def promote(
     cfg = config(params, overrides)
     tracking.connect(cfg.tracking)
     name = cfg.promotion.model_name
+    # The gate's lock: the one every host shares with a Prefect server, else a file. Through
+    # flows/, which imports Prefect only then (segops never imports it).
+    lock = importlib.import_module("flows.promotion_lock").promotion_lock_for(
+        name, registry.promotion_lock_dir(cfg), lambda: echo("waiting for a promotion in progress")
+    )
     if rollback:
-        # The same lock the gate takes: a rollback waits for an in-flight promotion.
-        lock = registry.promotion_lock_dir(cfg)
-        with registry.promotion_lock(lock, lambda: echo("waiting for a promotion in progress")):
+        with lock:  # a rollback waits for an in-flight promotion
             ref = registry.rollback(name, reason)
         echo(f"champion of {name} is now version {ref.version} ({reason})")
         return
@@ -255,7 +261,8 @@ def promote(
 
     ref = registry.resolve(model)
     model_ref = {"name": ref.name, "version": ref.version, "run_id": ref.run_id}
-    decision = promote_step(cfg.to_dict(), model_ref)
+    with lock:
+        decision = promote_step(cfg.to_dict(), model_ref, file_lock=False)
     verdict = "promoted to champion" if decision["promote"] else "not promoted"
     echo(f"{ref.uri}: {verdict}\n" + "\n".join(f"- {r}" for r in decision["reasons"]))
 
