@@ -49,15 +49,13 @@ class ModelConfig(_Section):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class DistributedConfig(_Section):
-    """torchrun DDP (segops.train.launch): world = nproc_per_node x nnodes; batch per rank."""
-
+class DistributedConfig(_Section):  # torchrun DDP (segops.train.launch)
     nproc_per_node: Annotated[int, Field(ge=1)] | Literal["auto"] = 1  # auto: visible GPUs
     nnodes: int = Field(1, ge=1)
     node_rank: int = Field(0, ge=0)
-    rdzv_endpoint: str | None = Field(None, description="host:port of the c10d rendezvous")
+    rdzv_endpoint: str | None = None  # host:port of the c10d rendezvous
     backend: Literal["auto", "gloo", "nccl"] = "auto"
-    max_restarts: int = Field(0, ge=0, description="times torchrun restarts the group on a crash")
+    max_restarts: int = Field(0, ge=0)  # times torchrun restarts the group after a crash
 
 
 class TrainConfig(_Section):
@@ -80,7 +78,7 @@ class TrainConfig(_Section):
     early_stopping_patience: int | None = Field(None, ge=1)
     grad_clip: float | None = Field(None, gt=0)
     out_dir: Path = Path("runs/latest")
-    distributed: DistributedConfig = DistributedConfig()
+    distributed: DistributedConfig = DistributedConfig()  # world: nproc_per_node x nnodes ranks
 
     @model_validator(mode="after")
     def _weights_positive(self) -> TrainConfig:
@@ -283,21 +281,16 @@ LOCATION_KEYS = (
 )
 
 
-WORLD_KEYS = ("nproc_per_node", "nnodes")  # of train.distributed: the world size shapes weights
-
-
 def config_hash(config: Config) -> str:
-    """sha256 of the resolved config's JSON without `LOCATION_KEYS` and, of train.distributed,
-    with only `WORLD_KEYS` when they are not one process."""
+    """sha256 of the resolved config's JSON without `LOCATION_KEYS` (train.distributed: world)."""
     data = config.to_dict()
     data.pop("promotion")  # the gate decides about a model; it does not shape it
     data.pop("predict")  # how a trained model is scored; it does not shape it
     for section, key in LOCATION_KEYS:
         data[section].pop(key)
-    world = {k: data["train"]["distributed"].pop(k) for k in WORLD_KEYS}
-    data["train"].pop("distributed")  # rank, endpoint, backend, restarts: how ranks meet
-    if world != {"nproc_per_node": 1, "nnodes": 1}:  # one process keeps its earlier hash
-        data["train"]["distributed"] = world
+    dist = data["train"].pop("distributed")  # rank, endpoint, backend, restarts: how ranks meet
+    if (world := [dist["nproc_per_node"], dist["nnodes"]]) != [1, 1]:  # else the earlier hash
+        data["train"]["world_size"] = world[0] * world[1] if world[0] != "auto" else world
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 

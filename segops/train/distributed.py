@@ -5,10 +5,10 @@ default everywhere, and then every helper here is a no-op that touches no `torch
 API: the single-process driver stays as it was, as fast and bit for bit.
 
 Under torchrun (`segops.train.launch` starts it), `init_world` joins the group. Training
-batches come from a `DistributedSampler` seeded like the single-process shuffle, so rank `r`
-takes every `world`-th sample of the same permutation; validation is sharded by whole batches
-(`shard_batches`, no padding duplicates) and its results are gathered in batch order, so the
-metrics equal those of one process exactly.
+batches come from a DistributedSampler (`ShardedShuffle`) drawing the single-process shuffle,
+so rank `r` takes every `world`-th sample of the same permutation; validation is sharded by
+whole batches (`shard_batches`, no padding duplicates) and its results are gathered in batch
+order, so the metrics equal those of one process exactly.
 """
 
 from __future__ import annotations
@@ -99,20 +99,35 @@ def wrap_model(model: nn.Module, world: World, device: torch.device) -> nn.Modul
     return DistributedDataParallel(model)
 
 
+class ShardedShuffle(DistributedSampler):
+    """A DistributedSampler whose permutation comes from the loader's `generator`, as a
+    single process's RandomSampler draws it: fit reseeds that generator each epoch (so
+    `set_epoch` has nothing left to change), and the DataLoader draws its base seed from it
+    before the sampler, in both cases alike. Rank `r` takes samples r, r+W, ... of the
+    permutation (padded by repeating its start, as DistributedSampler does)."""
+
+    def __init__(self, dataset: Dataset, world: World, generator: torch.Generator) -> None:
+        super().__init__(dataset, world.size, world.rank, shuffle=True)
+        self.generator = generator
+
+    def __iter__(self):
+        order = torch.randperm(len(self.dataset), generator=self.generator).tolist()
+        order += order[: self.total_size - len(order)]
+        return iter(order[self.rank : self.total_size : self.num_replicas])
+
+
 def train_loader(
-    dataset: Dataset, batch_size: int, generator: torch.Generator, world: World, seed: int, **kw
+    dataset: Dataset, batch_size: int, generator: torch.Generator, world: World, **kw
 ) -> DataLoader:
     """Shuffled training batches (`kw`: DataLoader options, `drop_last` among them, dropped on
     ranks whose share is not above one batch). One process: shuffled by `generator` (reseeded
-    each epoch). Ranks: a DistributedSampler whose permutation for epoch `e` is seeded
-    `seed + e` (call `set_epoch`), the same as `generator` reseeded to `seed + e`: rank `r`
-    takes samples r, r+W, ... of it, so W ranks x batch B see the batches of one process x
-    batch W*B."""
+    each epoch). Ranks: a `ShardedShuffle` of the same permutation, so W ranks x batch B see
+    the batches of one process x batch W*B."""
     if not world.distributed:
         return DataLoader(dataset, batch_size, shuffle=True, generator=generator, **kw)
-    sampler = DistributedSampler(dataset, world.size, world.rank, shuffle=True, seed=seed)
+    sampler = ShardedShuffle(dataset, world, generator)
     kw["drop_last"] = kw.get("drop_last", False) and len(sampler) > batch_size
-    return DataLoader(dataset, batch_size, sampler=sampler, **kw)
+    return DataLoader(dataset, batch_size, sampler=sampler, generator=generator, **kw)
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:

@@ -26,7 +26,7 @@ from segops.models import build_model
 from segops.train.callbacks import Callback
 from segops.train.device import Runtime, autocast
 from segops.train.distributed import SINGLE, World, train_loader
-from segops.train.fit import Setup, TrainResult, epoch_seed, fit
+from segops.train.fit import Setup, TrainResult, fit
 from segops.train.instance_eval import evaluate_instance, predict_instances
 from segops.train.schedule import build_scheduler
 
@@ -95,7 +95,6 @@ class InstanceTask:
             cfg.train.batch_size,
             generator,
             world,
-            epoch_seed(cfg.train.seed, 0),
             collate_fn=collate,
             num_workers=cfg.data.num_workers,
             pin_memory=runtime.pin_memory,

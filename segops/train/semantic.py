@@ -30,7 +30,7 @@ from segops.train.distributed import (
     shard_batches,
     train_loader,
 )
-from segops.train.fit import Setup, epoch_seed, run_epoch
+from segops.train.fit import Setup, run_epoch
 from segops.train.parts import build_parts
 
 
@@ -62,9 +62,8 @@ def make_loaders(
         "persistent_workers": cfg.data.num_workers > 0,
     }
     generator, batch = torch.Generator(), cfg.train.batch_size
-    seed = epoch_seed(cfg.train.seed, 0)  # + epoch: the generator's seed in that epoch
     drop = len(train_ds) > batch
-    train = train_loader(train_ds, batch, generator, world, seed, drop_last=drop, **common)
+    train = train_loader(train_ds, batch, generator, world, drop_last=drop, **common)
     if not world.distributed:
         return train, DataLoader(val_ds, val_batch, shuffle=False, **common), generator
     shard = shard_batches(len(val_ds), val_batch, world)

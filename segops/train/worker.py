@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,9 @@ def _write_result(result: Any, path: Path) -> None:
     tmp.replace(path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Train as this rank; 0 when done."""
+def main(argv: list[str] | None = None, callbacks: Sequence[Callback] = ()) -> int:
+    """Train as this rank; 0 when done. `callbacks` (rank 0) hear the run besides the launcher:
+    for programs that run ranks of their own, such as tests."""
     parser = argparse.ArgumentParser(prog="segops.train.worker")
     parser.add_argument("config", type=Path)
     parser.add_argument("--resume", action="store_true")
@@ -67,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     world = init_world(cfg.train.distributed.backend, cfg.train.device)
     done = False
     try:
-        callbacks = [EventStream()] if world.is_main else []
+        heard = [EventStream(), *callbacks] if world.is_main else []
         result = train_configured(
-            cfg, resume=args.resume or restarted, callbacks=callbacks, world=world
+            cfg, resume=args.resume or restarted, callbacks=heard, world=world
         )
         if world.is_main:
             _write_result(result, args.config.with_name("result.json"))

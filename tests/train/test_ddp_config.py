@@ -38,6 +38,12 @@ def test_only_the_world_size_enters_the_hash(setting, changes_hash):
     assert (config_hash(load_config(None, [setting])) != DEFAULT_HASH) is changes_hash
 
 
+def test_the_hash_sees_the_world_size_not_how_it_is_split():
+    one_node = load_config(None, ["train.distributed.nproc_per_node=2"])
+    two_nodes = load_config(None, ["train.distributed.nnodes=2"])
+    assert config_hash(one_node) == config_hash(two_nodes)  # reproducible on one machine
+
+
 @pytest.mark.parametrize("bad", ["nproc_per_node=0", "nproc_per_node=many", "backend=mpi"])
 def test_bad_values_are_refused_by_name(bad):
     with pytest.raises(ConfigError, match=r"train\.distributed"):
