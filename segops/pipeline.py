@@ -203,12 +203,16 @@ def train_step(
     report) to attach as lineage. Returns run id, best checkpoint and best val mean IoU.
     """
     from segops import tracking
+    from segops.record import world_tags
     from segops.train.callbacks import EpochPrinter
+    from segops.train.launch import plan_launch
     from segops.train.run import train_configured
 
     cfg = _cfg(config)
+    plan = plan_launch(cfg)  # a world this machine cannot run fails here, before the run opens
     store = tracking.connect(cfg.tracking)
     where = {LINEAGE + "run_dir": str(cfg.train.out_dir)}  # found again by a resuming rerun
+    where |= world_tags(plan.world_size, plan.backend, cfg.train.batch_size)
     run_id = tracking.open_run(store, cfg, attempt_key, tags | where)
     for name, value in artifacts.items():
         if Path(value).is_file():

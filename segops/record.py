@@ -88,3 +88,19 @@ TAGS = {
     "channels": "segops.data.channels",
 }
 OPTIONAL = {"channels"}  # fields whose tag older versions lack: None when absent
+
+
+# How the run was spread over processes (segops.train.launch): written by the train step on
+# every run, so reproduce can rerun with the same world size. Runs made before have none (1).
+WORLD_TAGS = {
+    "world_size": "segops.train.world_size",
+    "backend": "segops.train.backend",  # gloo, nccl, or none for one plain process
+    "per_rank_batch": "segops.train.per_rank_batch",
+    "global_batch": "segops.train.global_batch",  # per-rank batch x world size
+}
+
+
+def world_tags(world_size: int, backend: str, per_rank_batch: int) -> dict[str, str]:
+    """The `WORLD_TAGS` of a run of `world_size` processes of `per_rank_batch` images each."""
+    values = (world_size, backend, per_rank_batch, per_rank_batch * world_size)
+    return {tag: str(value) for tag, value in zip(WORLD_TAGS.values(), values, strict=True)}

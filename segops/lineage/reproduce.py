@@ -4,6 +4,10 @@ Restores the exact dataset by its hash from the DVC remote into a fresh folder, 
 the run's recorded config (seed included), evaluates, then compares every weight tensor with the
 registered ones and every headline metric with the recorded value. On CPU in deterministic mode
 the weights come out identical; on a GPU the report shows how far they moved.
+
+A version trained by several processes (tag `segops.train.world_size`) is retrained by as many
+on this machine (torchrun, `train.distributed.nproc_per_node` = the recorded world size, one
+node); when this machine cannot run them (NCCL without GPUs, fewer GPUs), reproduce says so.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 import yaml
 
 from segops.errors import SegopsError
-from segops.record import TAGS
+from segops.record import TAGS, WORLD_TAGS
 
 
 class ReproduceError(SegopsError):
@@ -39,6 +43,7 @@ class ReproduceReport:
     max_weight_diff: float  # largest absolute difference over every weight tensor
     tensors_differing: tuple[str, ...]
     metrics: dict[str, dict[str, float]]  # name -> recorded, reproduced, diff
+    world_size: int = 1  # processes that retrained it, as many as the recorded run had
 
     @property
     def max_metric_diff(self) -> float:
@@ -58,7 +63,8 @@ class ReproduceReport:
         )
         return (
             f"# Reproduction of {self.version_uri}: {verdict}\n\n"
-            f"- data {self.data_md5} restored to `{self.restored_to}`\n- device: {self.device}\n"
+            f"- data {self.data_md5} restored to `{self.restored_to}`\n- device: {self.device}"
+            f", world size {self.world_size} (as recorded)\n"
             f"- config hash matches: {self.config_hash_match}; dataset hash matches: "
             f"{self.dataset_hash_match}; dataset md5 matches: {self.dataset_md5_match}\n"
             f"- max weight difference: {self.max_weight_diff:.3g} "
@@ -109,6 +115,26 @@ def _rebuild_config(raw: dict[str, Any], data_root: Path, out: Path):
     raw["train"]["out_dir"] = str(out / "train")
     raw["validation"]["report_dir"] = str(out / "validation")
     return build_config(raw, "recorded config")
+
+
+def _same_world(cfg, world: int, uri: str):
+    """`cfg` retrained by `world` processes on this machine; ReproduceError when it cannot."""
+    from segops.errors import ConfigError
+    from segops.train.launch import plan_launch
+
+    if world > 1:
+        dist = cfg.train.distributed.model_copy(
+            update={"nproc_per_node": world, "nnodes": 1, "node_rank": 0, "rdzv_endpoint": None}
+        )
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"distributed": dist})})
+    try:
+        plan_launch(cfg)
+    except ConfigError as exc:
+        raise ReproduceError(
+            f"{uri} was trained by {world} processes (segops.train.world_size); this machine "
+            f"cannot run as many, so it cannot be reproduced here: {exc}"
+        ) from None
+    return cfg
 
 
 def compare_weights(a: dict, b: dict) -> tuple[bool, float, tuple[str, ...]]:
@@ -162,7 +188,8 @@ def reproduce(model_uri: str, out_dir: str | Path, callbacks: Sequence = ()) -> 
     restore_dataset(dvc_text, tags[TAGS["remote_url"]], data_dir)
     own = tags.get(TAGS["dataset_md5"])
     own_match = None if own is None else dir_md5(data_dir / subdir) == own
-    cfg = _rebuild_config(raw, data_dir / subdir, out)
+    world = int(tags.get(WORLD_TAGS["world_size"], "1"))
+    cfg = _same_world(_rebuild_config(raw, data_dir / subdir, out), world, ref.uri)
     result = train_configured(cfg, resume=False, callbacks=list(callbacks))
     report = evaluate_checkpoint(cfg, result.best_checkpoint, out_dir=out / "eval")
     model_dir = tracking.download_model(ref.uri, out / "registered")
@@ -185,6 +212,7 @@ def reproduce(model_uri: str, out_dir: str | Path, callbacks: Sequence = ()) -> 
         max_weight_diff=largest,
         tensors_differing=differing,
         metrics=_metric_diffs(run["metrics"], reproduced),
+        world_size=world,
     )
     found.write()
     return found
