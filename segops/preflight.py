@@ -117,7 +117,7 @@ def dvc_check(
         path = Path(url.removeprefix("file://"))
         return "dvc", f"remote {name!r} {path}", lambda: _folder_problem(path)
     if scheme in ("s3", "s3a"):
-        return "dvc", f"remote {name!r} {url}", lambda: _s3(options, timeout)
+        return "dvc", f"remote {name!r} {url}", _s3(options, timeout)
     return None  # gs, azure, ssh, ...: not checked here
 
 
@@ -196,31 +196,40 @@ def _folder_problem(folder: Path) -> str | None:
     return None
 
 
-def _s3(options: dict, timeout: float) -> str | None:
-    """None if the bucket of the S3 remote answers (AWS_ENDPOINT_URL and the remote's
-    endpointurl and credentials apply, as for `dvc push`)."""
+def _s3(options: dict, timeout: float) -> Callable[[], str | None]:
+    """The probe of the S3 remote's bucket (AWS_ENDPOINT_URL and the remote's endpointurl and
+    credentials apply, as for `dvc push`). s3fs and botocore load here, before the probes'
+    deadline starts: on a busy machine their import alone can take seconds."""
     from dvc.fs import get_cloud_fs
 
     endpoint = options.get("endpointurl") or os.environ.get("AWS_ENDPOINT_URL", "")
-    if endpoint:  # botocore retries a refused endpoint for many seconds: probe it first
-        parts = urlsplit(endpoint)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        try:
-            socket.create_connection((parts.hostname or "", port), timeout=timeout).close()
-        except OSError as exc:
-            return (
-                f"S3 endpoint {endpoint} unreachable ({exc}); check AWS_ENDPOINT_URL (or the "
-                "remote's endpointurl) and that the S3 server runs"
-            )
     bounded = {"connect_timeout": math.ceil(timeout), "read_timeout": math.ceil(timeout)}
-    cls, conf, path = get_cloud_fs(None, **(options | bounded))
-    fs = cls(**conf)
-    bucket = path.split("/")[0]
     try:
-        found = fs.exists(bucket)
-    except Exception as exc:  # botocore raises many types: unreachable, denied, no credentials
-        return f"bucket {bucket} cannot be read ({type(exc).__name__}: {exc})"
-    return None if found else f"bucket {bucket} does not exist; create it or fix the URL"
+        cls, conf, path = get_cloud_fs(None, **(options | bounded))
+        s3 = cls(**conf).fs  # imports s3fs, aiobotocore
+    except Exception as exc:  # a bad option or a missing plugin, named like a probe's failure
+        problem = f"check failed ({type(exc).__name__}: {exc})"
+        return lambda: problem
+    bucket = path.split("/")[0]
+
+    def probe() -> str | None:
+        if endpoint:  # botocore retries a refused endpoint for many seconds: probe it first
+            parts = urlsplit(endpoint)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            try:
+                socket.create_connection((parts.hostname or "", port), timeout=timeout).close()
+            except OSError as exc:
+                return (
+                    f"S3 endpoint {endpoint} unreachable ({exc}); check AWS_ENDPOINT_URL (or "
+                    "the remote's endpointurl) and that the S3 server runs"
+                )
+        try:
+            found = s3.exists(bucket)
+        except Exception as exc:  # botocore raises many types: unreachable, denied, no keys
+            return f"bucket {bucket} cannot be read ({type(exc).__name__}: {exc})"
+        return None if found else f"bucket {bucket} does not exist; create it or fix the URL"
+
+    return probe
 
 
 def _shown(url: str) -> str:

@@ -33,14 +33,12 @@ def status(settings: Settings) -> list[tuple[str, str, bool]]:
 
 
 def down(settings: Settings) -> list[str]:
-    """Stop every service (workers first, PostgreSQL last); returns those that were running."""
-    stopped = []
-    for svc in reversed(services(settings)):
-        if svc.name == "postgres":
-            if postgres.stop(settings.root / "postgres"):
-                stopped.append(svc.name)
-        elif stop(svc.name, settings.root):
-            stopped.append(svc.name)
+    """Stop every service (the others together, then PostgreSQL); returns those that were
+    running."""
+    names = [svc.name for svc in reversed(services(settings)) if svc.name != "postgres"]
+    stopped = stop(names, settings.root)
+    if postgres.stop(settings.root / "postgres"):
+        stopped.append("postgres")
     return stopped
 
 

@@ -84,20 +84,24 @@ def wait_until(
     raise StackError(f"{name} not ready after {timeout:g} s; its log ({log}) ends:\n{tail(log)}")
 
 
-def stop(name: str, root: Path, grace: float = 5.0) -> bool:
-    """Stop the process group in pids/<name>.pid (TERM, then KILL after `grace` s); remove the
-    PID file. Returns whether a process was running."""
-    pid_file = root / "pids" / f"{name}.pid"
-    pid = read_pid(pid_file)
-    if pid is not None:
-        _signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
+def stop(names: list[str], root: Path, grace: float = 10.0) -> list[str]:
+    """Stop the process groups in pids/<name>.pid at once (TERM, then KILL what still runs
+    after `grace` s); remove the PID files. Returns the names that were running."""
+    running = {}
+    for name in names:
+        pid = read_pid(root / "pids" / f"{name}.pid")
+        if pid is not None:
+            running[name] = pid
+            _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while any(_alive(pid) for pid in running.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in running.values():
         if _alive(pid):
             _signal_group(pid, signal.SIGKILL)
-    pid_file.unlink(missing_ok=True)
-    return pid is not None
+    for name in names:
+        (root / "pids" / f"{name}.pid").unlink(missing_ok=True)
+    return [name for name in names if name in running]
 
 
 def tail(path: Path, lines: int = 15) -> str:
