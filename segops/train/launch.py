@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -155,11 +156,26 @@ def _relay(event: dict[str, Any], callbacks: Callback) -> None:
     getattr(callbacks, f"on_{event['event']}")(*args)
 
 
+def _die_with_parent() -> None:
+    """In the torchrun child: receive SIGTERM when the launching process dies, even by
+    SIGKILL (Linux), so no orphaned group keeps writing into a folder a rerun resumes."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _run(cmd: list[str], env: dict[str, str], callbacks: Callback) -> tuple[int, list[str]]:
     """Run torchrun, relaying rank 0's events; (exit status, last lines of other output)."""
     tail: collections.deque[str] = collections.deque(maxlen=30)
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        bufsize=1,
+        preexec_fn=_die_with_parent,
     )
     try:
         for line in proc.stdout:  # type: ignore[union-attr]
