@@ -167,3 +167,38 @@ def test_a_third_clone_audits_reproduces_lists_and_loads_the_champion(
     assert "predicted 2" in predicted.stdout
     assert not (third / "data").exists() or not any((third / "data").iterdir())  # only URLs
     assert time.monotonic() - started < 240
+
+
+def test_s3_down_stops_a_run_before_training_and_writes_nothing(stack, two_runs):
+    from segops.stack.procs import stop
+
+    root, exports = stack
+    clone, env = two_runs[0][0], team.clone_env(exports, two_runs[0][0])
+    client = _client(exports)
+    before = {
+        "data.dvc": (clone / "data.dvc").read_text(),
+        "runs": sorted(p.name for p in (clone / "runs").iterdir()),
+        "versions": sorted(
+            v.version for v in client.search_model_versions(f"name = '{team.MODEL}'")
+        ),
+        "champion": client.get_model_version_by_alias(team.MODEL, "champion").version,
+    }
+    assert stop(["s3"], root) == ["s3"]
+    try:
+        started = time.monotonic()
+        rc, out = team.Segops(clone, env, "run", *_sets(*team.TINY, "train.seed=7")).finish(120)
+        assert rc == 2, out[-3000:]
+        assert f"S3 endpoint {exports['AWS_ENDPOINT_URL']} unreachable" in out
+        assert time.monotonic() - started < 60
+    finally:
+        up = team.stack_cli(root.parent, "up")  # restarts only the S3 server
+        assert up.returncode == 0, up.stderr[-2000:]
+    after = {
+        "data.dvc": (clone / "data.dvc").read_text(),
+        "runs": sorted(p.name for p in (clone / "runs").iterdir()),
+        "versions": sorted(
+            v.version for v in client.search_model_versions(f"name = '{team.MODEL}'")
+        ),
+        "champion": client.get_model_version_by_alias(team.MODEL, "champion").version,
+    }
+    assert after == before
