@@ -129,3 +129,13 @@ def own_mlflow(tmp_path, monkeypatch) -> str:
     mlflow.set_tracking_uri(uri)  # MLflow caches the URI of earlier tests process-wide
     yield uri
     mlflow.set_tracking_uri(None)  # also unsets the env var: monkeypatch restores it after
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One real `prefect server` on loopback (SQLite) shared by the modules that need a server
+    (the promotion lock, deployments): started once, stopped by PID at the end."""
+    from prefect_server import running_server
+
+    with running_server(tmp_path_factory.mktemp("prefect-server")) as url:
+        yield url

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from prefect_server import BIN, prefect_env, running_server, stop
+from prefect_server import BIN, prefect_env, stop
 
 pytestmark = pytest.mark.slow
 
@@ -34,12 +34,6 @@ while not os.path.exists(go):  # both call within 20 ms of each other
     time.sleep(0.02)
 print(json.dumps(promote_serialised(config, model)["promote"]), flush=True)
 """
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("prefect-server")) as url:
-        yield url
 
 
 def _log_eval(run_id: str, mean: float, folder: Path) -> None:

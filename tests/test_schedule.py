@@ -19,7 +19,7 @@ from uuid import UUID
 
 import pytest
 import typer
-from prefect_server import BIN, free_port, prefect_env, running_server, stop
+from prefect_server import BIN, free_port, prefect_env, stop
 from typer.testing import CliRunner
 
 pytestmark = pytest.mark.slow
@@ -48,12 +48,6 @@ def _git(cwd: Path, *args: str) -> str:
         text=True,
     )
     return done.stdout.strip()
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("prefect-server")) as url:
-        yield url
 
 
 @pytest.fixture
