@@ -19,7 +19,7 @@ class Settings:
     prefect_port: int = DEFAULT_PORTS["prefect_port"]
     mlflow_port: int = DEFAULT_PORTS["mlflow_port"]
     workers: int = 2
-    pool: str = "segops"
+    pool: str = "segops-process"  # the pool `segops schedule` deploys to by default
     key: str = ""
     secret: str = ""
 

@@ -3,6 +3,7 @@ repository that share nothing but the servers, and `segops` run inside them."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,3 +114,22 @@ def files_under(folder: Path) -> list[Path]:
 def tracked(repo: Path, folder: str) -> set[str]:
     out = subprocess.run(["git", "ls-files", folder], cwd=repo, capture_output=True, text=True)
     return set(out.stdout.split())
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def wait_flow_run(api: str, flow_run: str, timeout: float) -> str:
+    """The final state type of a flow run (REST API), or the last one seen at `timeout`."""
+    deadline = time.monotonic() + timeout
+    state = "UNKNOWN"
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{api}/flow_runs/{flow_run}", timeout=10) as resp:
+            state = (json.loads(resp.read()).get("state") or {}).get("type", "UNKNOWN")
+        if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return state
+        time.sleep(2)
+    return state

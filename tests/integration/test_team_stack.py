@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -53,23 +52,50 @@ def stack():
         assert down.returncode == 0, down.stderr
 
 
+DEPLOY = """
+import json, sys
+from uuid import UUID
+from prefect.client.orchestration import get_client
+from flows.deployments import deploy_retrain
+repository, commit, overrides = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+found = deploy_retrain(None, repository=repository, commit=commit, name="team", overrides=overrides)
+with get_client(sync_client=True) as client:
+    print("flow run", client.create_flow_run_from_deployment(UUID(found)).id)
+"""
+
+
 @pytest.fixture(scope="module")
 def two_runs(stack, tmp_path_factory):
-    """Two clones, each with its own data and PREFECT_HOME, run the flow at the same time
-    (different seeds: two versions). Yields [(clone, return code, output)]."""
+    """Two flow runs at once that share nothing but the servers: `segops run` in a clone
+    (its own data, PREFECT_HOME), and a deployment of this commit run by a stack worker (the
+    pull step clones the commit; the dataset comes from a folder of its own). Different seeds:
+    two versions. Yields {"clone": (clone, code, output), "worker": (state, flow run id)}."""
     _, exports = stack
-    clones = [team.clone(tmp_path_factory.mktemp("clones") / f"c{i}") for i in (1, 2)]
-    envs = [team.clone_env(exports, c) for c in clones]
-    for c, env in zip(clones, envs, strict=True):
-        rc, out = team.Segops(c, env, "data", "shapes", "--n", "24", "--size", "32").finish()
+    where = tmp_path_factory.mktemp("clones")
+    clone = team.clone(where / "c1")
+    env = team.clone_env(exports, clone)
+    for args in (["data", "shapes"], ["data", "shapes", str(where / "worker-data" / "shapes")]):
+        rc, out = team.Segops(clone, env, *args, "--n", "24", "--size", "32").finish()
         assert rc == 0, out
-    runs = []
-    for i, (c, env) in enumerate(zip(clones, envs, strict=True)):
-        runs.append(team.Segops(c, env, "run", *_sets(*team.TINY, f"train.seed={i}")))
-        # The second starts once the first passed its store checks (3 s probes, which a
-        # flow's uploads on this 2-core machine can starve): the flows still overlap.
-        runs[-1].wait_for("Prefect API:")
-    return [(c, *run.finish()) for c, run in zip(clones, runs, strict=True)]
+    run = team.Segops(clone, env, "run", *_sets(*team.TINY, "train.seed=0"))
+    # The deployment is made once the run passed its store checks (3 s probes, which a
+    # flow's start-up on this 2-core machine can starve): the two flows still overlap.
+    run.wait_for("Prefect API:")
+    overrides = [*team.TINY, "train.seed=1", f"data.root={where / 'worker-data' / 'shapes'}"]
+    commit = team.git(clone, "rev-parse", "HEAD")
+    deploy = subprocess.run(
+        [sys.executable, "-c", DEPLOY, f"file://{team.REPO}", commit, json.dumps(overrides)],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr[-3000:]
+    flow_run = deploy.stdout.split("flow run ")[-1].strip()
+    result = {"clone": (clone, *run.finish())}
+    state = team.wait_flow_run(exports["PREFECT_API_URL"], flow_run, timeout=400)
+    return result | {"worker": (state, flow_run)}
 
 
 def _sets(*overrides: str) -> list[str]:
@@ -96,10 +122,13 @@ def test_stack_status_reports_every_service_healthy(stack):
     assert again.returncode == 0 and again.stderr.count(": running") == 5, again.stderr
 
 
-def test_two_clones_run_at_once_and_one_champion_results(stack, two_runs):
-    _, exports = stack
-    for clone, rc, out in two_runs:
-        assert rc == 0, f"{clone}:\n{out[-4000:]}"
+def test_a_clone_and_a_worker_run_at_once_and_one_champion_results(stack, two_runs):
+    root, exports = stack
+    clone, rc, out = two_runs["clone"]
+    assert rc == 0, f"{clone}:\n{out[-4000:]}"
+    state, flow_run = two_runs["worker"]
+    worker_log = (root / "logs" / "worker-1.log").read_text(errors="replace")
+    assert state == "COMPLETED", f"flow run {flow_run}: {state}\n{worker_log[-4000:]}"
     client = _client(exports)
     versions = client.search_model_versions(f"name = '{team.MODEL}'")
     assert sorted(v.version for v in versions) == ["1", "2"]
@@ -123,18 +152,18 @@ def test_artifacts_are_on_s3_and_nothing_is_on_the_clones(stack, two_runs):
         model = client.get_logged_model(version.source.removeprefix("models:/"))
         weights = bucket / model.artifact_location.removeprefix("mlflow-artifacts:/")
         assert any(p.name == "MLmodel" for p in team.files_under(weights))
-    for clone, _, _ in two_runs:
-        local = {str(p.relative_to(clone)) for p in team.files_under(clone / "mlflow")}
-        assert local <= team.tracked(clone, "mlflow"), f"artifacts on {clone}: {local}"
-        md5 = _dvc_md5(clone / "data.dvc")
+        md5 = _dvc_md5((on_s3 / "lineage" / "data.dvc").read_text())
         manifest = root / "s3" / "dvc" / "segops" / "files" / "md5" / md5[:2] / md5[2:]
-        assert manifest.is_file(), f"dataset {md5} of {clone} is not on the S3 remote"
+        assert manifest.is_file(), f"dataset {md5} of run {run.info.run_id} is not on S3"
+    clone = two_runs["clone"][0]
+    local = {str(p.relative_to(clone)) for p in team.files_under(clone / "mlflow")}
+    assert local <= team.tracked(clone, "mlflow"), f"artifacts on {clone}: {local}"
 
 
-def _dvc_md5(dvc_file: Path) -> str:
+def _dvc_md5(dvc_text: str) -> str:
     import yaml
 
-    return yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"]
+    return yaml.safe_load(dvc_text)["outs"][0]["md5"]
 
 
 def test_a_third_clone_audits_reproduces_lists_and_loads_the_champion(
@@ -173,7 +202,8 @@ def test_s3_down_stops_a_run_before_training_and_writes_nothing(stack, two_runs)
     from segops.stack.procs import stop
 
     root, exports = stack
-    clone, env = two_runs[0][0], team.clone_env(exports, two_runs[0][0])
+    clone = two_runs["clone"][0]
+    env = team.clone_env(exports, clone)
     client = _client(exports)
     before = {
         "data.dvc": (clone / "data.dvc").read_text(),
