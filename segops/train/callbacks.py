@@ -58,8 +58,10 @@ class EpochPrinter(Callback):
     """One line per epoch on stdout: for logs (Prefect captures it) where no bar can be drawn."""
 
     def on_train_start(self, info: dict[str, Any]) -> None:
+        ranks = info.get("world_size", 1)
+        where = f"{info['device']}" + (f" x {ranks} DDP ranks" if ranks > 1 else "")
         print(
-            f"training on {info['device']} (amp {info['amp']}): {info['train_images']} train / "
+            f"training on {where} (amp {info['amp']}): {info['train_images']} train / "
             f"{info['val_images']} val images, epochs {info['start_epoch']}..{info['epochs']}",
             flush=True,
         )

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -102,12 +103,24 @@ def run_ranks(config: Path, *torchrun_args: str, kill_at: str = "") -> subproces
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = rank_command(config, *torchrun_args, kill_at=kill_at)
     return subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group: `finish` can stop the ranks too
     )
 
 
 def finish(proc: subprocess.Popen, timeout: int = 300) -> str:
-    out, _ = proc.communicate(timeout=timeout)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGUSR1)  # the ranks print their stacks (faulthandler)
+        time.sleep(2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"torchrun ran past {timeout} s:\n{out[-6000:]}")
     assert proc.returncode == 0, out[-4000:]
     return out
 
