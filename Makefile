@@ -46,6 +46,7 @@ bench: setup  ## benchmarks; results go in bench/RESULTS.md
 	$(PY) bench/pipeline.py
 	$(PY) bench/serving.py
 	$(PY) bench/quality.py
+	$(PY) bench/batch_predict.py
 
 mlflow-ui: setup  ## MLflow UI on the local store: http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --host 127.0.0.1 --port 5000
