@@ -101,6 +101,7 @@ class Segops:
         while text not in self.output() and self.proc.poll() is None:
             assert time.monotonic() < deadline, f"no {text!r} in {timeout} s:\n{self.output()}"
             time.sleep(0.2)
+        assert text in self.output(), f"ended without {text!r}:\n{self.output()[-3000:]}"
 
     def finish(self, timeout: float = 300) -> tuple[int, str]:
         self.proc.wait(timeout)

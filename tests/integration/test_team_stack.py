@@ -232,3 +232,35 @@ def test_s3_down_stops_a_run_before_training_and_writes_nothing(stack, two_runs)
         "champion": client.get_model_version_by_alias(team.MODEL, "champion").version,
     }
     assert after == before
+
+
+def test_mlflow_killed_during_training_fails_naming_it_and_registers_nothing(stack, two_runs):
+    """The server dies mid-training and comes back only after the run: the flow fails with a
+    message naming the server, and every registered version stays complete (decided)."""
+    from segops.stack.procs import stop
+
+    root, exports = stack
+    clone = two_runs["clone"][0]
+    # No client-side retries: the run fails in seconds rather than after minutes of backoff.
+    env = team.clone_env(exports, clone) | {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+        "PREFECT_LOGGING_LEVEL": "INFO",  # the epoch lines tell when training runs
+    }
+    client = _client(exports)
+    before = sorted(v.version for v in client.search_model_versions(f"name = '{team.MODEL}'"))
+    champion = client.get_model_version_by_alias(team.MODEL, "champion").version
+    run = team.Segops(clone, env, "run", *_sets(*team.TINY, "train.seed=5", "train.epochs=60"))
+    try:
+        run.wait_for("train loss", timeout=240)  # the first epoch ended: training runs
+        assert stop(["mlflow"], root) == ["mlflow"]
+        rc, out = run.finish(240)
+    finally:
+        up = team.stack_cli(root.parent, "up")  # restarts only the MLflow server
+        assert up.returncode == 0, up.stderr[-2000:]
+    assert rc != 0, out[-3000:]
+    assert exports["MLFLOW_TRACKING_URI"].removeprefix("http://") in out, out[-3000:]
+    versions = client.search_model_versions(f"name = '{team.MODEL}'")
+    assert sorted(v.version for v in versions) == before
+    assert all(v.tags.get("promotion.promote") in ("true", "false") for v in versions)
+    assert client.get_model_version_by_alias(team.MODEL, "champion").version == champion
