@@ -1,4 +1,4 @@
-"""Deployments of the `retrain` flow that run on any worker.
+"""Deployments of the `retrain` and `score` flows that run on any worker.
 
 A deployment records no path of the machine that made it: its pull step clones the repository
 at one commit (`flows.code_source`), the params file, dataset and workspace are relative to that
@@ -11,7 +11,8 @@ environment for a process pool), never from the shell that deployed. Work pools 
     segops schedule --cron "0 3 * * *" --repo https://git.example.com/segops.git
     prefect worker start --pool segops-process
 
-From Python (e.g. a test): `deploy_retrain(None, repository=URL, commit=SHA, pool=...)`.
+From Python (e.g. a test): `deploy_retrain(None, repository=URL, commit=SHA, pool=...)`;
+`deploy_score(cron, src=..., out=..., ...)` scores an input folder nightly with the champion.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ ENTRYPOINT = "flows/retrain.py:retrain"
 DEFAULT_POOL = "segops-process"
 DEFAULT_NAME = "retrain-scheduled"
 FLOW_NAME = "retrain"
+SCORE_ENTRYPOINT = "flows/score.py:score"
+SCORE_NAME = "score-nightly"
+ENGINES = ("local", "ray")
 POOL_TYPES = ("process", "docker", "kubernetes")  # docker and kubernetes: the worker image
 
 
@@ -165,6 +169,55 @@ def deploy_retrain(
     return _create(CodeSource(repository, commit), name, pool, parameters, job_variables, schedule)
 
 
+def deploy_score(
+    cron: str | None,
+    *,
+    repository: str,
+    commit: str,
+    src: str,
+    out: str,
+    model: str | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    name: str = SCORE_NAME,
+    pool: str = DEFAULT_POOL,
+    pool_type: str = "process",
+    params: str | None = "params.yaml",
+    overrides: list[str] | None = None,
+    job_variables: dict[str, Any] | None = None,
+    timezone: str = "UTC",
+) -> str:
+    """Create (or update) deployment `score/<name>`: each run pins `model` (default: the
+    champion of `promotion.model_name`) to its version and scores `src` into `out` (paths
+    relative to the clone, or URLs/mounted paths the worker sees) with `engine`. Same code
+    source, pools and refusals as `deploy_retrain`; e.g. nightly two hours after retrain."""
+    schedule = check_cron(cron, timezone) if cron is not None else None
+    if engine not in ENGINES:
+        raise ScheduleError(f"engine {engine!r}: use one of {', '.join(ENGINES)}")
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+        raise ScheduleError(f"commit {commit!r}: give the full 40-character SHA to clone")
+    if not src.strip() or not out.strip():
+        raise ScheduleError("the score deployment needs the input (src) and output (out) folders")
+    parameters = {
+        "src": _relative(src, "input folder"),
+        "out": _relative(out, "output folder"),
+        "model": model,
+        "engine": engine,
+        "address": address,
+        "params": _relative(params, "params file"),
+        "overrides": list(overrides or []),
+    }
+    api_url()
+    found_type = ensure_pool(pool, pool_type)
+    if found_type not in POOL_TYPES:
+        raise ScheduleError(
+            f"work pool {pool!r} has type {found_type!r}; use a {', '.join(POOL_TYPES)} pool"
+        )
+    return _create(
+        CodeSource(repository, commit), name, pool, parameters, job_variables, schedule, "score"
+    )
+
+
 def _create(
     source: CodeSource,
     name: str,
@@ -172,6 +225,7 @@ def _create(
     parameters: dict[str, Any],
     job_variables: dict[str, Any] | None,
     schedule: dict[str, str] | None,
+    flow_name: str = FLOW_NAME,
 ) -> str:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import DeploymentScheduleCreate
@@ -179,8 +233,14 @@ def _create(
     from prefect.exceptions import PrefectHTTPStatusError
     from prefect.utilities.callables import parameter_schema
 
-    from flows.retrain import retrain
+    if flow_name == "score":
+        from flows.score import score as flow_fn
 
+        entrypoint, what = SCORE_ENTRYPOINT, "Score the champion"
+    else:
+        from flows.retrain import retrain as flow_fn
+
+        entrypoint, what = ENTRYPOINT, "Retrain"
     schedules = (
         [DeploymentScheduleCreate(schedule=CronSchedule(**schedule), active=True)]
         if schedule
@@ -193,20 +253,20 @@ def _create(
         # Prefect 3.8.8. The server upserts by flow and name: a second deploy replaces this one.
         with get_client(sync_client=True) as client:
             deployment_id = client.create_deployment(
-                flow_id=client.create_flow_from_name(FLOW_NAME),
+                flow_id=client.create_flow_from_name(flow_name),
                 name=name,
                 version=source.commit[:12],
-                entrypoint=ENTRYPOINT,
+                entrypoint=entrypoint,
                 work_pool_name=pool,
                 pull_steps=source.pull_steps(),
                 parameters=parameters,
-                parameter_openapi_schema=parameter_schema(retrain).model_dump(exclude_unset=True),
+                parameter_openapi_schema=parameter_schema(flow_fn).model_dump(exclude_unset=True),
                 job_variables=dict(job_variables or {}),
                 schedules=schedules,
-                description=f"Retrain {when} from {source.repository}@{source.commit[:12]}.",
+                description=f"{what} {when} from {source.repository}@{source.commit[:12]}.",
                 tags=["segops", "scheduled" if schedule else "on-demand"],
                 path=None,
             )
     except (ValueError, PrefectHTTPStatusError) as exc:
-        raise ScheduleError(f"could not deploy {FLOW_NAME}/{name}: {exc}") from exc
+        raise ScheduleError(f"could not deploy {flow_name}/{name}: {exc}") from exc
     return str(deployment_id)

@@ -148,6 +148,33 @@ def test_deployment_clones_the_commit_and_records_no_host_path(api, checkout):
     assert _host_paths(deployment, checkout, ROOT) == []
 
 
+def test_the_score_flow_deploys_nightly_with_the_same_code_source(api, checkout):
+    from prefect.client.orchestration import get_client
+
+    head = _git(checkout, "rev-parse", "HEAD")
+    refused = CliRunner().invoke(_cli(), ["schedule", "--cron", RARE_CRON, "--flow", "score"])
+    assert refused.exit_code != 0 and "needs --src and --out" in refused.output
+    deployment_id, output = _schedule(
+        "--flow", "score", "--src", "incoming", "--out", "scored", "--params", "../params.yaml"
+    )
+    assert "deployment score/score-nightly" in output
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment(deployment_id)
+        flow = client.read_flow(deployment.flow_id)
+    assert flow.name == "score" and deployment.entrypoint == "flows/score.py:score"
+    assert deployment.pull_steps[0]["prefect.deployments.steps.git_clone"]["commit_sha"] == head
+    assert deployment.parameters == {
+        "src": "incoming",
+        "out": "scored",
+        "model": None,
+        "engine": "local",
+        "address": None,
+        "params": "params.yaml",
+        "overrides": [],
+    }
+    assert _host_paths(deployment, checkout, ROOT) == []
+
+
 def test_docker_pool_with_the_worker_image(api, checkout):
     from prefect.client.orchestration import get_client
 

@@ -67,8 +67,22 @@ def schedule(
         list[str] | None,
         typer.Option("--env", help="KEY=VALUE for the flow runs of this deployment (repeatable)"),
     ] = None,
+    flow: Annotated[
+        str, typer.Option(help="retrain, or score (needs --src and --out)")
+    ] = "retrain",
+    src: Annotated[
+        str | None, typer.Option(help="score: folder of images to score, relative to the clone")
+    ] = None,
+    out: Annotated[
+        str | None, typer.Option(help="score: folder the masks and summary go to")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="score: models:/ URI (default: the champion)")
+    ] = None,
+    engine: Annotated[str, typer.Option(help="score: local or ray")] = "local",
 ) -> None:
-    """Deploy the `retrain` flow to Prefect on a cron schedule.
+    """Deploy the `retrain` flow (or, with --flow score, the `score` flow) to Prefect on a cron
+    schedule.
 
     Workers clone the repository at the commit deployed and run there: give paths inside this
     checkout (they are recorded relative to its root). The stores' URLs (MLFLOW_TRACKING_URI,
@@ -80,6 +94,10 @@ def schedule(
     source_mod = importlib.import_module("flows.code_source")
     deployments = importlib.import_module("flows.deployments")
     # Fail fast on a bad config or path here rather than in the worker at 3 a.m.
+    if flow not in ("retrain", "score"):
+        raise typer.BadParameter(f"--flow {flow!r}: give retrain or score")
+    if flow == "score" and not (src and out):
+        raise typer.BadParameter("--flow score needs --src and --out")
     deployments.check_cron(cron, timezone)
     config(params, overrides, dataset.resolve() if dataset else None)
     root = source_mod.checkout_root(Path.cwd())
@@ -88,25 +106,45 @@ def schedule(
     if params.exists():
         params_rel = source_mod.relative_to_checkout(params, root, "params file")
         source_mod.check_committed(root, source.commit, params_rel, "params file")
-    deployment_id = deployments.deploy_retrain(
-        cron,
-        repository=source.repository,
-        commit=source.commit,
-        name=name,
-        pool=pool,
-        pool_type=pool_type,
-        params=params_rel,
-        overrides=list(overrides or []),
-        dataset=source_mod.relative_to_checkout(dataset, root, "dataset") if dataset else None,
-        workspace=source_mod.relative_to_checkout(workspace or root, root, "workspace"),
-        job_variables=_job_variables(env, image),
-        timezone=timezone,
-    )
+    if flow == "score":
+        if name == "retrain-scheduled":
+            name = deployments.SCORE_NAME
+        deployment_id = deployments.deploy_score(
+            cron,
+            repository=source.repository,
+            commit=source.commit,
+            src=src,
+            out=out,
+            model=model,
+            engine=engine,
+            name=name,
+            pool=pool,
+            pool_type=pool_type,
+            params=params_rel,
+            overrides=list(overrides or []),
+            job_variables=_job_variables(env, image),
+            timezone=timezone,
+        )
+    else:
+        deployment_id = deployments.deploy_retrain(
+            cron,
+            repository=source.repository,
+            commit=source.commit,
+            name=name,
+            pool=pool,
+            pool_type=pool_type,
+            params=params_rel,
+            overrides=list(overrides or []),
+            dataset=source_mod.relative_to_checkout(dataset, root, "dataset") if dataset else None,
+            workspace=source_mod.relative_to_checkout(workspace or root, root, "workspace"),
+            job_variables=_job_variables(env, image),
+            timezone=timezone,
+        )
     console.print(
-        f"deployment retrain/{name} ({deployment_id}): cron '{cron}' ({timezone}) "
+        f"deployment {flow}/{name} ({deployment_id}): cron '{cron}' ({timezone}) "
         f"on work pool {pool}, code {source.repository} @ {source.commit[:12]}\n"
         f"start a worker:  prefect worker start --pool {pool}\n"
-        f"run it now:      prefect deployment run 'retrain/{name}'",
+        f"run it now:      prefect deployment run '{flow}/{name}'",
         highlight=False,
     )
     print(deployment_id)  # stdout: just the id, for scripts
