@@ -92,6 +92,8 @@ def main() -> None:
     for r in range(args.rounds):
         for case in cases if r % 2 == 0 else cases[::-1]:
             step, used = measure(*case, args)
+            state = "busy" if case[1] else "idle"
+            print(f"round {r}: {case[0]} {state} {step:.3f} s/step, {used} threads", flush=True)
             steps[case].append(step)
             threads[case].append(used)
     print(f"{os.cpu_count()} cores, load {args.load}, {args.rounds} alternating rounds")
