@@ -11,9 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from segops.plan.decision import CROP_SIDES, Decision
 from segops.plan.fingerprint import Fingerprint
+from segops.plan.scale import decide_scale
 
-CROP_SIDES = (32, 64, 96, 128, 192, 256, 384, 512)  # powers of two and 1.5x: multiples of 32
 CROP_CAP = {"cpu": 256, "cuda": 512}
 SMALL_SIDE = 64  # images this small (and all one size) train whole, at native resolution
 # On a CPU a crop is at most half the shorter side: a quarter of the pixels per step gives four
@@ -34,13 +35,6 @@ MIN_STD = 0.01  # constant images would otherwise divide by ~0
 
 # (model name, model options, batch size, input side) -> seconds per training step
 StepTimer = Callable[[str, dict[str, Any], int, int], float]
-
-
-@dataclass(frozen=True)
-class Decision:
-    key: str  # "section.key"
-    value: Any
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -200,7 +194,6 @@ def make_plan(
     timer: StepTimer | None = None,
 ) -> Plan:
     """Every decision for `fp`; `timer` (None: skip) measures a step for `train.epochs`."""
-    from segops.plan.scale import decide_scale  # it builds on this module's decisions
 
     side, decisions = decide_input(fp, device)
     val_area = 1.0

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from segops.plan.decide import CROP_SIDES, Decision
+from segops.plan.decision import CROP_SIDES, Decision
 from segops.plan.fingerprint import Fingerprint
 
 SCALES = (0.75, 0.5, 0.375, 0.25)  # tried largest first
