@@ -18,6 +18,7 @@ from segops.cli.common import DatasetOpt, ParamsOpt, PlanOpt, SetOpt, config, ec
 from segops.cli.dataops import data_add
 from segops.cli.explain import explain
 from segops.cli.plan import plan
+from segops.cli.promotion import promote
 from segops.cli.schedule import schedule
 from segops.cli.scoring import evaluate, predict
 from segops.cli.serve import export, serve
@@ -197,7 +198,6 @@ def run(
     Validate, version (DVC), train, evaluate, register, promote. Skips training when a
     registered version was made from the same data md5, config hash and code version (--force
     retrains). Uses PREFECT_API_URL and MLFLOW_TRACKING_URI when set, else local stores."""
-    import importlib
 
     from segops.cli.report import print_run_result
     from segops.promotion.decide import check_metric
@@ -228,46 +228,8 @@ def run(
     print_run_result(result)
 
 
-@app.command()
-def promote(
-    model: Annotated[
-        str | None, typer.Argument(help="models:/NAME/VERSION to put through the gate")
-    ] = None,
-    rollback: Annotated[bool, typer.Option(help="move champion back to the previous one")] = False,
-    reason: Annotated[str, typer.Option(help="why (recorded with a rollback)")] = "manual rollback",
-    params: ParamsOpt = Path("params.yaml"),
-    overrides: SetOpt = None,
-) -> None:
-    """Put a registered version through the promotion gate, or roll the champion back."""
-    from segops import tracking
-    from segops.promotion import registry
-
-    cfg = config(params, overrides)
-    tracking.connect(cfg.tracking)
-    name = cfg.promotion.model_name
-    # The gate's lock: the one every host shares with a Prefect server, else a file. Through
-    # flows/, which imports Prefect only then (segops never imports it).
-    lock = importlib.import_module("flows.promotion_lock").promotion_lock_for(
-        name, registry.promotion_lock_dir(cfg), lambda: echo("waiting for a promotion in progress")
-    )
-    if rollback:
-        with lock:  # a rollback waits for an in-flight promotion
-            ref = registry.rollback(name, reason)
-        echo(f"champion of {name} is now version {ref.version} ({reason})")
-        return
-    if model is None:
-        raise typer.BadParameter("give a models:/NAME/VERSION, or --rollback")
-    from segops.pipeline import promote_step
-
-    ref = registry.resolve(model)
-    model_ref = {"name": ref.name, "version": ref.version, "run_id": ref.run_id}
-    with lock:
-        decision = promote_step(cfg.to_dict(), model_ref, file_lock=False)
-    verdict = "promoted to champion" if decision["promote"] else "not promoted"
-    echo(f"{ref.uri}: {verdict}\n" + "\n".join(f"- {r}" for r in decision["reasons"]))
-
-
 data_app.command("add")(data_add)
+app.command()(promote)
 app.command()(evaluate)
 app.command()(predict)
 app.command()(schedule)
