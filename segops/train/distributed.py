@@ -64,8 +64,27 @@ def init_world(backend: str, device: str) -> World:
     if cuda:
         torch.cuda.set_device(local)
     chosen = resolve_backend(backend, "cuda" if cuda else "cpu")
-    dist.init_process_group(chosen)
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # under torchrun: a store prefix per round
+        store, rank, size = next(dist.rendezvous("env://"))
+        store = dist.PrefixStore(f"segops/round-{_round(store, rank)}", store)
+        dist.init_process_group(chosen, store=store, rank=rank, world_size=size)
+    else:
+        dist.init_process_group(chosen)
     return World(rank, size, local, True, chosen)
+
+
+def _round(store: object, rank: int) -> str:
+    """Which rendezvous round this process joins, the same on every rank of the round.
+
+    torchrun's agent keeps the store it serves at MASTER_ADDR:MASTER_PORT across restarts, so
+    without a prefix a restarted rank can read the address a dead rank of the previous round
+    published and gloo fails with `connectFullMesh ... Connection refused` (about one restart
+    in two here). On one node every rank has the agent's restart count; across nodes the
+    agents' counts can differ (a healthy node restarts without counting), so each rank counts
+    its own joins in the store: every rank of a round has joined as often as the others."""
+    if int(os.environ.get("GROUP_WORLD_SIZE", "1")) == 1:
+        return "r" + os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return "j" + str(store.add(f"segops/joins/{rank}", 1))  # type: ignore[attr-defined]
 
 
 def close_world(world: World, clean: bool = True) -> None:
