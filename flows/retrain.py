@@ -1,6 +1,6 @@
-"""The `retrain` flow: check registry -> validate -> place (import a dataset from outside
-`data/`) -> version (DVC) -> train -> evaluate -> export (ONNX) -> register -> promote ->
-report.
+"""The `retrain` flow: (fetch a dataset from s3://) -> check registry -> validate -> place
+(import a dataset from outside `data/`) -> version (DVC) -> train -> evaluate -> export
+(ONNX) -> register -> promote -> report.
 
 Every task calls one `segops.pipeline` function and passes small references (dicts of paths,
 hashes, run ids and `models:/` URIs). Validation runs before versioning so that data failing
@@ -12,6 +12,7 @@ its checks is never pushed as a dataset version.
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 from segops.quiet import quiet_defaults
@@ -26,6 +27,7 @@ from prefect.runtime import flow_run  # noqa: E402
 from flows import promotion_lock  # noqa: E402
 from segops import pipeline  # noqa: E402
 from segops.config import load_config  # noqa: E402
+from segops.data.fetch import is_remote  # noqa: E402
 from segops.errors import SegopsError  # noqa: E402
 
 
@@ -41,6 +43,11 @@ def check_stores(config: dict, workspace: str) -> list:
 @task(name="check-registry", cache_policy=NO_CACHE)
 def check_registry(config: dict) -> dict:
     return pipeline.registry_step(config)
+
+
+@task(name="fetch-data", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def fetch_data(url: str, staging: str) -> str:
+    return pipeline.fetch_step(url, staging)
 
 
 @task(name="place-data", cache_policy=NO_CACHE)
@@ -177,8 +184,12 @@ def _retrain(
     workspace: str,
     force: bool,
 ) -> dict[str, Any]:
-    extra = [f"data.root={dataset}"] if dataset else []
     key = str(flow_run.id or uuid.uuid4())
+    if is_remote(dataset):  # s3://...: downloaded into this run's folder, then as any folder
+        runs = Path(load_config(params, overrides).train.out_dir).parent
+        dataset = fetch_data(dataset, str(runs / key / "incoming"))
+        print(f"downloaded the dataset into {dataset}")
+    extra = [f"data.root={dataset}"] if dataset else []
     cfg = load_config(params, [*(overrides or []), *extra])
     config = pipeline.attempt_config(cfg.to_dict(), key)
     git = pipeline.source_state(config, workspace)  # before the flow writes anything

@@ -79,6 +79,15 @@ def registry_step(config: dict[str, Any]) -> dict[str, Any]:
     return {"kind": kind, "classes": list(classes), "channels": IMAGE_CHANNELS}
 
 
+def fetch_step(url: str, staging: str) -> str:
+    """A dataset on object storage (`s3://bucket/prefix`) downloaded whole into `staging`
+    (a folder of this flow run, outside the versioned tree); returns the local folder, which
+    the flow then validates and imports like any dataset outside `data/`."""
+    from segops.data.fetch import fetch_dataset
+
+    return str(fetch_dataset(url, staging))
+
+
 def place_step(config: dict[str, Any]) -> dict[str, Any]:
     """The dataset inside the versioned tree: `config` with `data.root` there (a dataset
     outside it is imported into `<versioning.path>/<folder>/` first) and a one-line message."""

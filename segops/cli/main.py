@@ -186,7 +186,12 @@ def validate(
 def run(
     params: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
-    dataset: DatasetOpt = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset", "-d", help="dataset folder, or s3://bucket/prefix (overrides data.root)"
+        ),
+    ] = None,
     workspace: Annotated[Path, typer.Option(help="DVC workspace (repository root)")] = Path("."),
     force: Annotated[
         bool, typer.Option(help="retrain even if this data, config and code made a version")
@@ -206,7 +211,10 @@ def run(
     overrides = with_plan(plan, overrides)  # the plan's values travel as the first overrides
     # Fail fast on a bad config, model/data or promotion metric, before Prefect starts
     # (without importing torch for a known model with default options).
-    cfg = config(params, overrides, dataset)
+    from segops.data.fetch import is_remote
+
+    local = None if dataset is None or is_remote(dataset) else Path(dataset)
+    cfg = config(params, overrides, local)  # an s3:// dataset is checked once downloaded
     check_metric(cfg.promotion.metric, check_model_fast(cfg))
     from segops.preflight import check_stores
 
@@ -219,7 +227,7 @@ def run(
         result = retrain(
             params=path,
             overrides=list(overrides or []),
-            dataset=str(dataset) if dataset else None,
+            dataset=dataset if dataset is None or is_remote(dataset) else str(local),
             workspace=str(workspace),
             force=force,
         )

@@ -104,3 +104,63 @@ def test_preflight_names_a_missing_bucket_and_an_unreachable_endpoint(
         check_stores(load_config(), ws)
     assert time.monotonic() - started < 20
     assert not (ws / ".dvc" / "config.local").exists()  # a check writes nothing
+
+
+def _upload_nuclei(buckets: Path, prefix: str) -> Path:
+    """A 2-class dataset put on the S3 server (rclone serves the bucket folders as objects)."""
+    from tests.test_own_data import nuclei
+
+    return nuclei(buckets / "dvc" / prefix, n=18)
+
+
+def test_an_s3_dataset_is_downloaded_whole_and_bad_urls_fail_in_seconds(
+    s3_env, tmp_path, monkeypatch
+):
+    from segops.data.fetch import fetch_dataset
+    from segops.data.place import dir_md5
+    from segops.errors import DatasetError
+
+    _, buckets = s3_env
+    source = _upload_nuclei(buckets, "datasets/nuclei")
+    got = fetch_dataset("s3://dvc/datasets/nuclei/", tmp_path / "staging")
+    assert got == tmp_path / "staging" / "nuclei" and dir_md5(got) == dir_md5(source)
+    assert [p.name for p in (tmp_path / "staging").iterdir()] == ["nuclei"]  # no temp left
+    with pytest.raises(DatasetError, match=r"s3://dvc/datasets/none: no objects"):
+        fetch_dataset("s3://dvc/datasets/none", tmp_path / "staging")
+    started = time.monotonic()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
+    with pytest.raises(DatasetError, match=r"S3 endpoint http://127.0.0.1:\d+ unreachable"):
+        fetch_dataset("s3://dvc/datasets/nuclei", tmp_path / "again")
+    assert time.monotonic() - started < 15 and not (tmp_path / "again" / "nuclei").exists()
+
+
+def test_the_flow_trains_on_an_s3_dataset_under_its_own_name(
+    s3_env, harness, tmp_path, monkeypatch, own_mlflow
+):
+    from flows.retrain import retrain
+    from segops.data.place import dir_md5
+    from segops.lineage.audit import audit
+
+    _, buckets = s3_env
+    source = _upload_nuclei(buckets, "datasets/cells")
+    ws = dvc_workspace(tmp_path, commit=True)
+    (ws / ".gitignore").write_text("/runs\n/mlflow\n")
+    monkeypatch.chdir(ws)
+    sets = [
+        "data.image_size=32",
+        "data.val_fraction=0.34",
+        "model.options={width: 4, levels: 3}",
+        "train.epochs=1",
+        "train.warmup_epochs=0",
+        f"train.out_dir={ws / 'runs' / 'latest'}",
+        "evaluate.worst_k=2",
+        f"tracking.artifact_root={ws / 'mlflow' / 'artifacts'}",
+        "promotion.bootstrap_samples=200",
+    ]
+    out = retrain(params=None, overrides=sets, dataset="s3://dvc/datasets/cells", workspace=".")
+    assert out["model"]["name"] == "segops-cells" and out["decision"]["promote"]
+    assert out["data"]["dataset"] == "data/cells"
+    assert out["data"]["dataset_md5"] == dir_md5(ws / "data" / "cells")
+    copied = {p.relative_to(source): p.read_bytes() for p in source.rglob("*") if p.is_file()}
+    assert all((ws / "data" / "cells" / rel).read_bytes() == b for rel, b in copied.items())
+    assert audit(f"models:/segops-cells/{out['model']['version']}", ws).ok
