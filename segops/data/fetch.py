@@ -61,7 +61,13 @@ def _filesystem(url: str):
             f"dataset {url}: reading s3:// needs s3fs: pip install 'segops[team]'"
         ) from None
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
-    return s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint} if endpoint else {})
+    # A fresh instance with no listing cache: fsspec shares instances (and their directory
+    # listings) per process, so a prefix listed earlier would hide objects added since.
+    fs = s3fs.S3FileSystem(
+        client_kwargs={"endpoint_url": endpoint} if endpoint else {}, skip_instance_cache=True
+    )
+    fs.invalidate_cache()
+    return fs
 
 
 def fetch_dataset(url: str, staging: str | Path) -> Path:

@@ -106,11 +106,21 @@ def test_preflight_names_a_missing_bucket_and_an_unreachable_endpoint(
     assert not (ws / ".dvc" / "config.local").exists()  # a check writes nothing
 
 
-def _upload_nuclei(buckets: Path, prefix: str) -> Path:
-    """A 2-class dataset put on the S3 server (rclone serves the bucket folders as objects)."""
+def _upload_nuclei(tmp: Path, prefix: str) -> Path:
+    """A 2-class dataset uploaded through the S3 API to `s3://dvc/<prefix>` (not written into
+    the server's folder: rclone caches its listings); returns the local original."""
+    import s3fs
+
     from tests.test_own_data import nuclei
 
-    return nuclei(buckets / "dvc" / prefix, n=18)
+    source = nuclei(tmp / "upload" / Path(prefix).name, n=18)
+    fs = s3fs.S3FileSystem(
+        client_kwargs={"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}, skip_instance_cache=True
+    )
+    for path in source.rglob("*"):
+        if path.is_file():
+            fs.put_file(str(path), f"dvc/{prefix}/{path.relative_to(source).as_posix()}")
+    return source
 
 
 def test_an_s3_dataset_is_downloaded_whole_and_bad_urls_fail_in_seconds(
@@ -120,8 +130,7 @@ def test_an_s3_dataset_is_downloaded_whole_and_bad_urls_fail_in_seconds(
     from segops.data.place import dir_md5
     from segops.errors import DatasetError
 
-    _, buckets = s3_env
-    source = _upload_nuclei(buckets, "datasets/nuclei")
+    source = _upload_nuclei(tmp_path, "datasets/nuclei")
     got = fetch_dataset("s3://dvc/datasets/nuclei/", tmp_path / "staging")
     assert got == tmp_path / "staging" / "nuclei" and dir_md5(got) == dir_md5(source)
     assert [p.name for p in (tmp_path / "staging").iterdir()] == ["nuclei"]  # no temp left
@@ -141,8 +150,7 @@ def test_the_flow_trains_on_an_s3_dataset_under_its_own_name(
     from segops.data.place import dir_md5
     from segops.lineage.audit import audit
 
-    _, buckets = s3_env
-    source = _upload_nuclei(buckets, "datasets/cells")
+    source = _upload_nuclei(tmp_path, "datasets/cells")
     ws = dvc_workspace(tmp_path, commit=True)
     (ws / ".gitignore").write_text("/runs\n/mlflow\n")
     monkeypatch.chdir(ws)
