@@ -145,3 +145,22 @@ def test_the_run_records_the_runtime_it_trained_with(own_mlflow):
     tags = tracking.run_summary(run_id)["tags"]
     assert tags["segops.env.threads"] == "1" and tags["segops.env.device"] == "cpu"
     assert "segops.env.epochs" not in tags
+
+
+def test_a_resumed_run_keeps_the_thread_count_its_first_start_chose(tmp_path):
+    import torch
+
+    from segops.train.device import Runtime, keep_threads
+
+    before = torch.get_num_threads()
+    runtime = Runtime(torch.device("cpu"), None, False, False, False, False, 2)
+    record = tmp_path / "checkpoints" / "threads.txt"
+    try:
+        assert keep_threads(runtime, "auto", record, resuming=False).threads == 2
+        assert record.read_text() == "2\n"  # the first start decides
+        busier = Runtime(torch.device("cpu"), None, False, False, False, False, 1)
+        resumed = keep_threads(busier, "auto", record, resuming=True)
+        assert resumed.threads == 2 and torch.get_num_threads() == 2
+        assert keep_threads(busier, 1, record, resuming=True).threads == 1  # as given
+    finally:
+        torch.set_num_threads(before)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
@@ -101,3 +102,17 @@ def autocast(runtime: Runtime) -> torch.autocast:
     """Autocast to the runtime's AMP dtype; a no-op context at full precision."""
     dtype = runtime.amp_dtype or torch.float32
     return torch.autocast(runtime.device.type, dtype=dtype, enabled=runtime.amp_dtype is not None)
+
+
+def keep_threads(runtime: Runtime, setting: str | int, record: Path, resuming: bool) -> Runtime:
+    """The thread count a run keeps for its whole life: `train.threads: auto` decides once, at
+    the run's first start (written to `record`); a resume takes that count again, since another
+    count sums in another order and the resumed weights would not equal an uninterrupted run's.
+    An explicit count is always used as given."""
+    if setting == "auto" and resuming and record.is_file():
+        threads = int(record.read_text().strip())
+        torch.set_num_threads(threads)
+        return replace(runtime, threads=threads)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(f"{runtime.threads}\n")
+    return runtime

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from segops.config import Config, save_config
 from segops.train.callbacks import Callback, CallbackList
 from segops.train.checkpoint import save_checkpoint
-from segops.train.device import Runtime, configure_determinism, resolve_runtime
+from segops.train.device import Runtime, configure_determinism, keep_threads, resolve_runtime
 from segops.train.distributed import (
     SINGLE,
     World,
@@ -281,6 +281,8 @@ def fit(
     state = RunState()
     if resume and last.is_file():
         state = RunState.from_dict(restore_state(last, setup, task.hashes), task.state_key)
+    threads = out / "checkpoints" / "threads.txt"  # one count for the run's whole life
+    runtime = keep_threads(runtime, cfg.train.threads, threads, resume and last.is_file())
     setup.world, setup.trained = world, wrap_model(setup.model, world, runtime.device)
     if world.is_main:
         save_config(cfg, out / "config.yaml")

@@ -215,10 +215,11 @@ def test_a_pending_logged_model_is_logged_again(workspace):
 def test_rollback_waits_for_an_in_flight_promotion(tmp_path, own_mlflow, monkeypatch):
     from typer.testing import CliRunner
 
+    from flows.promotion_lock import promotion_lock_for
     from segops import tracking
     from segops.cli.main import app
     from segops.config import load_config
-    from segops.promotion.registry import champion, promotion_lock, record_decision, register
+    from segops.promotion.registry import champion, record_decision, register
 
     monkeypatch.chdir(tmp_path)
     sets = [f"tracking.artifact_root={tmp_path / 'mlflow' / 'artifacts'}"]
@@ -238,7 +239,9 @@ def test_rollback_waits_for_an_in_flight_promotion(tmp_path, own_mlflow, monkeyp
         outcome["result"] = CliRunner().invoke(app, args)
         done.set()
 
-    with promotion_lock(tmp_path / "mlflow"):  # what the gate holds while it decides
+    # what the gate holds while it decides: the Prefect limit when a Prefect API is set
+    # (this module's harness may be), else the file lock
+    with promotion_lock_for(MODEL, tmp_path / "mlflow"):
         worker = threading.Thread(target=roll_back, daemon=True)
         worker.start()
         assert not done.wait(3), "rollback did not wait for the promotion lock"
