@@ -49,6 +49,7 @@ def run_flow(ws: Path, *extra: str) -> dict:
         "train.lr=0.0005",
         "train.warmup_epochs=0",
         "train.device=cpu",
+        "train.threads=2",  # one count for the run and its reproduction (auto may differ)
         f"train.out_dir={ws / 'runs' / 'latest'}",
         "evaluate.batch_size=2",
         "evaluate.worst_k=2",

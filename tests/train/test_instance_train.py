@@ -81,7 +81,7 @@ def _config(root, out, *extra):
         root, out, "model.name=maskrcnn_resnet50_fpn", "data.image_size=64",
         "model.options={min_size: 64, max_size: 64, trainable_backbone_layers: 0}",
         "train.batch_size=2", "train.lr=0.0005", "train.warmup_epochs=0", "train.device=cpu",
-        "evaluate.batch_size=2", *extra,
+        "evaluate.batch_size=2", "train.threads=2", *extra,
     )  # fmt: skip
 
 
