@@ -100,6 +100,12 @@ WORLD_TAGS = {
 }
 
 
+# The torch thread count the run trained with (written by tracking's MlflowMetrics on train
+# start). Float sums depend on it: reproduce trains with the recorded count, so `train.threads:
+# auto` cannot pick another one on a busier or idler machine.
+THREADS_TAG = "segops.env.threads"
+
+
 def world_tags(world_size: int, backend: str, per_rank_batch: int) -> dict[str, str]:
     """The `WORLD_TAGS` of a run of `world_size` processes of `per_rank_batch` images each."""
     values = (world_size, backend, per_rank_batch, per_rank_batch * world_size)

@@ -164,3 +164,17 @@ def test_a_resumed_run_keeps_the_thread_count_its_first_start_chose(tmp_path):
         assert keep_threads(busier, 1, record, resuming=True).threads == 1  # as given
     finally:
         torch.set_num_threads(before)
+
+
+def test_reproduce_trains_with_the_recorded_thread_count():
+    from segops.lineage.reproduce import _same_threads
+    from segops.record import THREADS_TAG
+
+    cfg = load_config(None)
+    assert cfg.train.threads == "auto"
+    pinned = _same_threads(cfg, {THREADS_TAG: "3"})
+    assert pinned.train.threads == 3 and config_hash(pinned) == config_hash(cfg)
+    assert _same_threads(cfg, {}).train.threads == "auto"  # a run made before the tag: auto
+    assert _same_threads(cfg, {THREADS_TAG: "0"}).train.threads == "auto"
+    explicit = cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": 1})})
+    assert _same_threads(explicit, {THREADS_TAG: "3"}).train.threads == 1  # a number stays

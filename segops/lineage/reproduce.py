@@ -8,6 +8,8 @@ the weights come out identical; on a GPU the report shows how far they moved.
 A version trained by several processes (tag `segops.train.world_size`) is retrained by as many
 on this machine (torchrun, `train.distributed.nproc_per_node` = the recorded world size, one
 node); when this machine cannot run them (NCCL without GPUs, fewer GPUs), reproduce says so.
+A run made with `train.threads: auto` is retrained with the thread count it recorded
+(`segops.env.threads`), whatever this machine's load would pick now.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 import yaml
 
 from segops.errors import SegopsError
-from segops.record import TAGS, WORLD_TAGS
+from segops.record import TAGS, THREADS_TAG, WORLD_TAGS
 
 
 class ReproduceError(SegopsError):
@@ -117,6 +119,16 @@ def _rebuild_config(raw: dict[str, Any], data_root: Path, out: Path):
     return build_config(raw, "recorded config")
 
 
+def _same_threads(cfg, tags: dict[str, str]):
+    """`cfg` with `train.threads: auto` replaced by the count the run recorded: another count
+    sums in another order, so the weights would differ by rounding. Not in the config hash."""
+    recorded = tags.get(THREADS_TAG, "")
+    if cfg.train.threads != "auto" or not recorded.isdigit() or int(recorded) < 1:
+        return cfg
+    train = cfg.train.model_copy(update={"threads": int(recorded)})
+    return cfg.model_copy(update={"train": train})
+
+
 def _same_world(cfg, world: int, uri: str):
     """`cfg` retrained by `world` processes on this machine; ReproduceError when it cannot."""
     from segops.errors import ConfigError
@@ -190,6 +202,7 @@ def reproduce(model_uri: str, out_dir: str | Path, callbacks: Sequence = ()) -> 
     own_match = None if own is None else dir_md5(data_dir / subdir) == own
     world = int(tags.get(WORLD_TAGS["world_size"], "1"))
     cfg = _same_world(_rebuild_config(raw, data_dir / subdir, out), world, ref.uri)
+    cfg = _same_threads(cfg, tags)
     result = train_configured(cfg, resume=False, callbacks=list(callbacks))
     report = evaluate_checkpoint(cfg, result.best_checkpoint, out_dir=out / "eval")
     model_dir = tracking.download_model(ref.uri, out / "registered")
