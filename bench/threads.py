@@ -31,13 +31,12 @@ LOADS = {
 def worker(policy: str, steps: int, size: int, batch: int) -> None:
     import torch
 
-    from segops.config import TrainConfig
     from segops.models import build_model
     from segops.train.device import apply_thread_policy
     from segops.train.losses import build_loss
 
     if policy == "auto":
-        apply_thread_policy(TrainConfig(threads="auto"))
+        apply_thread_policy("auto")
     torch.manual_seed(0)
     model = build_model("unet", num_classes=4)
     criterion = build_loss("ce_dice", None)

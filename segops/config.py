@@ -97,6 +97,9 @@ class PredictConfig(_Section):
     """Scoring images with a trained model (`segops predict`, the served model, the score flow)."""
 
     batch_size: int = Field(8, ge=1, description="images (or sliding windows) per forward pass")
+    threads: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
+        "auto", description="torch CPU threads where a model is loaded to score (as train.threads)"
+    )
 
 
 class ValidationConfig(_Section):

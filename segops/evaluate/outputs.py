@@ -56,6 +56,7 @@ def inference_protocol(trained: TrainedModel) -> dict[str, object]:
         "inference": how if trained.kind == "semantic" else "detections painted at image size",
         "input_size": trained.input_size,
         "overlap": 0.5,
+        "threads": trained.threads,
     } | ({"scale": trained.config.data.scale} if trained.config.data.scale else {})
 
 

@@ -44,6 +44,7 @@ from segops.evaluate.outputs import (
 from segops.inference import TrainedModel, default_device, load_trained, predict_image
 from segops.metrics.confusion import ConfusionMatrix
 from segops.metrics.semantic import per_image_scores, summarize
+from segops.train.device import inference_threads
 
 
 @torch.inference_mode()
@@ -106,7 +107,19 @@ def evaluate_checkpoint(
     checkpoint = Path(checkpoint or run_dir / "checkpoints" / "best.pt")
     trained = load_trained(checkpoint, default_device())
     out = Path(out_dir or run_dir / "eval")
-    return evaluate_model(trained, cfg, split, out, dataset, progress, run_dir / "history.csv")
+    history, threads = run_dir / "history.csv", run_threads(cfg, checkpoint)
+    return evaluate_model(trained, cfg, split, out, dataset, progress, history, threads)
+
+
+def run_threads(cfg: Config, checkpoint: Path) -> int | None:
+    """The thread count a run's own evaluation uses: `train.threads` when it is a number, else
+    the count its training kept (`checkpoints/threads.txt`), so that reproduce, which trains
+    with the recorded count, evaluates alike; None (`predict.threads`) when there is neither."""
+    if cfg.train.threads != "auto":
+        return int(cfg.train.threads)
+    record = Path(checkpoint).parent / "threads.txt"
+    text = record.read_text().strip() if record.is_file() else ""
+    return int(text) if text.isdigit() and int(text) > 0 else None
 
 
 def evaluate_model(
@@ -117,10 +130,18 @@ def evaluate_model(
     dataset: DatasetInfo | None = None,
     progress: Callable[[int, int], None] | None = None,
     history: Path | None = None,
+    threads: int | str | None = None,
 ) -> EvalReport:
     """Score `trained` on `split` of `cfg.data`: metrics.json, per_class.csv, per_image.csv and
     plots/ (curves too when a `history` CSV exists) under `out`. Returns the EvalReport.
+    torch uses `threads` CPU threads (default `predict.threads`; recorded in the protocol).
     An instance model is scored by `segops.evaluate.instance_report` (same files, plus AP)."""
+    setting, key = (
+        (cfg.predict.threads, "predict.threads")
+        if threads is None
+        else (threads, "the run's threads")
+    )
+    trained.threads = inference_threads(setting, key).threads
     if trained.kind == "instance":
         return evaluate_instance_model(trained, cfg, split, out, dataset, progress, history)
     split = split or cfg.evaluate.split

@@ -13,6 +13,7 @@ from segops.config import Config, build_config
 from segops.data.transforms import eval_transform
 from segops.models import build_model, model_info
 from segops.train.checkpoint import load_checkpoint
+from segops.train.device import inference_threads
 
 
 @dataclass
@@ -23,6 +24,7 @@ class TrainedModel:
     checkpoint: Path
     device: torch.device
     kind: str = "semantic"  # "semantic" (logits) or "instance" (torchvision detection API)
+    threads: int = 0  # torch CPU threads its loading applied (`predict.threads`); 0: not set
 
     def transform(self):
         data = self.config.data
@@ -55,7 +57,9 @@ def _assemble(
             f"classes ({' '.join(line.strip() for line in detail)[:400]})"
         ) from None
     device = torch.device(device)
-    return TrainedModel(model.to(device).eval(), cfg, tuple(classes), source, device, kind)
+    threads = inference_threads(cfg.predict.threads).threads  # as it will score
+    model = model.to(device).eval()
+    return TrainedModel(model, cfg, tuple(classes), source, device, kind, threads)
 
 
 def require_semantic_model(trained: TrainedModel, what: str) -> None:

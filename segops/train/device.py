@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 
 from segops.config import TrainConfig
 from segops.errors import ConfigError
-from segops.train.threads import decide_threads, read_cpu_facts
+from segops.train.threads import CpuFacts, ThreadChoice, decide_threads, read_cpu_facts
 
 _interop_set = False  # torch allows setting the inter-op pool once, before it is used
 
@@ -58,18 +59,26 @@ def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def apply_thread_policy(cfg: TrainConfig) -> int:
-    """Set torch's thread pools as `cfg.threads` decides (segops.train.threads); returns the
-    intra-op thread count. The inter-op pool is sized once per process (torch refuses later)."""
+def set_threads(count: int) -> None:
+    """Size torch's intra-op pool to `count`, and the inter-op pool once per process (torch
+    refuses later)."""
     global _interop_set
-    choice = decide_threads(cfg.threads, read_cpu_facts())
-    torch.set_num_threads(choice.threads)
+    torch.set_num_threads(count)
     if not _interop_set:
         _interop_set = True
         # RuntimeError when inter-op work already ran in this process: it keeps its pool
         with contextlib.suppress(RuntimeError):
-            torch.set_num_interop_threads(choice.threads)
-    return choice.threads
+            torch.set_num_interop_threads(count)
+
+
+def apply_thread_policy(setting: str | int, key: str = "train.threads") -> ThreadChoice:
+    """Set torch's thread pools as `setting` (`auto` or a count, read from config `key`)
+    decides (segops.train.threads); returns the choice and its reason."""
+    # only `auto` reads the machine (its busy sample sleeps 0.1 s)
+    facts = read_cpu_facts() if setting == "auto" else CpuFacts(1, None, 1, 0.0)
+    choice = decide_threads(setting, facts, key)
+    set_threads(choice.threads)
+    return choice
 
 
 def resolve_runtime(cfg: TrainConfig) -> Runtime:
@@ -79,7 +88,7 @@ def resolve_runtime(cfg: TrainConfig) -> Runtime:
     dtype = _amp_dtype(cfg.amp, device)
     on_cuda = device.type == "cuda"
     channels_last = on_cuda if cfg.channels_last == "auto" else cfg.channels_last
-    threads = apply_thread_policy(cfg)
+    threads = apply_thread_policy(cfg.threads).threads
     fp16 = dtype == torch.float16
     return Runtime(device, dtype, fp16, channels_last, on_cuda, cfg.deterministic, threads)
 
@@ -108,11 +117,49 @@ def keep_threads(runtime: Runtime, setting: str | int, record: Path, resuming: b
     """The thread count a run keeps for its whole life: `train.threads: auto` decides once, at
     the run's first start (written to `record`); a resume takes that count again, since another
     count sums in another order and the resumed weights would not equal an uninterrupted run's.
-    An explicit count is always used as given."""
+    An explicit count is always used as given. Under torchrun every rank takes rank 0's count
+    (broadcast) and only rank 0 writes `record`: the ranks of one run sum alike."""
+    threads = runtime.threads
     if setting == "auto" and resuming and record.is_file():
         threads = int(record.read_text().strip())
+    threads, main = _rank0_count(threads)
+    if threads != runtime.threads or threads != torch.get_num_threads():
         torch.set_num_threads(threads)
-        return replace(runtime, threads=threads)
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(f"{runtime.threads}\n")
+        runtime = replace(runtime, threads=threads)
+    if main:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_name(f".{record.name}.tmp")
+        tmp.write_text(f"{threads}\n")
+        tmp.replace(record)
     return runtime
+
+
+def _rank0_count(threads: int) -> tuple[int, bool]:
+    """(rank 0's `threads`, whether this process is rank 0) in a process group, else
+    (`threads`, True)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return threads, True
+    box = [threads]
+    dist.broadcast_object_list(box, src=0)
+    return int(box[0]), dist.get_rank() == 0
+
+
+_recent: dict[str | int, tuple[float, ThreadChoice]] = {}
+
+
+def inference_threads(
+    setting: str | int, key: str = "predict.threads", max_age: float = 60.0
+) -> ThreadChoice:
+    """`apply_thread_policy` for scoring (predict, serve, evaluate): a process that loads
+    several models decides `auto` at most once per `max_age` seconds (a decision samples the
+    CPUs for 0.1 s), and applies that count each time."""
+    now = time.monotonic()
+    seen = _recent.get(setting)
+    if setting == "auto" and seen is not None and now - seen[0] < max_age:
+        set_threads(seen[1].threads)
+        return seen[1]
+    choice = apply_thread_policy(setting, key)
+    _recent[setting] = (now, choice)
+    return choice

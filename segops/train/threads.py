@@ -71,10 +71,11 @@ def usable_cores(facts: CpuFacts) -> int:
     return max(1, cores // max(1, facts.local_world))
 
 
-def decide_threads(setting: str | int, facts: CpuFacts) -> ThreadChoice:
-    """The torch thread count for `train.threads` = `setting` (see the module docstring)."""
+def decide_threads(setting: str | int, facts: CpuFacts, key: str = "train.threads") -> ThreadChoice:
+    """The torch thread count for config `key` (`train.threads`, `predict.threads`) =
+    `setting` (see the module docstring)."""
     if setting != "auto":
-        return ThreadChoice(int(setting), f"train.threads={setting}")
+        return ThreadChoice(int(setting), f"{key}={setting}")
     if facts.omp is not None:
         return ThreadChoice(facts.omp, f"OMP_NUM_THREADS={facts.omp}")
     usable = usable_cores(facts)

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_config, write_sample
 
 from segops.config import AugmentConfig
@@ -92,6 +93,7 @@ def test_native_training_crops_and_slides_windows_of_the_crop_size(large_images,
     assert all(shape[-2:] == (32, 32) for shape in calls)  # windows at native scale
     evaluate_model(trained, cfg, "val", tmp_path / "eval")
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["protocol"].pop("threads") == torch.get_num_threads()  # predict.threads
     assert metrics["protocol"] == {
         "resolution": "original",
         "inference": "sliding",
