@@ -21,6 +21,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from segops.config import Config, build_config, config_hash
+from segops.errors import CheckpointError
+from segops.lineage import code  # code.code_version: tests replace it
+
+# lazy imports: MLflow (segops.tracking, segops.promotion) and torch (checkpoints) are imported
+# inside the functions: flows/retrain.py imports this module when `segops run` starts
+# (docs/development.md "Imports").
 
 TAG = "segops."
 LOCK_FILE = ".attempt.lock"
@@ -30,13 +36,11 @@ _held: dict[str, IO[str]] = {}  # attempt folders this process holds, by resolve
 def identity(cfg: Config, data_version: dict[str, Any]) -> dict[str, str]:
     """The tags that make two attempts "the same inputs": the dataset's own md5 and path, the
     config hash (locations and promotion settings excluded) and the code version."""
-    from segops.lineage.code import code_version
-
     return {
         TAG + "dataset.md5": data_version["dataset_md5"],
         TAG + "dataset.path": data_version["dataset"],
         TAG + "config_hash": config_hash(cfg),
-        TAG + "code.version": code_version(),
+        TAG + "code.version": code.code_version(),
     }
 
 
@@ -110,7 +114,6 @@ def _candidates(cfg: Config, config: dict[str, Any], data_version: dict[str, Any
 def _check_last(out_dir: Path) -> str | None:
     """Move a `last.pt` that fails its hash check aside (training then starts over in the same
     run); returns a note, or None when it is fine or absent."""
-    from segops.errors import CheckpointError
     from segops.train.checkpoint import load_checkpoint
 
     last = out_dir / "checkpoints" / "last.pt"

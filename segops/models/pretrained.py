@@ -12,12 +12,12 @@ import torch
 from torch import nn
 
 from segops.errors import CheckpointError, ConfigError
+from segops.weights import load_state_dict_file
 
 
 def pretrained_state(spec: str) -> dict[str, torch.Tensor]:
     """The state dict in the local file `spec` (a plain state dict or a segops checkpoint's
     `model` entry); ConfigError naming `model.pretrained` and the file otherwise."""
-    from segops.weights import load_state_dict_file
 
     path = Path(spec)
     if not path.is_file():

@@ -25,6 +25,8 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
+from segops.data import io as image_io  # image_io.image_from_bytes: tests replace it
+
 MAX_PIXELS_ENV = "SEGOPS_SERVE_MAX_PIXELS"
 DEFAULT_MAX_PIXELS = 4096 * 4096
 FIELDS = ("image", "array")
@@ -126,12 +128,10 @@ def image_bytes(row: int, text: Any, budget: PixelBudget) -> bytes:
 def image_from_base64(row: int, text: Any, budget: PixelBudget) -> np.ndarray:
     """HxWx3 uint8 from base64 image text; raises `bad_input` for anything else. The size in
     the header is checked against `budget` before any pixel is decoded."""
-    from segops.data.io import ReadError, image_from_bytes
-
     data = image_bytes(row, text, budget)
     try:
-        return image_from_bytes(data)
-    except ReadError as exc:
+        return image_io.image_from_bytes(data)
+    except image_io.ReadError as exc:
         raise bad_input(row, f"{NOT_IMAGE}: {exc}") from None
 
 

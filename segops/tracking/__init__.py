@@ -10,16 +10,20 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import LoggedModelStatus, Metric, Param, RunTag
 
 from segops.config import Config, TrackingConfig, config_hash
 from segops.train.callbacks import Callback
+
+# lazy imports: torch is imported inside environment(): `segops promote` and `segops history`
+# reach MLflow through this module and need no torch (docs/development.md "Imports").
 
 TAG = "segops."  # prefix of every lineage tag we write
 ATTEMPT_TAG = TAG + "attempt_key"
@@ -130,8 +134,6 @@ class MlflowMetrics(Callback):
         self.client.log_batch(self.run_id, tags=tags)
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:
-        import time
-
         now = int(time.time() * 1000)
         metrics = [
             Metric(k, float(v), now, int(row["epoch"])) for k, v in row.items() if k != "epoch"
@@ -193,7 +195,6 @@ def runs_tagged(store: Store, tags: dict[str, str]) -> list[dict[str, Any]]:
 def model_ready(model_uri: str) -> bool:
     """Whether the logged model `models:/m-...` finished logging (status READY); True for
     other URIs. A process killed while logging leaves its model PENDING."""
-    from mlflow.entities import LoggedModelStatus
 
     model_id = model_uri.removeprefix("models:/")
     if not model_id.startswith("m-") or "/" in model_id:
@@ -206,7 +207,6 @@ def model_ready(model_uri: str) -> bool:
 
 def fail_pending_models(run_id: str) -> list[str]:
     """Mark the run's logged models still PENDING (logging cut short) FAILED; returns their ids."""
-    from mlflow.entities import LoggedModelStatus
 
     client = MlflowClient()
     experiment = client.get_run(run_id).info.experiment_id
@@ -231,8 +231,6 @@ def log_text(run_id: str, text: str, artifact_file: str) -> None:
 
 
 def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-    import time
-
     now = int(time.time() * 1000)
     items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
     MlflowClient().log_batch(run_id, metrics=items)

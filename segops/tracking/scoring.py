@@ -9,10 +9,12 @@ version's logged model as a model input where the version comes from a logged mo
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.entities import LoggedModelInput
 
 from segops.tracking import TAG, Store
 
@@ -90,14 +92,11 @@ def log_score_run(
 
 
 def _now_ms() -> int:
-    import time
-
     return int(time.time() * 1000)
 
 
 def _link_model(client: MlflowClient, run_id: str, name: str, version: str) -> None:
     """The version's logged model as the run's model input (MLflow 3), when it has one."""
-    from mlflow.entities import LoggedModelInput
 
     source = client.get_model_version(name, version).source or ""
     model_id = source.removeprefix("models:/")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def rng_state() -> dict[str, Any]:
     """torch, python and CUDA RNG states, as every checkpoint stores them (weights_only-safe)."""
-    import random
 
     return {
         "torch": torch.get_rng_state(),

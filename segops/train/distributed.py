@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from segops.errors import ConfigError
@@ -56,7 +58,6 @@ def resolve_backend(backend: str, device_type: str) -> str:
 def init_world(backend: str, device: str) -> World:
     """Join torchrun's process group (RANK, WORLD_SIZE, LOCAL_RANK from the environment); on
     CUDA each rank takes the GPU of its local rank first."""
-    import torch.distributed as dist
 
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -91,8 +92,6 @@ def close_world(world: World, clean: bool = True) -> None:
     """Leave the process group; after a `clean` run, at a last barrier (no rank leaves while
     another still writes), after a failure at once (the others may never get there)."""
     if world.distributed:
-        import torch.distributed as dist
-
         if clean:
             dist.barrier()
         dist.destroy_process_group()
@@ -110,7 +109,6 @@ def wrap_model(model: nn.Module, world: World, device: torch.device) -> nn.Modul
     The parameters stay those of `model`, so its optimiser and checkpoints are unchanged."""
     if not world.distributed:
         return model
-    from torch.nn.parallel import DistributedDataParallel
 
     if device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -175,7 +173,6 @@ def gather_objects(value: Any, world: World) -> list[Any]:
     """`value` of every rank, by rank (one process: `[value]`)."""
     if not world.distributed:
         return [value]
-    import torch.distributed as dist
 
     out: list[Any] = [None] * world.size
     dist.all_gather_object(out, value)
@@ -187,7 +184,6 @@ def all_reduce_sum(tensor: torch.Tensor, world: World) -> torch.Tensor:
     matrix) sum exactly."""
     if not world.distributed:
         return tensor
-    import torch.distributed as dist
 
     if world.backend == "nccl":  # NCCL reduces GPU tensors only
         on_gpu = tensor.cuda()
@@ -201,8 +197,6 @@ def sync_buffers(model: nn.Module, world: World) -> None:
     """Copy rank 0's buffers (BatchNorm statistics) to every rank: what rank 0 checkpoints is
     what every rank validates with."""
     if world.distributed:
-        import torch.distributed as dist
-
         for buffer in model.buffers():
             dist.broadcast(buffer, 0)
 

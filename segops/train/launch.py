@@ -13,6 +13,7 @@ is read from the file rank 0 writes, `<train.out_dir>/distributed/result.json`.
 from __future__ import annotations
 
 import collections
+import ctypes
 import json
 import os
 import signal
@@ -24,9 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from segops.config import Config, config_hash, save_config
 from segops.errors import ConfigError, SegopsError
 from segops.train.callbacks import Callback, CallbackList
+from segops.train.device import select_device
+from segops.train.distributed import resolve_backend
 from segops.train.fit import TrainResult
 
 EVENT = "@segops-event "
@@ -51,10 +56,6 @@ def plan_launch(cfg: Config) -> LaunchPlan:
     dist = cfg.train.distributed
     if dist.nproc_per_node == 1 and dist.nnodes == 1 and dist.rdzv_endpoint is None:
         return LaunchPlan(1, 1, "none", 1)
-    import torch
-
-    from segops.train.device import select_device
-    from segops.train.distributed import resolve_backend
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     spec = cfg.train.device
@@ -160,8 +161,6 @@ def _die_with_parent() -> None:
     """In the torchrun child: receive SIGTERM when the launching process dies, even by
     SIGKILL (Linux), so no orphaned group keeps writing into a folder a rerun resumes."""
     if sys.platform.startswith("linux"):
-        import ctypes
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 

@@ -21,6 +21,8 @@ from segops.models.pretrained import check_pretrained_file
 from segops.train.callbacks import Callback
 from segops.train.distributed import SINGLE, World
 from segops.train.fit import TrainResult, fit
+from segops.train.instance import instance_task
+from segops.train.launch import launch, plan_launch
 from segops.train.semantic import SemanticTask
 
 
@@ -57,20 +59,11 @@ def train_configured(
     rendezvous endpoint) launches torchrun and returns rank 0's result.
     """
     check_model_config(cfg)
-    if world is None:
-        from segops.train.launch import plan_launch
-
-        if plan_launch(cfg).world_size > 1 or cfg.train.distributed.rdzv_endpoint:
-            from segops.train.launch import launch
-
-            if dataset is None:  # checked, and its split files written, before ranks read it
-                load_dataset(cfg.data, eval_split="val")
-            return launch(cfg, resume=resume, callbacks=callbacks)
+    if world is None and (plan_launch(cfg).world_size > 1 or cfg.train.distributed.rdzv_endpoint):
+        if dataset is None:  # checked, and its split files written, before ranks read it
+            load_dataset(cfg.data, eval_split="val")
+        return launch(cfg, resume=resume, callbacks=callbacks)
     info = dataset or load_dataset(cfg.data, eval_split="val", write_splits=world is None)
-    if model_kind(cfg) == "semantic":
-        task = SemanticTask(cfg, info)
-    else:
-        from segops.train.instance import instance_task  # torchvision detection, pycocotools
-
-        task = instance_task(cfg, info)
+    semantic = model_kind(cfg) == "semantic"
+    task = SemanticTask(cfg, info) if semantic else instance_task(cfg, info)
     return fit(cfg, task, resume=resume, callbacks=callbacks, world=world or SINGLE)
