@@ -5,18 +5,15 @@ preflight names an unreachable endpoint or a missing bucket in seconds."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from servers import BIN, free_port, running
 
 from segops.config import load_config
 from segops.data.shapes import generate_shapes
 from segops.preflight import StoreUnreachable, check_stores
-from segops.stack.procs import http_ok
 from segops.versioning import remote_has, version_dataset
 from tests.conftest import dvc_workspace
 
@@ -24,34 +21,18 @@ pytestmark = pytest.mark.slow
 KEY, SECRET = "segops-test", "s3cret-for-tests"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """An S3 server with one bucket `dvc`; yields its endpoint URL."""
     root = tmp_path_factory.mktemp("s3")
     (root / "buckets" / "dvc").mkdir(parents=True)
-    port = _free_port()
-    rclone = Path(sys.executable).parent / "rclone"
-    cmd = [str(rclone), "serve", "s3", "--addr", f"127.0.0.1:{port}"]
+    port = free_port()
+    cmd = [str(BIN / "rclone"), "serve", "s3", "--addr", f"127.0.0.1:{port}"]
     cmd += ["--auth-key", f"{KEY},{SECRET}", str(root / "buckets")]
     env = dict(os.environ, RCLONE_CONFIG=str(root / "rclone.conf"))
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while not http_ok(url) and time.monotonic() < deadline:
-            time.sleep(0.2)
+    with running(cmd, url, root / "rclone.log", env, timeout=30):
         yield url, root / "buckets"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
 
 
 @pytest.fixture
@@ -94,7 +75,7 @@ def test_preflight_names_a_missing_bucket_and_an_unreachable_endpoint(
     started = time.monotonic()
     with pytest.raises(StoreUnreachable, match=r"bucket nobucket does not exist"):
         check_stores(load_config(), ws)
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("AWS_ENDPOINT_URL", dead)
     monkeypatch.setenv("SEGOPS_DVC_REMOTE_URL", "s3://dvc/team")
     with pytest.raises(
@@ -137,7 +118,7 @@ def test_an_s3_dataset_is_downloaded_whole_and_bad_urls_fail_in_seconds(
     with pytest.raises(DatasetError, match=r"s3://dvc/datasets/none: no objects"):
         fetch_dataset("s3://dvc/datasets/none", tmp_path / "staging")
     started = time.monotonic()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     with pytest.raises(DatasetError, match=r"S3 endpoint http://127.0.0.1:\d+ unreachable"):
         fetch_dataset("s3://dvc/datasets/nuclei", tmp_path / "again")
     assert time.monotonic() - started < 15 and not (tmp_path / "again" / "nuclei").exists()

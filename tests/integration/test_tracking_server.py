@@ -3,16 +3,8 @@ server says (its proxied `--artifacts-destination`), never to the client's disk.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
-
 import pytest
+from servers import BIN, free_port, running
 
 from segops.config import TrackingConfig
 from segops.tracking import artifact_location, connect, download_artifact, log_text
@@ -20,41 +12,17 @@ from segops.tracking import artifact_location, connect, download_artifact, log_t
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A tracking server: sqlite backend, artifacts proxied to a folder of its own."""
     root = tmp_path_factory.mktemp("server")
-    port = _free_port()
-    mlflow = Path(sys.executable).parent / "mlflow"
-    cmd = [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    cmd += ["--backend-store-uri", f"sqlite:///{root}/server.db"]
+    port = free_port()
+    cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--workers", "1", "--backend-store-uri", f"sqlite:///{root}/server.db"]
     cmd += ["--artifacts-destination", str(root / "destination")]
-    with open(root / "server.log", "w") as log:  # the child keeps its own handle
-        proc = subprocess.Popen(
-            cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (root / "server.log").read_text()[-3000:]
-            try:
-                urllib.request.urlopen(url + "/health", timeout=2).close()
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not answer /health in 90 s")
+    with running(cmd, url + "/health", root / "server.log", cwd=root):
         yield url, root / "destination"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the server and its uvicorn worker
-        proc.wait(30)
 
 
 def test_artifact_location_is_local_only_for_local_stores(tmp_path):
