@@ -27,7 +27,7 @@ def time_train_step(
     """Median seconds of one forward+backward+AdamW step of model `name` on a
     [batch, 3, side, side] batch, on the device and precision `train` resolves to. One
     warm-up step is not counted; timing stops after `steps` steps or `max_seconds`."""
-    runtime = resolve_runtime(train or TrainConfig())
+    runtime = resolve_runtime(train or TrainConfig(), name, side)
     fmt = torch.channels_last if runtime.channels_last else torch.contiguous_format
     model = build_model(name, num_classes=num_classes, **options)
     model = model.to(runtime.device, memory_format=fmt)

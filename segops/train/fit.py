@@ -271,7 +271,7 @@ def fit(
     torchrun every rank resumes from that same file; `callbacks` hear rank 0 only."""
     cbs = CallbackList(list(callbacks) if world.is_main else [])
     out, epochs = Path(out_dir or cfg.train.out_dir), epochs or cfg.train.epochs
-    runtime = resolve_runtime(cfg.train)
+    runtime = resolve_runtime(cfg.train, cfg.model.name, cfg.data.crop_size or cfg.data.image_size)
     configure_determinism(runtime)
     seed_everything(cfg.train.seed)
     if world.is_main:
