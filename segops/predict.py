@@ -1,11 +1,13 @@
-"""Batch prediction over a folder: class-id PNGs, overlays, `summary.csv` and `errors.csv`.
+"""Batch prediction: class-id PNGs, overlays, `summary.csv` and `errors.csv`, from a folder or
+an `s3://` prefix into a folder or a prefix (`segops.data.location`).
 
 The work is cut into chunks of `predict.batch_size` images (`plan`); each chunk is read,
 predicted in batches (`segops.inference.predict_masks`) and written by `score_chunk`, on this
-process (the local engine, `predict_images`) or on Ray actors (`segops.scoring.ray_engine`):
+process (the local engine, `predict_local`) or on Ray actors (`segops.scoring.ray_engine`):
 the same chunks through the same function, so both engines write the same bytes.
 
-- Every output is written to a temporary name beside it, then renamed: never half-written.
+- Every output is written to a local temporary file, then renamed beside its final name or
+  uploaded under its final key: never half-written. `summary.csv` is written last.
 - An image whose outputs exist is skipped (a rerun resumes); `overwrite` predicts it again.
 - An image that cannot be read is a row of `errors.csv` (file, reason); the others are scored.
 - `summary.csv` has one row per image with a mask, with each class's pixel fraction (rows of
@@ -15,17 +17,19 @@ the same chunks through the same function, so both engines write the same bytes.
 from __future__ import annotations
 
 import csv
-import os
+import io
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from functools import partial
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
-from segops.data.io import IMAGE_SUFFIXES, ReadError, read_image
+from segops.data.io import IMAGE_SUFFIXES, ReadError
+from segops.data.location import Location, open_location, source_images
 from segops.errors import DatasetError
 
 if TYPE_CHECKING:  # torch is imported on first prediction: listing a folder stays light
@@ -47,30 +51,25 @@ def list_images(src: str | Path) -> list[Path]:
     return images
 
 
-def outputs_of(image: Path, out: Path, overlays: bool) -> list[Path]:
-    """The files predicting `image` writes into `out`: its mask, and overlay when asked."""
-    names = [f"{image.stem}_mask.png"] + ([f"{image.stem}_overlay.png"] if overlays else [])
-    return [out / name for name in names]
+def outputs_of(name: str, overlays: bool) -> list[str]:
+    """The names of the files predicting image `name` writes: its mask, and overlay if asked."""
+    stem = PurePosixPath(name).stem
+    return [f"{stem}_mask.png"] + ([f"{stem}_overlay.png"] if overlays else [])
 
 
 def plan(
-    images: list[Path], out: Path, batch_size: int, overlays: bool, overwrite: bool
-) -> tuple[list[list[str]], list[Path]]:
-    """(chunks of at most `batch_size` image paths still to predict, images already done)."""
-    done = [] if overwrite else [p for p in images if _has_outputs(p, out, overlays)]
-    paths = [str(p) for p in images if p not in set(done)]
-    return [paths[k : k + batch_size] for k in range(0, len(paths), batch_size)], done
-
-
-def _has_outputs(image: Path, out: Path, overlays: bool) -> bool:
-    return all(f.is_file() for f in outputs_of(image, out, overlays))
+    names: list[str], out: Location, batch_size: int, overlays: bool, overwrite: bool
+) -> tuple[list[list[str]], list[str]]:
+    """(chunks of at most `batch_size` image names still to predict, names already done: all
+    their outputs are in `out`, listed once)."""
+    there = set() if overwrite else out.names()
+    done = [n for n in names if all(f in there for f in outputs_of(n, overlays))]
+    todo = [n for n in names if n not in set(done)]
+    return [todo[k : k + batch_size] for k in range(0, len(todo), batch_size)], done
 
 
 def save_png(array: np.ndarray, dest: Path) -> None:
-    """Write `array` as PNG to a temporary name beside `dest`, then rename it to `dest`."""
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, dest)
+    Image.fromarray(array).save(dest, format="PNG")
 
 
 def summary_row(trained: TrainedModel, name: str, mask: np.ndarray) -> dict[str, Any]:
@@ -86,28 +85,51 @@ def summary_row(trained: TrainedModel, name: str, mask: np.ndarray) -> dict[str,
 
 
 def score_chunk(
-    trained: TrainedModel, paths: list[str], out: str | Path, overlays: bool, batch_size: int
+    trained: TrainedModel,
+    src: Location,
+    names: list[str],
+    out: Location,
+    overlays: bool,
+    batch_size: int,
 ) -> list[dict[str, Any]]:
-    """Predict and write one chunk of images; returns a summary row per image predicted and
-    `{"image", "error"}` for each one that could not be read."""
+    """Predict and write one chunk of images of `src` into `out`; returns a summary row per
+    image predicted and `{"image", "error"}` for each one that could not be read."""
     from segops.evaluate.plots import overlay
     from segops.inference import predict_masks
 
-    out = Path(out)
     rows: list[dict[str, Any]] = []
-    images: list[tuple[Path, np.ndarray]] = []
-    for path in map(Path, paths):
+    images: list[tuple[str, np.ndarray]] = []
+    for name in names:
         try:
-            images.append((path, read_image(path)))
+            images.append((name, src.read_image(name)))
         except (ReadError, OSError) as exc:
-            rows.append({"image": path.name, "error": str(exc) or type(exc).__name__})
+            rows.append({"image": name, "error": str(exc) or type(exc).__name__})
     masks = predict_masks(trained, [image for _, image in images], batch_size) if images else []
-    for (path, image), mask in zip(images, masks, strict=True):
-        mask_file, *overlay_file = outputs_of(path, out, overlays)
-        save_png(mask, mask_file)
-        if overlay_file:
-            save_png(overlay(image, mask), overlay_file[0])
-        rows.append(summary_row(trained, path.name, mask))
+    for (name, image), mask in zip(images, masks, strict=True):
+        mask_name, *overlay_name = outputs_of(name, overlays)
+        out.write(mask_name, partial(save_png, mask))
+        if overlay_name:
+            out.write(overlay_name[0], partial(save_png, overlay(image, mask)))
+        rows.append(summary_row(trained, name, mask))
+    return rows
+
+
+def score_chunks(
+    trained: TrainedModel,
+    src: Location,
+    chunks: list[list[str]],
+    out: Location,
+    overlays: bool,
+    batch_size: int,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """`score_chunk` over every chunk, on this process (the local engine)."""
+    rows: list[dict[str, Any]] = []
+    total = sum(map(len, chunks))
+    for chunk in chunks:
+        rows += score_chunk(trained, src, chunk, out, overlays, batch_size)
+        if progress:
+            progress(len(rows), total)
     return rows
 
 
@@ -122,60 +144,63 @@ class PredictSummary:
     seconds: float
     images_per_s: float  # scored / seconds
     class_fractions: dict[str, float]  # mean over every image with a mask
-    summary_csv: str
+    summary_csv: str  # a path or an s3:// URL
     errors_csv: str
+    out: str  # the folder or prefix
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+def _csv_writer(rows: list[dict[str, Any]], fields: list[str]) -> Callable[[Path], None]:
+    def fill(path: Path) -> None:
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    return fill
 
 
 def finish(
     trained: TrainedModel,
-    out: Path,
+    out: Location,
     rows: list[dict[str, Any]],
-    skipped: list[Path],
+    skipped: list[str],
     listed: int,
     seconds: float,
 ) -> PredictSummary:
-    """Write `summary.csv` (scored rows plus rows read back from skipped images' masks) and
-    `errors.csv`, sorted by image name; return the run's `PredictSummary`."""
+    """Write `errors.csv`, then `summary.csv` last (scored rows plus rows read back from
+    skipped images' masks), sorted by image name; return the run's `PredictSummary`."""
     errors = sorted((r for r in rows if "error" in r), key=lambda r: r["image"])
     scored = [r for r in rows if "error" not in r]
-    for path in skipped:
-        mask = np.asarray(Image.open(out / f"{path.stem}_mask.png"))
-        scored.append(summary_row(trained, path.name, mask))
+    for name in skipped:
+        mask = np.asarray(Image.open(io.BytesIO(out.read(outputs_of(name, False)[0]))))
+        scored.append(summary_row(trained, name, mask))
     scored.sort(key=lambda r: r["image"])
     fields = ["image", "width", "height", "tiled"] + [f"frac_{c}" for c in trained.classes]
-    _write_csv(out / "summary.csv", scored, fields)
-    _write_csv(out / "errors.csv", errors, ["image", "error"])
+    out.write("errors.csv", _csv_writer(errors, ["image", "error"]))
+    out.write("summary.csv", _csv_writer(scored, fields))
     fractions = {
         c: round(float(np.mean([r[f"frac_{c}"] for r in scored])), 6) if scored else 0.0
         for c in trained.classes
     }
     done = len(rows) - len(errors)
     return PredictSummary(
-        listed,
-        done,
-        len(skipped),
-        len(errors),
-        round(seconds, 3),
-        round(done / seconds, 2) if seconds > 0 else 0.0,
-        fractions,
-        str(out / "summary.csv"),
-        str(out / "errors.csv"),
+        images=listed,
+        scored=done,
+        skipped=len(skipped),
+        errors=len(errors),
+        seconds=round(seconds, 3),
+        images_per_s=round(done / seconds, 2) if seconds > 0 else 0.0,
+        class_fractions=fractions,
+        summary_csv=out.join("summary.csv"),
+        errors_csv=out.join("errors.csv"),
+        out=out.url,
     )
 
 
-def predict_images(
+def predict_local(
     trained: TrainedModel,
     src: str | Path,
     out: str | Path,
@@ -184,41 +209,25 @@ def predict_images(
     batch_size: int | None = None,
     overlays: bool = True,
     overwrite: bool = False,
-) -> Path:
-    """The local engine: predict every image of `src` into `out` (see the module docstring);
-    returns the path of `summary.csv`. `progress(done, total)` after each chunk."""
-    summary = predict_local(trained, src, out, progress, batch_size, overlays, overwrite)
-    return Path(summary.summary_csv)
-
-
-def predict_local(
-    trained: TrainedModel,
-    src: str | Path,
-    out: str | Path,
-    progress: Progress | None = None,
-    batch_size: int | None = None,
-    overlays: bool = True,
-    overwrite: bool = False,
 ) -> PredictSummary:
-    """`predict_images` returning the whole `PredictSummary`."""
-    images = list_images(src)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """The local engine: predict every image of `src` (a folder, an image file or an `s3://`
+    prefix) into `out` (a folder or a prefix) with `trained`; see the module docstring.
+    `progress(done, total)` after each chunk."""
+    location, names = source_images(src)
+    target = open_location(out)
+    target.prepare()
     size = batch_size or trained.config.predict.batch_size
-    chunks, skipped = plan(images, out, size, overlays, overwrite)
-    start, rows, total = time.perf_counter(), [], sum(map(len, chunks))
-    for chunk in chunks:
-        rows += score_chunk(trained, chunk, out, overlays, size)
-        if progress:
-            progress(len(rows), total)
-    return finish(trained, out, rows, skipped, len(images), time.perf_counter() - start)
+    chunks, skipped = plan(names, target, size, overlays, overwrite)
+    start = time.perf_counter()
+    rows = score_chunks(trained, location, chunks, target, overlays, size, progress)
+    return finish(trained, target, rows, skipped, len(names), time.perf_counter() - start)
 
 
 def predict_folder(
     checkpoint: str | Path, src: str | Path, out: str | Path, progress: Progress | None = None
 ) -> list[Path]:
-    """`predict_images` with the model of a checkpoint; returns the mask paths written."""
+    """`predict_local` with the model of a checkpoint; returns the mask paths written."""
     from segops.inference import load_trained
 
-    predict_images(load_trained(checkpoint), src, out, progress)
+    predict_local(load_trained(checkpoint), src, out, progress)
     return [Path(out) / f"{p.stem}_mask.png" for p in list_images(src)]

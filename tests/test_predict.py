@@ -9,7 +9,7 @@ from conftest import tiny_config
 from PIL import Image
 
 from segops.inference import load_trained, predict_image, sliding_probs, window_starts
-from segops.predict import predict_images
+from segops.predict import predict_local
 from segops.train.loop import train
 
 
@@ -60,13 +60,15 @@ def test_sliding_with_overlap_averages_to_probabilities_at_original_size(model, 
     assert sliding_probs(model, small).shape == (5, 20, 24)
 
 
-def test_predict_images_writes_masks_overlays_and_a_summary(model, shapes_root, tmp_path):
+def test_predict_local_writes_masks_overlays_and_a_summary(model, shapes_root, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
     Image.fromarray(_sample(shapes_root, 2)).save(src / "small.png")
     Image.fromarray(np.tile(_sample(shapes_root, 3), (4, 4, 1))).save(src / "large.png")
-    summary = predict_images(model, src, tmp_path / "out")
-    rows = list(csv.DictReader(summary.open()))
+    summary = predict_local(model, src, tmp_path / "out")
+    assert (summary.scored, summary.errors, summary.out) == (2, 0, str(tmp_path / "out"))
+    with open(summary.summary_csv) as fh:
+        rows = list(csv.DictReader(fh))
     assert [r["image"] for r in rows] == ["large.png", "small.png"]
     assert [r["tiled"] for r in rows] == ["True", "False"]
     assert rows[0]["width"] == "128" and rows[0]["height"] == "128"

@@ -108,8 +108,6 @@ def test_bad_input_is_refused_in_seconds(tmp_path):
         check_source_folder(tmp_path / "empty")
     with pytest.raises(DatasetError, match="no such file or folder"):
         check_source_folder(tmp_path / "missing")
-    with pytest.raises(DatasetError, match="not supported"):
-        check_source_folder("s3://bucket/prefix")
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

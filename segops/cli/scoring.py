@@ -69,8 +69,12 @@ def _model_to_evaluate(model: str | Path | None, cfg: Config) -> tuple[TrainedMo
 
 
 def predict(
-    src: Annotated[Path, typer.Argument(help="an image file or a folder of images")],
-    out: Annotated[Path, typer.Argument(help="output folder for masks, overlays and tables")],
+    src: Annotated[
+        str, typer.Argument(help="an image file, a folder of images or s3://bucket/prefix")
+    ],
+    out: Annotated[
+        str, typer.Argument(help="output folder or s3:// prefix for masks, overlays, tables")
+    ],
     model: Annotated[
         str | None,
         typer.Option(help="a registered model: models:/NAME@champion, /NAME/3, or NAME"),
@@ -100,6 +104,7 @@ def predict(
     Images much larger than the model's input size are predicted with a sliding window. A
     rerun skips images whose outputs exist (--overwrite to redo them). --engine ray scores on
     Ray Data actors (one model load each), on the cluster at --address or a local one.
+    s3:// input and output use AWS_ENDPOINT_URL and the AWS_* credentials of the environment.
     """
     from segops.scoring.checks import check_ray_address, check_source_folder
 

@@ -8,7 +8,8 @@ interrupted download leaves nothing a later run could mistake for a dataset.
 
 The endpoint and credentials come from the environment, as for the DVC remote on S3
 (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`); s3fs comes with
-`pip install 'segops[team]'`.
+`pip install 'segops[team]'`. Scoring reads and writes `s3://` prefixes through the same
+filesystem (`segops.data.location`).
 """
 
 from __future__ import annotations
@@ -37,9 +38,15 @@ def remote_name(url: str) -> str:
     return parts[-1] if parts else urlparse(url).netloc
 
 
-def _probe_endpoint(url: str) -> None:
-    """A refused or silent `AWS_ENDPOINT_URL` in seconds (botocore retries for much longer)."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+def endpoint_url() -> str | None:
+    """The S3 endpoint of this process: `AWS_ENDPOINT_URL`, None for AWS itself."""
+    return os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def probe_endpoint(url: str, endpoint: str | None = None, what: str = "dataset") -> None:
+    """A refused or silent endpoint (default `AWS_ENDPOINT_URL`) as a DatasetError in seconds
+    (botocore retries for much longer)."""
+    endpoint = endpoint or endpoint_url()
     if not endpoint:
         return
     parsed = urlparse(endpoint)
@@ -48,19 +55,21 @@ def _probe_endpoint(url: str) -> None:
         socket.create_connection((parsed.hostname, port), timeout=PROBE_SECONDS).close()
     except OSError as exc:
         raise DatasetError(
-            f"dataset {url}: S3 endpoint {endpoint} unreachable ({exc}); check AWS_ENDPOINT_URL "
+            f"{what} {url}: S3 endpoint {endpoint} unreachable ({exc}); check AWS_ENDPOINT_URL "
             "and that the server runs"
         ) from None
 
 
-def _filesystem(url: str):
+def s3_filesystem(url: str, endpoint: str | None = None, what: str = "dataset"):
+    """A fresh s3fs filesystem on `endpoint` (default `AWS_ENDPOINT_URL`) with no listing
+    cache; credentials from the environment. DatasetError when s3fs is not installed."""
     try:
         import s3fs
     except ImportError:
         raise DatasetError(
-            f"dataset {url}: reading s3:// needs s3fs: pip install 'segops[team]'"
+            f"{what} {url}: reading s3:// needs s3fs: pip install 'segops[team]'"
         ) from None
-    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = endpoint or endpoint_url()
     # A fresh instance with no listing cache: fsspec shares instances (and their directory
     # listings) per process, so a prefix listed earlier would hide objects added since.
     fs = s3fs.S3FileSystem(
@@ -77,8 +86,8 @@ def fetch_dataset(url: str, staging: str | Path) -> Path:
     empty prefix, or an object key that would land outside the folder. A folder already
     complete from an earlier attempt of the same run is downloaded again (the remote may have
     changed); the old copy is replaced only once the new one is whole."""
-    _probe_endpoint(url)
-    fs = _filesystem(url)
+    probe_endpoint(url)
+    fs = s3_filesystem(url)
     prefix = url.removeprefix("s3://").rstrip("/")
     try:
         keys = [k for k in fs.find(prefix) if not k.endswith("/")]

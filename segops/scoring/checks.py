@@ -6,7 +6,8 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from segops.errors import DatasetError, SegopsError
+from segops.data.location import Location, source_images
+from segops.errors import SegopsError
 
 RAY_CONNECT_TIMEOUT_S = 3.0
 RAY_DEFAULT_PORT = 6379  # the GCS port `ray start --head` listens on
@@ -16,17 +17,10 @@ class EngineError(SegopsError):
     """The scoring engine cannot start (e.g. the Ray cluster does not answer)."""
 
 
-def check_source_folder(src: str | Path) -> list[Path]:
-    """The images to score; DatasetError for a missing path, an empty folder or an `s3://`
-    prefix (not supported yet)."""
-    from segops.predict import list_images
-
-    if str(src).startswith(("s3://", "gs://")):
-        raise DatasetError(
-            f"{src}: object-store prefixes are not supported by segops predict yet; copy the "
-            "images to a folder first (e.g. `aws s3 sync`)"
-        )
-    return list_images(src)
+def check_source_folder(src: str | Path) -> tuple[Location, list[str]]:
+    """(location, image names) to score; DatasetError for a missing folder or bucket, an
+    empty folder or prefix, or an unreachable S3 endpoint (`segops.data.location`)."""
+    return source_images(src)
 
 
 def ray_endpoint(address: str) -> tuple[str, int]:

@@ -1,8 +1,10 @@
-"""One prediction job over a folder, on the `local` or the `ray` engine.
+"""One prediction job over a folder or an `s3://` prefix, on the `local` or the `ray` engine.
 
-Order: the input is listed (an empty or missing folder is refused), the Ray address answers
-(when given), then the model is loaded (once here, or once per Ray actor) and the chunks still
-to do are predicted; `summary.csv` and `errors.csv` are written last (`segops.predict`).
+Order: the input is listed (an empty or missing folder or prefix, an unreachable endpoint are
+refused), the Ray address answers (when given), the output folder or prefix is ready (a
+missing bucket is refused), then the model is loaded (once here, or once per Ray actor) and the
+chunks still to do are predicted; `summary.csv` and `errors.csv` are written last
+(`segops.predict`).
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from segops.data.location import Location, open_location
 from segops.errors import ConfigError
-from segops.predict import PredictSummary, finish, plan, score_chunk
+from segops.predict import PredictSummary, finish, plan, score_chunks
 from segops.scoring.checks import check_ray_address, check_source_folder
 from segops.scoring.source import load_source
 
@@ -42,35 +45,34 @@ def predict_job(
     on_dashboard: Callable[[str], None] | None = None,
 ) -> PredictSummary:
     """Predict every image of `src` into `out` with the model `source` names (see
-    `segops.scoring.source`); returns what was done. `progress(done, total)` as images finish;
-    `on_dashboard(url)` when a local Ray cluster with a dashboard is started."""
+    `segops.scoring.source`); `src` and `out` are folders or `s3://` prefixes (endpoint and
+    credentials from the environment, as for datasets); returns what was done.
+    `progress(done, total)` as images finish; `on_dashboard(url)` when a local Ray cluster
+    with a dashboard is started."""
     if options.engine not in ENGINES:
         raise ConfigError(f"engine {options.engine!r}: give one of {', '.join(ENGINES)}")
-    images = [p.resolve() for p in check_source_folder(src)]
+    location, names = check_source_folder(src)
     if options.engine == "ray" and options.address:
         check_ray_address(options.address)
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    target = open_location(out)
+    target.prepare()
     # On the ray engine the driver's copy only gives config, classes and summary rows.
     trained = load_source(source, None if options.engine == "local" else "cpu")
     size = options.batch_size or trained.config.predict.batch_size
-    chunks, skipped = plan(images, out, size, options.overlays, options.overwrite)
+    chunks, skipped = plan(names, target, size, options.overlays, options.overwrite)
     start = time.perf_counter()
     if options.engine == "local":
-        rows: list[dict[str, Any]] = []
-        for chunk in chunks:
-            rows += score_chunk(trained, chunk, out, options.overlays, size)
-            if progress:
-                progress(len(rows), sum(map(len, chunks)))
+        rows = score_chunks(trained, location, chunks, target, options.overlays, size, progress)
     else:
-        rows = _on_ray(source, chunks, out, size, options, progress, on_dashboard)
-    return finish(trained, out, rows, skipped, len(images), time.perf_counter() - start)
+        rows = _on_ray(source, location, chunks, target, size, options, progress, on_dashboard)
+    return finish(trained, target, rows, skipped, len(names), time.perf_counter() - start)
 
 
 def _on_ray(
     source: dict[str, Any],
+    location: Location,
     chunks: list[list[str]],
-    out: Path,
+    out: Location,
     size: int,
     options: JobOptions,
     progress: Progress | None,
@@ -83,4 +85,4 @@ def _on_ray(
     with ray_session(options.address, options.num_cpus, options.dashboard) as url:
         if url and on_dashboard:
             on_dashboard(url)
-        return score_on_ray(source, chunks, str(out), options.overlays, size, progress)
+        return score_on_ray(source, location, chunks, out, options.overlays, size, progress)

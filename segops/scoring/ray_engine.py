@@ -19,25 +19,29 @@ from typing import Any
 
 import numpy as np
 
+from segops.data.location import Location
 from segops.scoring.checks import check_ray_address
 
 
 class ChunkScorer:
     """A Ray Data callable class: the model is loaded once, in the actor's constructor."""
 
-    def __init__(self, source: dict[str, Any], out: str, overlays: bool, batch_size: int):
+    def __init__(
+        self, source: dict[str, Any], src: Location, out: Location, overlays: bool, batch: int
+    ):
         from segops.scoring.source import load_source
 
         self.trained = load_source(source)
-        self.out, self.overlays, self.batch_size = out, overlays, batch_size
+        self.src, self.out, self.overlays, self.batch_size = src, out, overlays, batch
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from segops.predict import score_chunk
 
         results = []
         for chunk in batch["paths"]:
+            names = json.loads(chunk)
             rows = score_chunk(
-                self.trained, json.loads(chunk), self.out, self.overlays, self.batch_size
+                self.trained, self.src, names, self.out, self.overlays, self.batch_size
             )
             results.append(json.dumps(rows))
         return {"rows": np.array(results, dtype=object)}
@@ -76,8 +80,9 @@ def ray_session(
 
 def score_on_ray(
     source: dict[str, Any],
+    src: Location,
     chunks: list[list[str]],
-    out: str,
+    out: Location,
     overlays: bool,
     batch_size: int,
     progress: Callable[[int, int], None] | None = None,
@@ -101,9 +106,10 @@ def score_on_ray(
         ChunkScorer,
         fn_constructor_kwargs={
             "source": source,
+            "src": src,
             "out": out,
             "overlays": overlays,
-            "batch_size": batch_size,
+            "batch": batch_size,
         },
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=pool),

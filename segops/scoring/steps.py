@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +28,23 @@ def _cfg(config: dict[str, Any]) -> Config:
 
 
 def input_identity(src: str | Path) -> dict[str, Any]:
-    """`{"input", "kind": "listing", "hash", "images"}`: sha256 of the sorted names, sizes and
-    modification times of the images `segops predict` would read from `src` (DatasetError for
-    an empty or missing folder). Any added, removed, replaced or touched image changes it."""
+    """`{"input", "kind", "hash", "images"}`: sha256 of the sorted names, sizes and modification
+    times (`kind` "listing", a folder) or ETags (`kind` "s3-listing", an `s3://` prefix) of the
+    images `segops predict` would read from `src` (DatasetError for an empty or missing folder
+    or prefix). Any added, removed, replaced or touched image changes it."""
+    from segops.data.location import S3Prefix
     from segops.scoring.checks import check_source_folder
 
-    images = check_source_folder(src)
-    listing = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in images]
+    location, names = check_source_folder(src)
+    wanted = set(names)
+    listing = [row for row in location.listing() if row[0] in wanted]
     digest = hashlib.sha256(json.dumps(listing, separators=(",", ":")).encode()).hexdigest()
+    remote = isinstance(location, S3Prefix)
     return {
-        "input": str(Path(src).resolve()),
-        "kind": "listing",
+        "input": location.url if remote else str(Path(src).resolve()),
+        "kind": "s3-listing" if remote else "listing",
         "hash": digest,
-        "images": len(images),
+        "images": len(names),
     }
 
 
@@ -81,10 +86,23 @@ def record_step(
     from segops.tracking.scoring import log_score_run, score_tags
 
     store = _connect(config)
-    extra = {"engine": summary["engine"], "out": str(Path(summary["summary_csv"]).parent)}
+    extra = {"engine": summary["engine"], "out": summary["out"]}
     tags = score_tags(pinned, identity, extra | {"flow_run_id": flow_run_id})
     counts = ("images", "scored", "skipped", "errors", "seconds", "images_per_s")
     metrics = {key: summary[key] for key in counts}
     metrics |= {f"frac_{c}": v for c, v in summary["class_fractions"].items()}
-    files = [summary["summary_csv"], summary["errors_csv"]]
-    return log_score_run(store, tags, metrics, files)
+    with tempfile.TemporaryDirectory(prefix="segops-score-") as tmp:
+        files = _local_copies(summary["out"], ["summary.csv", "errors.csv"], Path(tmp))
+        return log_score_run(store, tags, metrics, files)
+
+
+def _local_copies(out: str, names: list[str], tmp: Path) -> list[str]:
+    """Paths of `names` in the output folder, or local copies of them from an `s3://` one."""
+    from segops.data.location import Folder, open_location
+
+    location = open_location(out)
+    if isinstance(location, Folder):
+        return [location.join(name) for name in names]
+    for name in names:
+        (tmp / name).write_bytes(location.read(name))
+    return [str(tmp / name) for name in names]

@@ -1,0 +1,181 @@
+"""`segops predict` from and to `s3://` prefixes on a real S3 server (`rclone serve s3` on
+loopback): both engines write the same bytes as into a folder, a rerun resumes, nothing is left
+half-written, the input's identity is a hash of its keys, sizes and ETags, bad input is refused
+before any work."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+from PIL import Image
+
+from segops.errors import DatasetError
+from segops.scoring.job import JobOptions, predict_job
+from segops.scoring.source import checkpoint_source
+from segops.stack.procs import http_ok
+
+pytestmark = pytest.mark.slow
+KEY, SECRET = "segops-test", "s3cret-for-tests"
+N = 30  # a few dozen: the folder test covers a few hundred
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """An S3 server with a bucket `scoring`, its endpoint and keys in this process's
+    environment (set before Ray starts: local Ray workers inherit it). Yields the buckets'
+    folder on disk."""
+    root = tmp_path_factory.mktemp("s3")
+    (root / "buckets" / "scoring").mkdir(parents=True)
+    port = _free_port()
+    cmd = [str(Path(sys.executable).parent / "rclone"), "serve", "s3"]
+    cmd += ["--addr", f"127.0.0.1:{port}", "--auth-key", f"{KEY},{SECRET}", str(root / "buckets")]
+    env = dict(os.environ, RCLONE_CONFIG=str(root / "rclone.conf"))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
+    patch = pytest.MonkeyPatch()
+    try:
+        deadline = time.monotonic() + 30
+        while not http_ok(f"http://127.0.0.1:{port}") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for name, value in {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
+            patch.setenv(name, value)
+        yield root / "buckets"
+    finally:
+        patch.undo()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def fs(s3):
+    from segops.data.fetch import s3_filesystem
+
+    return s3_filesystem("s3://scoring")
+
+
+@pytest.fixture(scope="module")
+def images(s3, fs, tmp_path_factory) -> Path:
+    """N images (a few of odd sizes) and one corrupt file, in a folder and uploaded through
+    the S3 API to s3://scoring/in."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i in range(N):
+        size = (32, 32) if i % 10 else (24 + i % 7, 40)
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(
+            folder / f"img{i:03d}.png"
+        )
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    for path in folder.iterdir():
+        fs.put_file(str(path), f"scoring/in/{path.name}")
+    fs.pipe_file("scoring/in/notes.txt", b"not an image: not listed")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def source(shapes_root, tmp_path_factory):
+    from segops.train.loop import train
+
+    cfg = tiny_config(shapes_root, tmp_path_factory.mktemp("run"), "train.epochs=1")
+    return checkpoint_source(train(cfg).best_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(s3):
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def objects(fs, prefix: str) -> dict[str, bytes]:
+    fs.invalidate_cache()
+    return {Path(k).name: fs.cat_file(k) for k in sorted(fs.find(f"scoring/{prefix}"))}
+
+
+def test_both_engines_write_to_s3_what_the_folder_gets_and_resume(
+    source, images, fs, tmp_path, ray_cluster
+):
+    folder = predict_job(source, images, tmp_path / "folder", JobOptions(batch_size=8))
+    local = predict_job(source, "s3://scoring/in", "s3://scoring/local", JobOptions(batch_size=8))
+    remote = predict_job(source, "s3://scoring/in/", "s3://scoring/ray", JobOptions("ray", 8))
+    assert folder.scored == local.scored == remote.scored == N
+    assert folder.errors == local.errors == remote.errors == 1
+    assert local.summary_csv == "s3://scoring/local/summary.csv"
+    expected = {p.name: p.read_bytes() for p in (tmp_path / "folder").iterdir()}
+    assert len(expected) == 2 * N + 2  # masks, overlays, summary.csv, errors.csv; no temp file
+    ours, theirs = objects(fs, "local"), objects(fs, "ray")
+    assert ours.keys() == theirs.keys() == expected.keys()
+    assert [name for name in expected if not expected[name] == ours[name] == theirs[name]] == []
+    assert b"broken.png," in ours["errors.csv"]
+
+    # resume: two images lose their mask; a rerun scores those two only
+    summary = ours["summary.csv"]
+    fs.rm(["scoring/local/img003_mask.png", "scoring/local/img017_mask.png"])
+    again = predict_job(source, "s3://scoring/in", "s3://scoring/local", JobOptions(batch_size=8))
+    assert (again.scored, again.skipped, again.errors) == (2, N - 2, 1)
+    assert objects(fs, "local") == ours and fs.cat_file("scoring/local/summary.csv") == summary
+    redo = predict_job(source, "s3://scoring/in", "s3://scoring/local", JobOptions(overwrite=True))
+    assert (redo.scored, redo.skipped) == (N, 0)
+
+
+def test_input_identity_hashes_keys_sizes_and_etags(images, fs, tmp_path):
+    from segops.scoring.steps import _local_copies, input_identity
+
+    first = input_identity("s3://scoring/in")
+    assert (first["kind"], first["images"], first["input"]) == (
+        "s3-listing",
+        N + 1,
+        "s3://scoring/in",
+    )
+    assert input_identity("s3://scoring/in/") == first
+    fs.pipe_file("scoring/in/img005.png", (images / "img006.png").read_bytes())  # replaced
+    changed = input_identity("s3://scoring/in")
+    fs.put_file(str(images / "img005.png"), "scoring/in/img005.png")  # put back
+    assert changed["hash"] != first["hash"] and input_identity("s3://scoring/in") == first
+    fs.pipe_file("scoring/tables/summary.csv", b"image\n")
+    fs.pipe_file("scoring/tables/errors.csv", b"image,error\n")
+    copies = _local_copies("s3://scoring/tables", ["summary.csv", "errors.csv"], tmp_path)
+    assert [Path(p).read_bytes() for p in copies] == [b"image\n", b"image,error\n"]
+
+
+def test_bad_s3_input_is_refused_before_any_work(s3, images, tmp_path, monkeypatch):
+    missing_model = {"checkpoint": str(tmp_path / "none.pt")}  # loading it would fail otherwise
+    start = time.monotonic()
+    with pytest.raises(DatasetError, match="s3://scoring/nothing: no images"):
+        predict_job(missing_model, "s3://scoring/nothing", tmp_path / "o")
+    with pytest.raises(DatasetError, match="no bucket 'nobucket'"):
+        predict_job(missing_model, "s3://nobucket/in", tmp_path / "o")
+    with pytest.raises(DatasetError, match="no bucket 'nobucket'"):  # the output's bucket
+        predict_job(missing_model, "s3://scoring/in", "s3://nobucket/out")
+    assert not (tmp_path / "o").exists()
+    proc = subprocess.run(
+        [sys.executable, "-m", "segops.cli.main", "predict", "s3://scoring/nothing", "out"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0 and "no images" in proc.stderr
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
+    with pytest.raises(DatasetError, match=r"S3 endpoint .* unreachable"):
+        predict_job(missing_model, "s3://scoring/in", tmp_path / "o")
+    assert time.monotonic() - start < 30
