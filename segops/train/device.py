@@ -82,14 +82,11 @@ def apply_thread_policy(setting: str | int, key: str = "train.threads") -> Threa
 
 
 # Smallest input side from which a model's CPU training step is faster in channels-last
-# (bench/channels_last.py; issue 17: U-Net 20 % faster at 128 px, 6 % at 64 px). Models not
-# listed (instance models train through torchvision's detection API) stay contiguous on CPU.
-CHANNELS_LAST_CPU_FROM = {
-    "unet": 128,
-    "segnet": 128,
-    "fcn_resnet50": 128,
-    "deeplabv3_resnet50": 128,
-}
+# (bench/channels_last.py, one thread, paired rounds: U-Net 0.72 of contiguous at 128 px, SegNet
+# 0.98; at 64 px neither gained). The ResNet-50 FCN and DeepLabV3 were slower (1.05, 1.22 at
+# 128 px), MobileNet LR-ASPP no faster: they, and the instance models (torchvision's detection
+# API), stay contiguous on CPU.
+CHANNELS_LAST_CPU_FROM = {"unet": 128, "segnet": 128}
 
 
 def channels_last_helps(model: str, side: int) -> bool:
