@@ -1,1 +1,1 @@
-"""Prefect flows: thin wiring over `segops.pipeline` (each task calls one segops function)."""
+"""Prefect flows: thin wiring over `segops.steps` (each task calls one segops function)."""

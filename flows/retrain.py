@@ -2,9 +2,10 @@
 (import a dataset from outside `data/`) -> version (DVC) -> train -> evaluate -> export
 (ONNX) -> register -> promote -> report.
 
-Every task calls one `segops.pipeline` function and passes small references (dicts of paths,
-hashes, run ids and `models:/` URIs). Validation runs before versioning so that data failing
-its checks is never pushed as a dataset version.
+Every task calls one `segops.steps` function; the frozen `Config` and the steps' small frozen
+records (`segops.steps.records`: paths, hashes, run ids, `ModelRef`s) travel between them as
+they are, and `segops.steps.outcome` turns them into the dict the flow returns. Validation runs
+before versioning so that data failing its checks is never pushed as a dataset version.
 
     python -m flows.retrain --help        (or: segops run)
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from segops.quiet import quiet_defaults
 
@@ -25,10 +26,29 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
 from flows import promotion_lock  # noqa: E402
-from segops import pipeline  # noqa: E402
-from segops.config import load_config  # noqa: E402
+from segops.config import Config, load_config  # noqa: E402
 from segops.data.fetch import is_remote  # noqa: E402
 from segops.errors import SegopsError  # noqa: E402
+from segops.resume import release_attempts  # noqa: E402
+from segops.steps import attempt, evaluation, outcome, registration, report, setup, training  # noqa: E402
+from segops.steps import data as data_steps  # noqa: E402
+from segops.steps.lineage import lineage_record  # noqa: E402
+from segops.steps.records import (  # noqa: E402
+    Attempt,
+    Contract,
+    Evaluated,
+    Existing,
+    Exported,
+    ModelReport,
+    Placed,
+    Trained,
+    Validated,
+)
+
+if TYPE_CHECKING:  # MLflow and DVC load when a step runs, not when the flow is imported
+    from segops.promotion.decide import PromotionDecision
+    from segops.promotion.registry import ModelRef
+    from segops.versioning import DataVersion
 
 
 class ValidationFailed(SegopsError):
@@ -36,123 +56,113 @@ class ValidationFailed(SegopsError):
 
 
 @task(name="check-stores", cache_policy=NO_CACHE)
-def check_stores(config: dict, workspace: str) -> list:
-    return pipeline.preflight_step(config, workspace)
+def check_stores(cfg: Config, workspace: str) -> list[str]:
+    return setup.preflight_step(cfg, workspace)
 
 
 @task(name="check-registry", cache_policy=NO_CACHE)
-def check_registry(config: dict) -> dict:
-    return pipeline.registry_step(config)
+def check_registry(cfg: Config) -> Contract:
+    return setup.registry_step(cfg)
 
 
 @task(name="fetch-data", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def fetch_data(url: str, staging: str) -> str:
-    return pipeline.fetch_step(url, staging)
+    return data_steps.fetch_step(url, staging)
 
 
 @task(name="place-data", cache_policy=NO_CACHE)
-def place_data(config: dict) -> dict:
-    return pipeline.place_step(config)
+def place_data(cfg: Config) -> Placed:
+    return data_steps.place_step(cfg)
 
 
 @task(name="validate-data", cache_policy=NO_CACHE)
-def validate_data(config: dict) -> dict:
-    return pipeline.validate_step(config)
+def validate_data(cfg: Config) -> Validated:
+    return data_steps.validate_step(cfg)
 
 
 @task(name="version-data", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def version_data(config: dict, workspace: str) -> dict:
-    return pipeline.version_step(config, workspace)
+def version_data(cfg: Config, workspace: str) -> DataVersion:
+    return data_steps.version_step(cfg, workspace)
 
 
 @task(name="check-unchanged", cache_policy=NO_CACHE)
-def find_unchanged(config: dict, data: dict) -> dict | None:
-    return pipeline.unchanged_step(config, data)
+def find_unchanged(cfg: Config, data: DataVersion) -> Existing | None:
+    return attempt.unchanged_step(cfg, data)
 
 
 @task(name="choose-attempt", cache_policy=NO_CACHE)
-def choose_attempt(config: dict, data: dict, key: str) -> dict:
-    return pipeline.choose_attempt(config, data, key, key)
+def choose_attempt(cfg: Config, data: DataVersion, key: str) -> Attempt:
+    return attempt.choose_attempt_step(cfg, data, key)
 
 
 @task(name="train", retries=1, retry_delay_seconds=1, cache_policy=NO_CACHE)
-def train_model(config: dict, attempt_key: str, tags: dict, artifacts: dict) -> dict:
-    return pipeline.train_step(config, attempt_key, tags, artifacts)
+def train_model(cfg: Config, attempt_key: str, tags: dict, artifacts: dict) -> Trained:
+    return training.train_step(cfg, attempt_key, tags, artifacts)
 
 
 @task(name="evaluate", retries=1, cache_policy=NO_CACHE)
-def evaluate_model(config: dict, run_id: str, checkpoint: str) -> dict:
-    return pipeline.evaluate_step(config, run_id, checkpoint)
+def evaluate_model(cfg: Config, run_id: str, checkpoint: str) -> Evaluated:
+    return evaluation.evaluate_step(cfg, run_id, checkpoint)
 
 
 @task(name="export-onnx", cache_policy=NO_CACHE)
-def export_model(config: dict, run_id: str, checkpoint: str) -> dict:
-    return pipeline.export_step(config, run_id, checkpoint)
+def export_model(cfg: Config, run_id: str, checkpoint: str) -> Exported:
+    return evaluation.export_step(cfg, run_id, checkpoint)
 
 
 @task(name="register", retries=1, cache_policy=NO_CACHE)
-def register_model(config: dict, run_id: str, checkpoint: str, attempt_key: str) -> dict:
-    return pipeline.register_step(config, run_id, checkpoint, attempt_key)
+def register_model(cfg: Config, run_id: str, checkpoint: str, attempt_key: str) -> ModelRef:
+    return registration.register_step(cfg, run_id, checkpoint, attempt_key)
 
 
 @task(name="promote", retries=1, cache_policy=NO_CACHE)
-def promote_model(config: dict, model: dict, file_lock: bool = True) -> dict:
-    return pipeline.promote_step(config, model, file_lock)
+def promote_model(cfg: Config, ref: ModelRef, file_lock: bool = True) -> PromotionDecision:
+    return registration.promote_step(cfg, ref, file_lock)
 
 
-def promote_serialised(config: dict, model: dict) -> dict:
+def promote_serialised(cfg: Config, ref: ModelRef) -> PromotionDecision:
     """The promote task, one decision per registered model at a time: under the Prefect
     server's global concurrency limit `promote-<name>` (every host), else the file lock."""
     if promotion_lock.server_url() is None:
-        return promote_model(config, model)
-    with promotion_lock.global_promotion_lock(model["name"]):
-        return promote_model(config, model, file_lock=False)
+        return promote_model(cfg, ref)
+    with promotion_lock.global_promotion_lock(ref.name):
+        return promote_model(cfg, ref, file_lock=False)
 
 
 @task(name="model-report", retries=1, cache_policy=NO_CACHE)
-def model_report(config: dict, model: dict, checkpoint: str) -> dict:
-    return pipeline.report_step(config, model, checkpoint)
+def model_report(cfg: Config, ref: ModelRef, checkpoint: str) -> ModelReport:
+    return report.report_step(cfg, ref, checkpoint)
 
 
-def _gate_and_report(config: dict, model: dict, checkpoint: str) -> tuple[dict, dict]:
-    """Promote (or not) the registered `model`, then write its report; both as artifacts."""
-    decision = promote_serialised(config, model)
-    create_markdown_artifact(_decision_markdown(model, decision), key="promotion-decision")
-    report = model_report(config, model, checkpoint)
-    if report["link"]:
-        create_link_artifact(
-            report["link"], link_text=f"report of {model['uri']}", key="model-report"
-        )
+def _gate_and_report(
+    cfg: Config, ref: ModelRef, checkpoint: str
+) -> tuple[PromotionDecision, ModelReport]:
+    """Promote (or not) the registered `ref`, then write its report; both as artifacts."""
+    decision = promote_serialised(cfg, ref)
+    create_markdown_artifact(_decision_markdown(ref, decision), key="promotion-decision")
+    written = model_report(cfg, ref, checkpoint)
+    if written.link:
+        create_link_artifact(written.link, link_text=f"report of {ref.uri}", key="model-report")
     else:
-        print(f"warning: no model report ({report['error']}); the version is registered")
-    return decision, report
+        print(f"warning: no model report ({written.error}); the version is registered")
+    return decision, written
 
 
-def _finish_undecided(config: dict, same: dict, data: dict) -> dict[str, Any]:
+def _finish_undecided(cfg: Config, same: Existing, data: DataVersion) -> dict[str, Any]:
     """A version made from these inputs that never went through the gate (the flow that
     registered it was interrupted): register again (idempotent per attempt key: the same
     version, alias challenger), then gate and report it in the outputs of its attempt."""
-    from segops.resume import at_dir
-
-    print(f"{same['uri']} was registered from these inputs but never decided: gating it now")
-    config = at_dir(config, same["out_dir"])
-    model = register_model(config, same["run_id"], same["checkpoint"], same["attempt_key"])
-    decision, report = _gate_and_report(config, model, same["checkpoint"])
-    return {
-        "skipped": False,
-        "resumed": True,
-        "model": model,
-        "metrics": same["metrics"],
-        "decision": decision,
-        "data": data,
-        "report": report,
-    }
+    print(f"{same.ref.uri} was registered from these inputs but never decided: gating it now")
+    cfg = setup.with_outputs_in(cfg, same.out_dir)
+    ref = register_model(cfg, same.ref.run_id, same.checkpoint, same.attempt_key)
+    decision, written = _gate_and_report(cfg, ref, same.checkpoint)
+    return outcome.gated_result(same, data, ref, decision, written)
 
 
-def _decision_markdown(model: dict, decision: dict) -> str:
-    verdict = "promoted to **champion**" if decision["promote"] else "kept as **challenger**"
-    reasons = "\n".join(f"- {r}" for r in decision["reasons"])
-    return f"## {model['uri']} {verdict}\n\n{reasons}\n"
+def _decision_markdown(ref: ModelRef, decision: PromotionDecision) -> str:
+    verdict = "promoted to **champion**" if decision.promote else "kept as **challenger**"
+    reasons = "\n".join(f"- {r}" for r in decision.reasons)
+    return f"## {ref.uri} {verdict}\n\n{reasons}\n"
 
 
 @flow(name="retrain", log_prints=True)
@@ -174,7 +184,7 @@ def retrain(
     try:
         return _retrain(params, overrides, dataset, workspace, force)
     finally:
-        pipeline.release_attempts()  # the attempt lock this flow held
+        release_attempts()  # the attempt lock this flow held
 
 
 def _retrain(
@@ -190,59 +200,51 @@ def _retrain(
         dataset = fetch_data(dataset, str(runs / key / "incoming"))
         print(f"downloaded the dataset into {dataset}")
     extra = [f"data.root={dataset}"] if dataset else []
-    cfg = load_config(params, [*(overrides or []), *extra])
-    config = pipeline.attempt_config(cfg.to_dict(), key)
-    git = pipeline.source_state(config, workspace)  # before the flow writes anything
-    check_stores(config, workspace)
-    contract = check_registry(config)
-    report = validate_data(config)
-    if not report["success"]:
-        create_markdown_artifact(report["markdown"], key="validation-report")
-        found = f": {report['summary']}" if report["summary"] else ""
+    cfg = setup.attempt_config(load_config(params, [*(overrides or []), *extra]), key)
+    git = setup.source_state(cfg, workspace)  # before the flow writes anything
+    check_stores(cfg, workspace)
+    contract = check_registry(cfg)
+    validated = validate_data(cfg)
+    if not validated.report.success:
+        checked = validated.report
+        create_markdown_artifact(checked.to_markdown(), key="validation-report")
+        failures = ", ".join(c.expectation for c in checked.failures())
+        found = f": {summary}" if (summary := checked.problem_summary()) else ""
         raise ValidationFailed(
-            f"dataset {cfg.data.root} failed validation ({', '.join(report['failures'])}){found}; "
-            f"nothing was trained or registered. Report: {report['json']}"
+            f"dataset {cfg.data.root} failed validation ({failures}){found}; "
+            f"nothing was trained or registered. Report: {validated.json}"
         )
-    placed = place_data(config)
-    print(placed["message"])
-    config = placed["config"]
-    data = version_data(config, workspace)
-    same = None if force else find_unchanged(config, data)
-    if same is not None and not same["decided"]:
-        return _finish_undecided(config, same, data)
+    placed = place_data(cfg)
+    print(placed.message)
+    cfg = placed.config
+    data = version_data(cfg, workspace)
+    same = None if force else find_unchanged(cfg, data)
+    if same is not None and not same.decided:
+        return _finish_undecided(cfg, same, data)
     if same is not None:
-        same = {k: same[k] for k in ("name", "version", "run_id", "uri")}
         note = (
-            f"Skipped training: {same['uri']} was already made from dataset {data['dataset']} "
-            f"({data['dataset_md5']}), "
+            f"Skipped training: {same.ref.uri} was already made from dataset {data.dataset} "
+            f"({data.dataset_md5}), "
             "this config and this code. Change any of them, or pass force=True, to retrain."
         )
         print(note)
         create_markdown_artifact(f"## Nothing to retrain\n\n{note}\n", key="retrain-skipped")
-        return {"skipped": True, "model": same, "data": data, "metrics": None, "decision": None}
-    attempt = choose_attempt(config, data, key)
-    for note in attempt["notes"]:
+        return outcome.skipped_result(same, data)
+    chosen = choose_attempt(cfg, data, key)
+    for note in chosen.notes:
         print(f"warning: {note}")
-    if attempt["failed"]:
-        print(f"marked orphaned MLflow runs FAILED: {', '.join(attempt['failed'])}")
-    if attempt["resumed"]:
-        print(f"resuming interrupted attempt {attempt['attempt_key']} (run {attempt['resumed']})")
-    config, attempt_key = attempt["config"], attempt["attempt_key"]
-    tags = pipeline.lineage_tags(data, report, key, git, contract)
-    artifacts = {"lineage/data.dvc": data["dvc_text"], "lineage/validation.json": report["json"]}
-    trained = train_model(config, attempt_key, tags, artifacts)
-    metrics = evaluate_model(config, trained["run_id"], trained["checkpoint"])
-    onnx = export_model(config, trained["run_id"], trained["checkpoint"])
-    if onnx.get("segops.onnx.status") == "failed":
-        print(f"warning: ONNX export failed ({onnx.get('segops.onnx.error')}); recorded as tags")
-    model = register_model(config, trained["run_id"], trained["checkpoint"], attempt_key)
-    decision, report = _gate_and_report(config, model, trained["checkpoint"])
-    return {
-        "skipped": False,
-        "model": model,
-        "metrics": metrics,
-        "decision": decision,
-        "data": data,
-        "report": report,
-        "onnx": onnx,
-    }
+    if chosen.failed:
+        print(f"marked orphaned MLflow runs FAILED: {', '.join(chosen.failed)}")
+    if chosen.resumed:
+        print(f"resuming interrupted attempt {chosen.attempt_key} (run {chosen.resumed})")
+    cfg, attempt_key = chosen.config, chosen.attempt_key
+    tags = lineage_record(data, validated, key, git, contract).to_tags()
+    artifacts = {"lineage/data.dvc": data.dvc_text, "lineage/validation.json": validated.json}
+    trained = train_model(cfg, attempt_key, tags, artifacts)
+    evaluated = evaluate_model(cfg, trained.run_id, trained.checkpoint)
+    onnx = export_model(cfg, trained.run_id, trained.checkpoint)
+    if onnx.status == "failed":
+        print(f"warning: ONNX export failed ({onnx.error}); recorded as tags")
+    ref = register_model(cfg, trained.run_id, trained.checkpoint, attempt_key)
+    decision, written = _gate_and_report(cfg, ref, trained.checkpoint)
+    return outcome.trained_result(ref, evaluated, decision, data, written, onnx)

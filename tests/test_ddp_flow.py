@@ -46,16 +46,17 @@ def workspace(tmp_path, monkeypatch):
 
 
 def test_two_ranks_through_the_steps_record_audit_and_reproduce(workspace, tmp_path):
-    from segops import pipeline
     from segops.config import load_config
     from segops.lineage.audit import audit
     from segops.lineage.reproduce import reproduce
 
     extra = ["train.distributed.nproc_per_node=2", f"promotion.model_name={MODEL}"]
     cfg = load_config(None, [*_overrides(workspace), *extra])
-    config = pipeline.attempt_config(cfg.to_dict(), "attempt-ddp")
+    from segops.steps.setup import attempt_config
+
+    config = attempt_config(cfg, "attempt-ddp")
     made = _make_version(config, workspace, "attempt-ddp")
-    tags = MlflowClient().get_model_version(MODEL, made["model"]["version"]).tags
+    tags = MlflowClient().get_model_version(MODEL, made["model"].version).tags
     assert tags["segops.train.world_size"] == "2" and tags["segops.train.backend"] == "gloo"
     assert (tags["segops.train.per_rank_batch"], tags["segops.train.global_batch"]) == ("8", "16")
     run_dir = tags["segops.run_dir"]

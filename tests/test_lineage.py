@@ -1,7 +1,7 @@
 """Lineage of a registered version: audit (intact, then one broken link at a time), reproduce
 (identical weights on CPU), history, and "nothing changed" detection.
 
-The chain is made once by the pipeline's step functions (the same ones the Prefect tasks call)
+The chain is made once by the functions the Prefect tasks call (`segops.steps`)
 in a git + DVC workspace with its own MLflow store.
 """
 
@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import pytest
 from mlflow import MlflowClient
 
+from segops.config import Config
 from segops.data.shapes import generate_shapes
 
 pytestmark = pytest.mark.slow
@@ -49,21 +50,22 @@ def _overrides(ws: Path) -> list[str]:
     ]
 
 
-def _make_version(config: dict, ws: Path, key: str) -> dict:
+def _make_version(cfg: Config, ws: Path, key: str) -> dict:
     """validate -> version -> train -> evaluate -> register -> promote, as the flow does."""
-    from segops import pipeline
+    from segops.steps import data, evaluation, registration, setup, training
+    from segops.steps.lineage import lineage_record
 
-    contract = pipeline.registry_step(config)
-    report = pipeline.validate_step(config)
-    data = pipeline.version_step(config, str(ws))
-    git = pipeline.source_state(config, str(ws))
-    tags = pipeline.lineage_tags(data, report, f"flow-run-{key}", git, contract)
-    artifacts = {"lineage/data.dvc": data["dvc_text"], "lineage/validation.json": report["json"]}
-    trained = pipeline.train_step(config, key, tags, artifacts)
-    pipeline.evaluate_step(config, trained["run_id"], trained["checkpoint"])
-    model = pipeline.register_step(config, trained["run_id"], trained["checkpoint"], key)
-    pipeline.promote_step(config, model)
-    return {"model": model, "data": data}
+    contract = setup.registry_step(cfg)
+    validated = data.validate_step(cfg)
+    version = data.version_step(cfg, str(ws))
+    git = setup.source_state(cfg, str(ws))
+    tags = lineage_record(version, validated, f"flow-run-{key}", git, contract).to_tags()
+    artifacts = {"lineage/data.dvc": version.dvc_text, "lineage/validation.json": validated.json}
+    trained = training.train_step(cfg, key, tags, artifacts)
+    evaluation.evaluate_step(cfg, trained.run_id, trained.checkpoint)
+    model = registration.register_step(cfg, trained.run_id, trained.checkpoint, key)
+    registration.promote_step(cfg, model)
+    return {"model": model, "data": version}
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +73,8 @@ def chain(tmp_path_factory):
     """A promoted version 1 of MODEL, made in a committed git + DVC workspace."""
     import mlflow
 
-    from segops import pipeline
     from segops.config import load_config
+    from segops.steps.setup import attempt_config
     from segops.versioning import configure_remote, ensure_workspace
 
     tmp = tmp_path_factory.mktemp("lineage")
@@ -91,7 +93,7 @@ def chain(tmp_path_factory):
     mlflow.set_tracking_uri(uri)
     os.chdir(ws)
     cfg = load_config(None, _overrides(ws))
-    config = pipeline.attempt_config(cfg.to_dict(), "attempt-a")
+    config = attempt_config(cfg, "attempt-a")
     made = _make_version(config, ws, "attempt-a")
     yield SimpleNamespace(ws=ws, tmp=tmp, remote=tmp / "remote", config=config, uri=uri, **made)
     os.chdir(saved_cwd)
@@ -122,7 +124,7 @@ def test_audit_of_an_intact_chain_passes_every_link(chain, tmp_path):
         "metrics",
         "promotion",
     ]
-    assert report.record["data.md5"] == chain.data["md5"]
+    assert report.record["data.md5"] == chain.data.md5
     assert report.record["prefect.flow_run_id"] == "flow-run-attempt-a"
     assert report.record["promotion"]["promote"] == "true"
     json_path, md_path = report.write(tmp_path)
@@ -169,7 +171,7 @@ class _Broken:
 
     @staticmethod
     def commit(chain):
-        client, run_id = MlflowClient(), chain.model["run_id"]
+        client, run_id = MlflowClient(), chain.model.run_id
         kept = client.get_run(run_id).data.tags["segops.git.commit"]
         client.set_tag(run_id, "segops.git.commit", "0" * 40)
         yield
@@ -215,7 +217,7 @@ def test_reproduce_restores_data_and_gives_identical_weights_on_cpu(chain, tmp_p
     report = reproduce(URI, tmp_path / "repro")
     assert report.weights_identical and report.max_weight_diff == 0.0, report.to_markdown()
     assert report.config_hash_match and report.dataset_hash_match
-    assert report.data_md5 == chain.data["md5"]
+    assert report.data_md5 == chain.data.md5
     assert Path(report.restored_to, "shapes", "classes.txt").is_file()
     assert report.metrics["mean_iou"]["diff"] == 0.0 and "iou.ellipse" in report.metrics
     assert report.max_metric_diff == 0.0
@@ -245,23 +247,29 @@ def test_reproduce_refuses_a_used_folder_and_a_missing_remote(chain, tmp_path):
 
 
 def test_unchanged_step_finds_the_version_only_for_same_data_config_and_code(chain, monkeypatch):
-    from segops import pipeline
-    from segops.lineage import code
+    import dataclasses
 
-    same = pipeline.unchanged_step(chain.config, chain.data)
-    assert same is not None and same["version"] == "1"
-    other_config = chain.config | {"train": {**chain.config["train"], "lr": 0.01}}
-    assert pipeline.unchanged_step(other_config, chain.data) is None
-    moved = pipeline.attempt_config(chain.config, "elsewhere")  # locations do not count
-    assert pipeline.unchanged_step(moved, chain.data)["version"] == "1"
-    other_data = chain.data | {"dataset_md5": "0" * 32 + ".dir"}
-    assert pipeline.unchanged_step(chain.config, other_data) is None
-    other_path = chain.data | {"dataset": "data/other"}
-    assert pipeline.unchanged_step(chain.config, other_path) is None
+    from segops.lineage import code
+    from segops.steps.attempt import unchanged_step
+    from segops.steps.setup import attempt_config, with_outputs_in
+
+    same = unchanged_step(chain.config, chain.data)
+    assert same is not None and same.ref.version == "1" and same.decided
+    assert same.attempt_key == "attempt-a" and Path(same.out_dir).name == "attempt-a"
+    assert same.metrics["mean_iou"] > 0  # copied from the run when it was registered
+    lr = chain.config.train.model_copy(update={"lr": 0.01})
+    assert unchanged_step(chain.config.model_copy(update={"train": lr}), chain.data) is None
+    moved = attempt_config(chain.config, "elsewhere")  # locations do not count
+    assert unchanged_step(moved, chain.data).ref.version == "1"
+    assert unchanged_step(with_outputs_in(chain.config, "/elsewhere"), chain.data) is not None
+    other_data = dataclasses.replace(chain.data, dataset_md5="0" * 32 + ".dir")
+    assert unchanged_step(chain.config, other_data) is None
+    other_path = dataclasses.replace(chain.data, dataset="data/other")
+    assert unchanged_step(chain.config, other_path) is None
     # another dataset beside it changes the md5 of data/, not this dataset's identity
-    assert pipeline.unchanged_step(chain.config, chain.data | {"md5": "0" * 32 + ".dir"})
+    assert unchanged_step(chain.config, dataclasses.replace(chain.data, md5="0" * 32 + ".dir"))
     monkeypatch.setattr(code, "code_version", lambda: "edited")
-    assert pipeline.unchanged_step(chain.config, chain.data) is None
+    assert unchanged_step(chain.config, chain.data) is None
 
 
 def test_history_of_the_chain_and_its_cli(chain):
@@ -273,7 +281,7 @@ def test_history_of_the_chain_and_its_cli(chain):
         ("decided", "1"),
         ("promoted", "1"),
     ]
-    assert events[0]["data"] == chain.data["md5"] and events[0]["flow_run"] == "flow-run-attempt-a"
+    assert events[0]["data"] == chain.data.md5 and events[0]["flow_run"] == "flow-run-attempt-a"
     proc = _cli("models", "history", MODEL, "--json", env_uri=chain.uri, cwd=chain.ws)
     assert proc.returncode == 0 and proc.stdout.count("\n") == 3
 
@@ -368,7 +376,7 @@ def test_deep_audit_finds_an_overwritten_remote_object_the_plain_audit_passes(ch
 
     from segops.lineage.audit import audit
 
-    md5 = chain.data["md5"]
+    md5 = chain.data.md5
     manifest = chain.remote / "files" / "md5" / md5[:2] / md5[2:]
     oid = json.loads(manifest.read_text())[0]["md5"]
     path = chain.remote / "files" / "md5" / oid[:2] / oid[2:]
@@ -414,7 +422,7 @@ def test_evaluate_a_registered_model_and_see_its_run_folder(chain, tmp_path):
         cwd=chain.ws,
     )
     assert proc.returncode == 0, proc.stderr
-    run_dir, out = chain.config["train"]["out_dir"], proc.stdout + proc.stderr
+    run_dir, out = str(chain.config.train.out_dir), proc.stdout + proc.stderr
     assert Path(run_dir).name in out and "data/shapes" in out
 
 
@@ -442,7 +450,7 @@ def test_model_json_beside_the_weights_carries_the_contract(chain):
     from segops.record import LineageRecord
     from segops.serving.contract import read_contract
 
-    beside = list(Path(chain.config["train"]["out_dir"]).rglob("model.json"))
+    beside = list(Path(str(chain.config.train.out_dir)).rglob("model.json"))
     assert len(beside) == 1
     assert (beside[0].parent / "best.pt").is_file()
     contract = read_contract(beside[0])
@@ -451,7 +459,7 @@ def test_model_json_beside_the_weights_carries_the_contract(chain):
         "available": True,
         "tags": LineageRecord.from_tags(tags).to_tags(),
     }
-    assert contract["lineage"]["tags"]["segops.data.md5"] == chain.data["md5"]
+    assert contract["lineage"]["tags"]["segops.data.md5"] == chain.data.md5
     assert contract["metrics"]["mean_iou"] == pytest.approx(float(tags["metrics.mean_iou"]))
     assert contract["input"]["channels"] == 3
     assert contract["input"]["normalisation"]["mean"] == [0.485, 0.456, 0.406]

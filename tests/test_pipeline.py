@@ -220,37 +220,37 @@ def test_a_failing_step_leaves_champion_and_versions_untouched(harness, workspac
 
 
 def test_retried_steps_reuse_their_run_and_version(harness, workspace, monkeypatch):
-    from segops import pipeline
     from segops.config import load_config
+    from segops.steps import data, evaluation, registration, setup, training
 
     cfg = load_config(None, [*base_overrides(workspace), "train.epochs=1"])
-    config = pipeline.attempt_config(cfg.to_dict(), "attempt-1")
-    assert pipeline.validate_step(config)["success"]
-    data = pipeline.version_step(config, str(workspace))
-    tags = {"segops.data.md5": data["md5"]}
-    first = pipeline.train_step(config, "attempt-1", tags, {})
-    again = pipeline.train_step(config, "attempt-1", tags, {})  # a retry after, say, a timeout
-    assert again["run_id"] == first["run_id"]
-    pipeline.evaluate_step(config, first["run_id"], first["checkpoint"])
+    cfg = setup.attempt_config(cfg, "attempt-1")
+    assert data.validate_step(cfg).report.success
+    version = data.version_step(cfg, str(workspace))
+    tags = {"segops.data.md5": version.md5}
+    first = training.train_step(cfg, "attempt-1", tags, {})
+    again = training.train_step(cfg, "attempt-1", tags, {})  # a retry after, say, a timeout
+    assert again.run_id == first.run_id
+    evaluation.evaluate_step(cfg, first.run_id, first.checkpoint)
     import segops.serving.onnx as onnx_export
 
     def broken_export(*args, **kwargs):
         raise RuntimeError("boom: unsupported operator")
 
     monkeypatch.setattr(onnx_export, "export_onnx", broken_export)
-    onnx = pipeline.export_step(config, first["run_id"], first["checkpoint"])
-    assert onnx["segops.onnx.status"] == "failed" and "boom" in onnx["segops.onnx.error"]
-    model = pipeline.register_step(config, first["run_id"], first["checkpoint"], "attempt-1")
-    tags = MlflowClient().get_model_version(MODEL, model["version"]).tags
+    onnx = evaluation.export_step(cfg, first.run_id, first.checkpoint)
+    assert onnx.status == "failed" and "boom" in onnx.error
+    model = registration.register_step(cfg, first.run_id, first.checkpoint, "attempt-1")
+    tags = MlflowClient().get_model_version(MODEL, model.version).tags
     assert tags["segops.onnx.status"] == "failed"  # recorded with the version, not silent
-    retry = pipeline.register_step(config, first["run_id"], first["checkpoint"], "attempt-1")
-    assert retry == model and model["version"] == "1"
+    retry = registration.register_step(cfg, first.run_id, first.checkpoint, "attempt-1")
+    assert retry == model and model.version == "1"
     client = MlflowClient()
     assert len(client.search_model_versions(f"name = '{MODEL}'")) == 1
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert len(runs) == 1
-    assert pipeline.promote_step(config, model)["promote"] is True
-    assert pipeline.promote_step(config, model)["promote"] is True  # retried: still champion
+    assert registration.promote_step(cfg, model).promote is True
+    assert registration.promote_step(cfg, model).promote is True  # retried: still champion
     assert champion_version() == "1"
 
 

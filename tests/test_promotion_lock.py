@@ -28,11 +28,14 @@ DECIDE = """
 import json, os, sys, time
 from flows.retrain import promote_serialised
 import segops.promotion.gate  # heavy imports (torch, via evaluate) before the clock starts
-config, model, go = json.load(open(sys.argv[1])), json.loads(sys.argv[2]), sys.argv[3]
+from segops.config import build_config
+from segops.promotion.registry import ModelRef
+cfg = build_config(json.load(open(sys.argv[1])))
+ref, go = ModelRef(**json.loads(sys.argv[2])), sys.argv[3]
 print("ready", flush=True)
 while not os.path.exists(go):  # both call within 20 ms of each other
     time.sleep(0.02)
-print(json.dumps(promote_serialised(config, model)["promote"]), flush=True)
+print(json.dumps(promote_serialised(cfg, ref).promote), flush=True)
 """
 
 

@@ -42,16 +42,29 @@ def test_a_missing_tag_is_one_clear_error_naming_it():
 
 
 def test_the_flow_writes_the_record():
-    from segops import pipeline
+    from segops.steps.lineage import lineage_record
+    from segops.steps.records import Contract, SourceState, Validated
+    from segops.validation_report import ValidationReport
+    from segops.versioning import DataVersion
 
-    data = {"dataset": "data/nuclei", "dataset_md5": RECORD.dataset_md5, "path": "data"}
-    data |= {"md5": RECORD.data_md5, "dvc_file": "data.dvc", "remote_url": "/srv/dvc"}
-    tags = pipeline.lineage_tags(
-        data,
-        {"success": True},
-        "",
-        {"commit": RECORD.git_commit, "dirty": "false"},
-        {"kind": "semantic", "classes": ["background", "nucleus"]},
+    data = DataVersion(
+        path="data",
+        md5=RECORD.data_md5,
+        dvc_file="data.dvc",
+        dvc_text="outs: ...",
+        remote="local",
+        remote_url="/srv/dvc",
+        pushed=0,
+        dataset="data/nuclei",
+        dataset_md5=RECORD.dataset_md5,
     )
-    found = LineageRecord.from_tags(tags)
-    assert dataclasses.replace(found, code_version=RECORD.code_version) == RECORD
+    found = lineage_record(
+        data,
+        Validated(ValidationReport(True, "data/nuclei", ()), "validation.json"),
+        "",
+        SourceState(commit=RECORD.git_commit, dirty=False),
+        Contract(kind="semantic", classes=("background", "nucleus"), channels=3),
+    )
+    assert LineageRecord.from_tags(found.to_tags()) == found
+    expected = dataclasses.replace(RECORD, channels=3)
+    assert dataclasses.replace(found, code_version=RECORD.code_version) == expected

@@ -40,11 +40,10 @@ def promote(
         return
     if model is None:
         raise typer.BadParameter("give a models:/NAME/VERSION, or --rollback")
-    from segops.pipeline import promote_step
+    from segops.steps.registration import promote_step
 
     ref = registry.resolve(model)
-    model_ref = {"name": ref.name, "version": ref.version, "run_id": ref.run_id}
     with lock:
-        decision = promote_step(cfg.to_dict(), model_ref, file_lock=False)
-    verdict = "promoted to champion" if decision["promote"] else "not promoted"
-    echo(f"{ref.uri}: {verdict}\n" + "\n".join(f"- {r}" for r in decision["reasons"]))
+        decision = promote_step(cfg, ref, file_lock=False)
+    verdict = "promoted to champion" if decision.promote else "not promoted"
+    echo(f"{ref.uri}: {verdict}\n" + "\n".join(f"- {r}" for r in decision.reasons))

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
-from segops.config import Config, build_config
+from segops.config import Config
+from segops.record import PREFIX as LINEAGE
+from segops.steps.records import Evaluated, Exported
 
-LINEAGE = "segops."
 # The steps import their work inside the function: the flow module (and `segops run`, which
 # imports it) must not pay for torch, MLflow and ONNX before a step runs (docs/development.md).
-
-
-def _cfg(config: dict[str, Any]) -> Config:
-    return build_config(config, "pipeline config")
 
 
 def _explain_worst(cfg: Config, checkpoint: str, eval_dir: str) -> str:
@@ -34,7 +30,7 @@ def _explain_worst(cfg: Config, checkpoint: str, eval_dir: str) -> str:
     return f"{len(written)} Grad-CAM overlays in eval/explanations"
 
 
-def evaluate_step(config: dict[str, Any], run_id: str, checkpoint: str) -> dict[str, Any]:
+def evaluate_step(cfg: Config, run_id: str, checkpoint: str) -> Evaluated:
     """Evaluate the checkpoint on `evaluate.split`; log metrics, per-class IoU, tables and
     plots to the run (`eval/`). When the dataset has a `test` split (and the gate's split is
     another), it is evaluated too and logged apart: metrics `test_*`, artifacts `eval_test/`;
@@ -43,7 +39,6 @@ def evaluate_step(config: dict[str, Any], run_id: str, checkpoint: str) -> dict[
     from segops.data.manifest import load_dataset
     from segops.evaluate.report import evaluate_checkpoint, headline_metrics
 
-    cfg = _cfg(config)
     tracking.connect(cfg.tracking)
     info = load_dataset(cfg.data, eval_split=cfg.evaluate.split)
     report = evaluate_checkpoint(cfg, checkpoint, dataset=info)
@@ -52,24 +47,17 @@ def evaluate_step(config: dict[str, Any], run_id: str, checkpoint: str) -> dict[
     metrics = headline_metrics(json.loads(Path(report.metrics_json).read_text()))
     tracking.log_metrics(run_id, metrics)
     tracking.log_file(run_id, report.out_dir, "eval")
-    test = None
-    if cfg.evaluate.split != "test" and len(info.split("test")):
-        out = Path(cfg.train.out_dir) / "eval_test"
-        found = evaluate_checkpoint(cfg, checkpoint, "test", out, dataset=info)
-        scores = headline_metrics(json.loads(Path(found.metrics_json).read_text()))
-        tracking.log_metrics(run_id, {f"test_{k}": v for k, v in scores.items()})
-        tracking.log_file(run_id, found.out_dir, "eval_test")
-        test = {"mean_iou": found.mean_iou, "metrics_json": found.metrics_json}
-    return {
-        "mean_iou": report.mean_iou,
-        "dataset_hash": report.dataset_hash,
-        "metrics_json": report.metrics_json,
-        "plots": list(report.plots),
-        "test": test,
-    }
+    if cfg.evaluate.split == "test" or not len(info.split("test")):
+        return Evaluated(report)
+    out = Path(cfg.train.out_dir) / "eval_test"
+    test = evaluate_checkpoint(cfg, checkpoint, "test", out, dataset=info)
+    scores = headline_metrics(json.loads(Path(test.metrics_json).read_text()))
+    tracking.log_metrics(run_id, {f"test_{k}": v for k, v in scores.items()})
+    tracking.log_file(run_id, test.out_dir, "eval_test")
+    return Evaluated(report, test)
 
 
-def export_step(config: dict[str, Any], run_id: str, checkpoint: str) -> dict[str, str]:
+def export_step(cfg: Config, run_id: str, checkpoint: str) -> Exported:
     """Export the checkpoint to ONNX and compare onnxruntime with PyTorch on the evaluation
     split; log `onnx/model.onnx` and the `segops.onnx.*` tags (parity numbers, or status
     "failed" with the error) to the run, from where registration copies them to the version.
@@ -79,7 +67,6 @@ def export_step(config: dict[str, Any], run_id: str, checkpoint: str) -> dict[st
     from segops.serving.onnx import export_and_check
     from segops.train.run import model_kind
 
-    cfg = _cfg(config)
     tracking.connect(cfg.tracking)
     if model_kind(cfg) == "instance":
         tags = {
@@ -88,11 +75,11 @@ def export_step(config: dict[str, Any], run_id: str, checkpoint: str) -> dict[st
             "pyfunc only: their detection post-processing is not exported",
         }
         tracking.set_tags(run_id, tags)
-        return tags
+        return Exported(tags)
     tags = export_and_check(checkpoint, Path(cfg.train.out_dir) / "onnx", cfg)
     path = tags.pop(LINEAGE + "onnx.path", "")
     if tags.get(LINEAGE + "onnx.status") == "ok" and path:
         tracking.log_file(run_id, path, "onnx")
         tags[LINEAGE + "onnx.artifact"] = "onnx/" + Path(path).name
     tracking.set_tags(run_id, tags)
-    return tags
+    return Exported(tags)

@@ -5,17 +5,18 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from segops.config import Config, build_config
+from segops.config import Config
+from segops.record import PREFIX as LINEAGE
+from segops.steps.records import ModelReport
 
-LINEAGE = "segops."
+if TYPE_CHECKING:
+    from segops.evaluate.html_report import Comparison
+    from segops.promotion.registry import ModelRef
+
 # The steps import their work inside the function: the flow module (and `segops run`, which
 # imports it) must not pay for torch, MLflow and ONNX before a step runs (docs/development.md).
-
-
-def _cfg(config: dict[str, Any]) -> Config:
-    return build_config(config, "pipeline config")
 
 
 def _report_lineage(run_tags: dict[str, str], version_tags: dict[str, str]) -> dict[str, str]:
@@ -29,7 +30,9 @@ def _report_lineage(run_tags: dict[str, str], version_tags: dict[str, str]) -> d
     return shown
 
 
-def _comparison(cfg: Config, ref: Any, checkpoint: str, holder: str, eval_dir: Path, tmp: str):
+def _comparison(
+    cfg: Config, ref: ModelRef, checkpoint: str, holder: str, eval_dir: Path, tmp: str
+) -> Comparison | None:
     """The challenger against the champion it was measured against (None for the first)."""
     from segops.evaluate.html_report import compare_with_champion
     from segops.inference import load_trained
@@ -49,7 +52,7 @@ def _comparison(cfg: Config, ref: Any, checkpoint: str, holder: str, eval_dir: P
     return dataclasses.replace(found, champion=champ.uri, challenger=ref.uri)
 
 
-def report_step(config: dict[str, Any], model: dict[str, str], checkpoint: str) -> dict[str, Any]:
+def report_step(cfg: Config, ref: ModelRef, checkpoint: str) -> ModelReport:
     """Write the version's self-contained HTML report (with the champion comparison), log it
     to the run and tag the version with it. A failure is recorded on the version, not raised:
     the model is already registered and decided, and a missing report must not undo that."""
@@ -57,11 +60,9 @@ def report_step(config: dict[str, Any], model: dict[str, str], checkpoint: str) 
 
     from segops import tracking
     from segops.evaluate.html_report import write_model_report
-    from segops.promotion.registry import ModelRef, set_version_tags, version_tags
+    from segops.promotion.registry import set_version_tags, version_tags
 
-    cfg = _cfg(config)
     tracking.connect(cfg.tracking)
-    ref = ModelRef(model["name"], model["version"], model["run_id"])
     eval_dir = Path(cfg.train.out_dir) / "eval"
     try:
         tags = version_tags(ref)
@@ -76,6 +77,6 @@ def report_step(config: dict[str, Any], model: dict[str, str], checkpoint: str) 
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"[:500]
         set_version_tags(ref, {LINEAGE + "report.error": error})
-        return {"html": None, "link": None, "error": error}
+        return ModelReport(html=None, link=None, error=error)
     set_version_tags(ref, {LINEAGE + "report": link})
-    return {"html": str(html), "link": link, "error": None}
+    return ModelReport(html=str(html), link=link, error=None)

@@ -134,13 +134,13 @@ def test_good_files_still_load(tmp_path):
 
 def test_a_bad_pretrained_file_stops_the_flow_before_anything_runs(tmp_path):
     """attempt_config is the flow's first step: nothing is validated, versioned or trained."""
-    from segops import pipeline
     from segops.config import load_config
     from segops.errors import ConfigError
+    from segops.steps.setup import attempt_config
 
     bad = tmp_path / "weights.pt"
     bad.write_text("not a state dict")
     cfg = load_config(None, [f"model.pretrained={bad}", f"train.out_dir={tmp_path / 'runs'}"])
     with pytest.raises(ConfigError, match=r"model\.pretrained.*weights\.pt"):
-        pipeline.attempt_config(cfg.to_dict(), "attempt")
+        attempt_config(cfg, "attempt")
     assert not (tmp_path / "runs").exists()

@@ -160,19 +160,19 @@ def test_interrupted_before_promote_the_rerun_gates_and_reports(harness, workspa
     """The interruption is an exception raised by the promote step (and its retry), in
     process: the registered version is left without a decision, its run RUNNING."""
     from flows.retrain import retrain
-    from segops import pipeline
+    from segops.steps import registration
 
     def interrupted(*args, **kwargs):
         raise RuntimeError("interrupted between register and promote")
 
-    original = pipeline.promote_step
-    monkeypatch.setattr(pipeline, "promote_step", interrupted)
+    original = registration.promote_step
+    monkeypatch.setattr(registration, "promote_step", interrupted)
     args = {"params": None, "overrides": overrides(workspace, "train.epochs=2")}
     with pytest.raises(RuntimeError, match="interrupted"):
         retrain(**args, workspace=str(workspace))
     client = MlflowClient()
     assert "promotion.promote" not in client.get_model_version(MODEL, "1").tags
-    monkeypatch.setattr(pipeline, "promote_step", original)
+    monkeypatch.setattr(registration, "promote_step", original)
 
     result = retrain(**args, workspace=str(workspace))
 
@@ -190,24 +190,25 @@ def test_a_pending_logged_model_is_logged_again(workspace):
     """A kill inside register can leave the run's logged model PENDING: it is not reused."""
     from mlflow.entities import LoggedModelStatus
 
-    from segops import pipeline
     from segops.config import load_config
+    from segops.steps import evaluation, registration, setup, training
 
-    cfg = load_config(None, overrides(workspace, "train.epochs=1"))
-    config = pipeline.attempt_config(cfg.to_dict(), "attempt-p")
-    trained = pipeline.train_step(config, "attempt-p", {}, {})
-    pipeline.evaluate_step(config, trained["run_id"], trained["checkpoint"])
+    cfg = setup.attempt_config(
+        load_config(None, overrides(workspace, "train.epochs=1")), "attempt-p"
+    )
+    trained = training.train_step(cfg, "attempt-p", {}, {})
+    evaluation.evaluate_step(cfg, trained.run_id, trained.checkpoint)
     client = MlflowClient()
-    experiment = client.get_run(trained["run_id"]).info.experiment_id
-    pending = client.create_logged_model(experiment, source_run_id=trained["run_id"], name="model")
-    client.set_tag(trained["run_id"], "segops.model_uri", f"models:/{pending.model_id}")
+    experiment = client.get_run(trained.run_id).info.experiment_id
+    pending = client.create_logged_model(experiment, source_run_id=trained.run_id, name="model")
+    client.set_tag(trained.run_id, "segops.model_uri", f"models:/{pending.model_id}")
 
-    model = pipeline.register_step(config, trained["run_id"], trained["checkpoint"], "attempt-p")
+    model = registration.register_step(cfg, trained.run_id, trained.checkpoint, "attempt-p")
 
     assert client.get_logged_model(pending.model_id).status == LoggedModelStatus.FAILED
-    source = client.get_model_version(MODEL, model["version"]).source
+    source = client.get_model_version(MODEL, model.version).source
     assert pending.model_id not in source
-    uri = client.get_run(trained["run_id"]).data.tags["segops.model_uri"]
+    uri = client.get_run(trained.run_id).data.tags["segops.model_uri"]
     logged = client.get_logged_model(uri.removeprefix("models:/"))
     assert logged.status == LoggedModelStatus.READY
 

@@ -110,18 +110,18 @@ def test_semantic_loop_and_flow_refuse_what_does_not_fit(shapes_root, tmp_path):
     model is not evaluated with."""
     from conftest import tiny_config
 
-    from segops import pipeline
     from segops.errors import ConfigError
+    from segops.steps.setup import attempt_config
     from segops.train.loop import train
 
     cfg = tiny_config(shapes_root, tmp_path, "model.name=maskrcnn_resnet50_fpn", "model.options={}")
     with pytest.raises(ConfigError, match="instance model"):
         train(cfg)
     with pytest.raises(ConfigError, match=r"needs instance annotations.*folder_instance"):
-        pipeline.attempt_config(cfg.to_dict(), "attempt")
+        attempt_config(cfg, "attempt")
     semantic = tiny_config(shapes_root, tmp_path, "promotion.metric=mask_ap")
     with pytest.raises(ConfigError, match="'mask_ap' does not exist for semantic models"):
-        pipeline.attempt_config(semantic.to_dict(), "attempt")
+        attempt_config(semantic, "attempt")
     instance = tiny_config(
         shapes_root,
         tmp_path,
@@ -129,4 +129,4 @@ def test_semantic_loop_and_flow_refuse_what_does_not_fit(shapes_root, tmp_path):
         "model.options={}",
         "data.format=folder_instance",
     )
-    assert pipeline.attempt_config(instance.to_dict(), "a")["train"]["out_dir"].endswith("a")
+    assert attempt_config(instance, "a").train.out_dir == tmp_path.parent / "a"

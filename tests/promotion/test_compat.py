@@ -86,11 +86,15 @@ def test_channels_are_recorded_and_old_records_still_read():
 def test_the_flow_records_the_channels_of_its_contract():
     """registry_step's contract carries the readers' channel count (IMAGE_CHANNELS, asserted
     through the flow in tests/test_own_data.py) and the lineage tags record it."""
-    from segops import pipeline
     from segops.data.io import IMAGE_CHANNELS
+    from segops.steps.lineage import lineage_record
+    from segops.steps.records import Contract, SourceState, Validated
+    from segops.validation_report import ValidationReport
+    from segops.versioning import DataVersion
 
-    data = dict.fromkeys(("dataset", "dataset_md5", "path", "md5", "dvc_file", "remote_url"), "x")
-    git = {"commit": "c", "dirty": "false"}
-    contract = {"kind": "semantic", "classes": CLASSES, "channels": IMAGE_CHANNELS}
-    tags = pipeline.lineage_tags(data, {"success": True}, "", git, contract)
+    data = DataVersion(*["x"] * 6, 0, dataset="x", dataset_md5="x")
+    validated = Validated(ValidationReport(True, "x", ()), "x")
+    contract = Contract("semantic", tuple(CLASSES), IMAGE_CHANNELS)
+    record = lineage_record(data, validated, "", SourceState("c", False), contract)
+    tags = record.to_tags()
     assert IMAGE_CHANNELS == 3 and tags["segops.data.channels"] == "3"
