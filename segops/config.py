@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from segops.data.data_config import DataConfig  # the data section (format registry, options)
 from segops.errors import ConfigError
+from segops.predict_config import PredictConfig  # the predict section (outside the hash)
 
 IGNORE_INDEX = 255
 
@@ -91,15 +92,6 @@ class EvaluateConfig(_Section):
     split: Literal["train", "val", "test"] = "val"
     batch_size: int = Field(32, ge=1)
     worst_k: int = Field(8, ge=1, description="images shown in the overlay grid, worst IoU first")
-
-
-class PredictConfig(_Section):
-    """Scoring images with a trained model (`segops predict`, the served model, the score flow)."""
-
-    batch_size: int = Field(8, ge=1, description="images (or sliding windows) per forward pass")
-    threads: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
-        "auto", description="torch CPU threads where a model is loaded to score (as train.threads)"
-    )
 
 
 class ValidationConfig(_Section):

@@ -8,7 +8,13 @@ import torch
 from conftest import tiny_config
 from PIL import Image
 
-from segops.inference import load_trained, predict_image, sliding_probs, window_starts
+from segops.inference import (
+    load_trained,
+    predict_image,
+    sliding_probs,
+    window_starts,
+    with_tiles,
+)
 from segops.predict import predict_local
 from segops.train.loop import train
 
@@ -44,7 +50,7 @@ def test_sliding_without_overlap_equals_predicting_each_tile(model, shapes_root)
     big = np.concatenate(
         [np.concatenate(tiles[:2], axis=1), np.concatenate(tiles[2:], axis=1)], axis=0
     )
-    probs = sliding_probs(model, big, overlap=0.0)
+    probs = sliding_probs(with_tiles(model, 0), big, overlap=0.0)  # windows of the input size
     assert probs.shape == (5, 64, 64)
     for k, (i, j) in enumerate([(0, 0), (0, 32), (32, 0), (32, 32)]):
         _, alone = predict_image(model, tiles[k], sliding=False)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from segops.inference import load_trained, predict_image, predict_masks
+from segops.inference import load_trained, predict_image, predict_masks, with_tiles
 from segops.train.loop import train
 
 RNG = np.random.default_rng(7)
@@ -54,7 +54,10 @@ def test_same_size_images_take_ceil_n_over_batch_forwards(models):
     assert calls == [8, 8, 1]  # 17 resized images: ceil(17 / 8) forwards
     calls.clear()
     predict_masks(trained, _images([(64, 64), (32, 32)]), batch_size=8)
-    assert calls == [8, 2]  # 3x3 windows of the large one, then the small one's resized input
+    assert calls == [1, 1]  # the large one whole at native size, then the small one resized
+    calls.clear()
+    predict_masks(with_tiles(trained, 0), _images([(64, 64), (32, 32)]), batch_size=8)
+    assert calls == [8, 2]  # predict.max_tile 0: 3x3 windows of the input size, then the small
 
 
 def test_a_bad_batch_size_is_refused(models):

@@ -16,6 +16,7 @@ from segops.data.manifest import DatasetInfo, dataset_fingerprint
 from segops.errors import DatasetError
 from segops.evaluate import plots
 from segops.inference import TrainedModel
+from segops.predict_config import tiling_rule
 
 
 @dataclass(frozen=True)
@@ -49,13 +50,16 @@ def headline_metrics(summary: dict) -> dict[str, float]:
 def inference_protocol(trained: TrainedModel) -> dict[str, object]:
     """How the figures of an evaluation were made (recorded in metrics.json; the gate compares
     a champion and a challenger only when both were scored at the original resolution)."""
-    native = trained.config.data.crop_size is not None
+    native, predict = trained.config.data.crop_size is not None, trained.config.predict
     how = "sliding" if native else "resize (sliding window above 1.5x the input)"
+    tiles = tiling_rule(predict.max_tile, trained.input_size, predict.overlap)
     return {
         "resolution": "original",
         "inference": how if trained.kind == "semantic" else "detections painted at image size",
         "input_size": trained.input_size,
-        "overlap": 0.5,
+        "overlap": predict.overlap,
+        "max_tile": predict.max_tile,
+        "tiling": tiles if trained.kind == "semantic" else "none",
         "threads": trained.threads,
     } | ({"scale": trained.config.data.scale} if trained.config.data.scale else {})
 

@@ -13,11 +13,14 @@ import torch.nn.functional as F
 from segops.inference.batched import batched_masks
 from segops.inference.inputs import (
     SLIDE_ABOVE,
+    TILE_ALIGN,
     at_data_scale,
     resized_input,
     sliding_probs,
+    tile_shape,
     uses_sliding,
     window_starts,
+    with_tiles,
 )
 from segops.inference.loading import (
     TrainedModel,
@@ -29,6 +32,7 @@ from segops.inference.loading import (
 
 __all__ = [
     "SLIDE_ABOVE",
+    "TILE_ALIGN",
     "TrainedModel",
     "default_device",
     "load_model_files",
@@ -38,8 +42,10 @@ __all__ = [
     "predict_masks",
     "require_semantic_model",
     "sliding_probs",
+    "tile_shape",
     "uses_sliding",
     "window_starts",
+    "with_tiles",
 ]
 
 
@@ -71,11 +77,12 @@ def predict_image(
     """Mask (HxW uint8 class ids) and class probabilities (CxHxW float32) at the image's size.
 
     An instance model's mask is painted from its detections (`predict_instances_image`).
-    A model trained at native resolution (`data.crop_size`) always predicts with a sliding
-    window of that side. Otherwise images up to `SLIDE_ABOVE` times the model's input size
-    are resized to it and the logits resized back bilinearly; larger ones (or `sliding=True`)
-    are predicted at native resolution with a sliding window, so small objects are not shrunk
-    away. A model trained with `data.scale` predicts the image resized by it, its
+    A model trained at native resolution (`data.crop_size`) always predicts at native
+    resolution, in tiles (the whole image when it fits in `predict.max_tile`; see
+    `segops.inference.inputs.window_grid`). Otherwise images up to `SLIDE_ABOVE` times the
+    model's input size are resized to it and the logits resized back bilinearly; larger ones
+    (or `sliding=True`) are predicted at native resolution in tiles, so small objects are not
+    shrunk away. A model trained with `data.scale` predicts the image resized by it, its
     probabilities brought back to the image's size (`at_data_scale`).
     """
     if trained.kind == "instance":

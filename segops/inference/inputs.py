@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 
 from segops.data.transforms import rescale_image, to_tv
 from segops.inference.loading import TrainedModel
+from segops.predict_config import TILE_ALIGN
 
 SLIDE_ABOVE = 1.5  # a side longer than this many input sizes is predicted tile by tile
 
@@ -61,26 +63,59 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
     return starts
 
 
+def tile_shape(trained: TrainedModel, height: int, width: int) -> tuple[int, int]:
+    """(rows, cols) of the tiles an image of this size is predicted in at native resolution.
+
+    The whole image when each side, padded up to a multiple of `TILE_ALIGN` (and to at least
+    one input size), fits in `predict.max_tile`; else tiles of `max_tile` (rounded down to the
+    alignment) on the sides that do not fit. `predict.max_tile: 0` gives square windows of the
+    model's input size (the protocol before issue 17: 225 tiles on a 512-pixel image)."""
+    win, cap = trained.input_size, trained.config.predict.max_tile
+    if cap == 0:
+        return win, win
+    cap = max(win, cap // TILE_ALIGN * TILE_ALIGN)
+    return tuple(min(max(win, _aligned(side)), cap) for side in (height, width))
+
+
+def _aligned(side: int) -> int:
+    return -(-side // TILE_ALIGN) * TILE_ALIGN
+
+
 def window_grid(
-    trained: TrainedModel, image: np.ndarray, overlap: float = 0.5
-) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    """The normalised image zero-padded (the mean colour) up to one window where it is
-    smaller, `[3, H', W']`, and the top-left corners of the windows covering it, row by row."""
-    win = trained.input_size
-    stride = max(1, int(win * (1 - overlap)))
+    trained: TrainedModel, image: np.ndarray, overlap: float | None = None
+) -> tuple[torch.Tensor, list[tuple[int, int]], tuple[int, int]]:
+    """The normalised image zero-padded (the mean colour) `[3, H', W']`, the top-left corners
+    of the tiles covering it, row by row, and the tiles' (rows, cols) (`tile_shape`).
+
+    Tiles overlap by `overlap` of their side (default `predict.overlap`). With
+    `predict.max_tile: 0` the image is padded up to one window where it is smaller; else each
+    side up to a multiple of `TILE_ALIGN`, and tiles start on multiples of it, so that every
+    tile sees the pooling grid a whole-image forward would."""
+    overlap = trained.config.predict.overlap if overlap is None else overlap
     x = normalised(trained, image)
     height, width = x.shape[1:]
-    x = F.pad(x, (0, max(0, win - width), 0, max(0, win - height)))
+    rows, cols = tile_shape(trained, height, width)
+    legacy = trained.config.predict.max_tile == 0
+    padded = (rows, cols) if legacy else (_aligned(height), _aligned(width))
+    x = F.pad(
+        x,
+        (0, max(0, padded[1] - width, cols - width), 0, max(0, padded[0] - height, rows - height)),
+    )
+
+    def stride(side: int) -> int:  # on the alignment grid where a tile spans it
+        step = max(1, int(side * (1 - overlap)))
+        return step if legacy or step < TILE_ALIGN else step // TILE_ALIGN * TILE_ALIGN
+
     tiles = [
         (i, j)
-        for i in window_starts(x.shape[1], win, stride)
-        for j in window_starts(x.shape[2], win, stride)
+        for i in window_starts(x.shape[1], rows, stride(rows))
+        for j in window_starts(x.shape[2], cols, stride(cols))
     ]
-    return x, tiles
+    return x, tiles, (rows, cols)
 
 
 class WindowSum:
-    """Class probabilities of an image's windows, added up and averaged (`[C, H, W]`)."""
+    """Class probabilities of an image's tiles, added up and averaged (`[C, H, W]`)."""
 
     def __init__(self, classes: int, padded: tuple[int, int], size: tuple[int, int]) -> None:
         self.total = torch.zeros(classes, *padded)
@@ -88,37 +123,50 @@ class WindowSum:
         self.size = size
 
     def add(self, i: int, j: int, probs: torch.Tensor) -> None:
-        win = probs.shape[-1]
-        self.total[:, i : i + win, j : j + win] += probs
-        self.count[:, i : i + win, j : j + win] += 1
+        rows, cols = probs.shape[-2:]
+        self.total[:, i : i + rows, j : j + cols] += probs
+        self.count[:, i : i + rows, j : j + cols] += 1
 
     def probs(self) -> torch.Tensor:
         height, width = self.size
         return (self.total / self.count)[:, :height, :width]
 
 
-def window_probs(logits: torch.Tensor, win: int) -> torch.Tensor:
-    """`[N, C, win, win]` probabilities from the network's `[N, C, h, w]` window logits."""
-    logits = F.interpolate(logits.float(), size=(win, win), mode="bilinear", align_corners=False)
+def with_tiles(trained: TrainedModel, max_tile: int, overlap: float | None = None) -> TrainedModel:
+    """`trained` predicting with `predict.max_tile` = `max_tile` (and `overlap` if given)."""
+    update = {"max_tile": max_tile} | ({} if overlap is None else {"overlap": overlap})
+    predict = trained.config.predict.model_copy(update=update)
+    return replace(trained, config=trained.config.model_copy(update={"predict": predict}))
+
+
+def tile_budget(trained: TrainedModel) -> int | None:
+    """Pixels one forward pass may hold: `predict.max_tile` squared (None: no bound, with
+    `max_tile: 0` the windows are small)."""
+    cap = trained.config.predict.max_tile
+    return cap * cap if cap else None
+
+
+def window_probs(logits: torch.Tensor, tile: tuple[int, int]) -> torch.Tensor:
+    """`[N, C, rows, cols]` probabilities from the network's `[N, C, h, w]` tile logits."""
+    logits = F.interpolate(logits.float(), size=tile, mode="bilinear", align_corners=False)
     return logits.softmax(1).cpu()
 
 
 @torch.inference_mode()
 def sliding_probs(
-    trained: TrainedModel, image: np.ndarray, overlap: float = 0.5, batch: int = 8
+    trained: TrainedModel, image: np.ndarray, overlap: float | None = None, batch: int = 8
 ) -> torch.Tensor:
-    """Class probabilities `[C, H, W]` averaged over overlapping windows of the input size.
-
-    The image is zero-padded (the mean colour, after normalising) up to one window where it is
-    smaller; windows go through the model `batch` at a time.
-    """
-    win = trained.input_size
-    x, tiles = window_grid(trained, image, overlap)
+    """Class probabilities `[C, H, W]` averaged over overlapping tiles (`window_grid`): one
+    tile, the whole image, when it fits. Tiles go through the model `batch` at a time, and no
+    more pixels at a time than `tile_budget`."""
+    x, tiles, (rows, cols) = window_grid(trained, image, overlap)
     acc = WindowSum(len(trained.classes), tuple(x.shape[1:]), tuple(image.shape[:2]))
+    budget = tile_budget(trained)
+    batch = batch if budget is None else max(1, min(batch, budget // (rows * cols)))
     for k in range(0, len(tiles), batch):
         chunk = tiles[k : k + batch]
-        windows = torch.stack([x[:, i : i + win, j : j + win] for i, j in chunk])
-        probs = window_probs(trained.model(windows.to(trained.device)), win)
+        windows = torch.stack([x[:, i : i + rows, j : j + cols] for i, j in chunk])
+        probs = window_probs(trained.model(windows.to(trained.device)), (rows, cols))
         for (i, j), p in zip(chunk, probs, strict=True):
             acc.add(i, j, p)
     return acc.probs()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from segops.errors import SegopsError
+from segops.predict_config import PredictConfig, tiling_rule
 from segops.record import LineageError, LineageRecord
 
 SCHEMA = "segops.model/1"
@@ -51,6 +52,9 @@ def input_spec(config: dict[str, Any]) -> dict[str, Any]:
     """What the model takes: uint8 RGB images of any size, how they are normalised, and the
     inference protocol (resize, tile, overlap) that turns an image into model inputs."""
     data, augment = config.get("data", {}), config.get("augment", {})
+    predict = PredictConfig.model_validate(config.get("predict", {}))
+    window = data.get("crop_size") or data.get("image_size")
+    tiles = tiling_rule(predict.max_tile, window, predict.overlap)
     return {
         "image": "uint8 RGB, H x W x 3, any size (grayscale and RGBA are converted to RGB)",
         "channels": 3,
@@ -59,7 +63,9 @@ def input_spec(config: dict[str, Any]) -> dict[str, Any]:
         "image_size": data.get("image_size"),
         "crop_size": data.get("crop_size"),
         "scale": data.get("scale"),
-        "tiling": "sliding window at the training scale, predictions at the original size",
+        "tiling": f"at the training scale, predictions at the original size; tiles: {tiles}",
+        "max_tile": predict.max_tile,
+        "overlap": predict.overlap,
     }
 
 

@@ -80,7 +80,7 @@ def test_metrics_count_every_original_pixel_whatever_the_input_size(large_images
     )
 
 
-def test_native_training_crops_and_slides_windows_of_the_crop_size(large_images, tmp_path):
+def test_native_training_crops_and_predicts_at_native_scale(large_images, tmp_path):
     cfg, result = _train(large_images, tmp_path / "run", "data.crop_size=32")
     trained = load_trained(result.best_checkpoint)
     assert trained.input_size == 32 and trained.config.data.crop_size == 32
@@ -90,15 +90,17 @@ def test_native_training_crops_and_slides_windows_of_the_crop_size(large_images,
     mask, probs = predict_image(trained, image)
     hook.remove()
     assert mask.shape == (56, 72) and probs.shape == (2, 56, 72)
-    assert all(shape[-2:] == (32, 32) for shape in calls)  # windows at native scale
+    assert calls == [(1, 3, 64, 96)]  # native scale: the whole image, padded to 32s, one tile
     evaluate_model(trained, cfg, "val", tmp_path / "eval")
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["protocol"].pop("threads") == torch.get_num_threads()  # predict.threads
+    assert "whole image" in metrics["protocol"].pop("tiling")
     assert metrics["protocol"] == {
         "resolution": "original",
         "inference": "sliding",
         "input_size": 32,
         "overlap": 0.5,
+        "max_tile": 1024,
     }
 
 
