@@ -23,6 +23,10 @@ import yaml
 from segops.data.place import dir_md5, subtree_md5
 from segops.errors import SegopsError
 
+# lazy imports: dvc is imported inside the functions that talk to a remote: `segops run`'s
+# preflight reads remote URLs through this module before anything needs DVC
+# (docs/development.md "Imports").
+
 if TYPE_CHECKING:  # dvc costs ~0.5 s to import: load it only when a function needs it
     from dvc_data.hashfile.db import HashFileDB
 

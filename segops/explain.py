@@ -15,19 +15,28 @@ stage for the torchvision models (`default_layer`); any module can be named by i
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
+from PIL import Image
 from torch import nn
 
 from segops.config import Config
+from segops.data.formats import load_sample, ref_from_row
 from segops.data.io import ReadError, read_image
+from segops.data.manifest import load_dataset
 from segops.data.transforms import to_tv
 from segops.errors import ConfigError, DatasetError
 from segops.inference import TrainedModel, require_semantic_model
+
+# lazy imports: captum (~1.5 s: it pulls sympy) and matplotlib are imported where a map is
+# computed or drawn: the evaluation step imports this module and skips instance models before
+# any Grad-CAM, and layer and class lookups need neither (docs/development.md "Imports").
 
 _MOBILENET_BACKBONE = ("deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large")
 _RESNET_BACKBONE = ("fcn_resnet50", "deeplabv3_resnet50")
@@ -177,7 +186,6 @@ def explain_arrays(
     `<stem>_gradcam_<class>.png`, at each image's size; returns their paths in order.
     ConfigError for an unknown class (listing the model's classes) or layer.
     """
-    from PIL import Image
 
     index = lookup_class(trained, class_name)
     resolve_layer(trained, layer)  # a bad layer fails before anything is written
@@ -230,12 +238,6 @@ def explain_worst(
     Reads `metrics.json` and `per_image.csv` in `eval_dir`, writes into
     `eval_dir/explanations/` and returns the files' paths.
     """
-    import json
-
-    import pandas as pd
-
-    from segops.data.formats import load_sample, ref_from_row
-    from segops.data.manifest import load_dataset
 
     eval_dir = Path(eval_dir)
     metrics = json.loads((eval_dir / "metrics.json").read_text())

@@ -22,7 +22,13 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from segops.config import Config, TrackingConfig, VersioningConfig
+from segops.dvc_remote import absolute_url, remote_url_for
 from segops.errors import SegopsError
+from segops.versioning import VersioningError, find_workspace
+
+# lazy imports: dvc is imported inside the checks of a DVC remote: `segops run` runs these
+# checks before the flow starts, and a run that pushes nowhere never needs DVC
+# (docs/development.md "Imports").
 
 TIMEOUT = 3.0  # seconds per network probe
 _DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
@@ -93,8 +99,6 @@ def dvc_check(
     cfg: VersioningConfig, workspace: str | Path, timeout: float = TIMEOUT
 ) -> Check | None:
     """The check of the remote `version_dataset` would push to; None when it does not push."""
-    from segops.dvc_remote import absolute_url, remote_url_for
-    from segops.versioning import VersioningError, find_workspace
 
     if not cfg.push:
         return None

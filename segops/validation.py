@@ -29,6 +29,9 @@ from segops.validation_report import (
 )
 from segops.validation_wording import CHECK_NAMES, WORDING
 
+# lazy imports: Great Expectations (seconds) is imported inside the functions that run suites:
+# the pipeline imports this module before any validation runs (docs/development.md "Imports").
+
 if TYPE_CHECKING:
     from great_expectations.data_context import AbstractDataContext
     from great_expectations.expectations import Expectation

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from segops.config import VersioningConfig
-from segops.data.place import subtree_md5
+from segops.data.place import find_symlinks, subtree_md5
 from segops.dvc_remote import (  # re-exported: the remote half of the versioning room
     VersioningError,
     _dvc_md5,
@@ -36,6 +36,8 @@ from segops.dvc_remote import (  # re-exported: the remote half of the versionin
     restore_dataset,
 )
 
+# lazy imports: dvc is imported inside the functions that run it: `segops run`'s preflight finds
+# the workspace through this module before anything needs DVC (docs/development.md "Imports").
 if TYPE_CHECKING:  # dvc costs ~0.5 s to import: load it only when a function needs it
     from dvc.repo import Repo
 
@@ -274,8 +276,6 @@ def _dataset_subdir(root: Path, rel: str, dataset: str | Path | None) -> str:
 
 
 def _refuse_links(tree: Path) -> None:
-    from segops.data.place import find_symlinks
-
     links = find_symlinks(tree)
     if links:
         raise VersioningError(

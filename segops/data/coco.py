@@ -30,6 +30,10 @@ from segops.data.formats import SPLITS, Layout, SampleRef
 from segops.data.io import Part, ReadError, array_sha256, read_file, read_image
 from segops.data.registry import FormatOptions, register_format
 
+# lazy imports: pycocotools is imported on first read: every format module loads when any format
+# is looked up, and the registry names a missing package (`needs`) instead of failing them all
+# (docs/development.md "Imports").
+
 
 class CocoOptions(FormatOptions):
     image_dir: str = Field(

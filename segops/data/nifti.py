@@ -29,6 +29,10 @@ from segops.data.formats import SPLITS, Layout, SampleRef, _assign_splits, read_
 from segops.data.io import Part, ReadError, array_sha256
 from segops.data.registry import FormatOptions, register_format
 
+# lazy imports: nibabel (~0.1 s) is imported on first read: every format module loads when any
+# format is looked up, and the registry names a missing package (`needs`)
+# (docs/development.md "Imports").
+
 SUFFIXES = (".nii.gz", ".nii")
 
 

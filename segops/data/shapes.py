@@ -32,6 +32,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+# lazy imports: pycocotools and pandas (segops.data.manifest) are imported inside the functions
+# that write COCO instances: the semantic `segops data shapes` needs neither
+# (docs/development.md "Imports").
+
 CLASSES = ("background", "ellipse", "rectangle", "triangle", "cross")
 # Drawing probabilities of the foreground classes: imbalanced on purpose.
 CLASS_PROBS = (0.40, 0.30, 0.20, 0.10)

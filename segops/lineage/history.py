@@ -11,7 +11,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from segops.promotion.registry import history, list_versions
 from segops.record import TAGS
+from segops.tracking.scoring import SCORE_TAGS, score_runs
 
 _RANK = {"registered": 0, "decided": 1, "promoted": 2, "rolled_back": 2, "scored": 3}
 
@@ -49,8 +51,6 @@ def _decided(v: dict[str, Any]) -> dict[str, Any]:
 
 
 def _scored(run: dict[str, Any]) -> dict[str, Any]:
-    from segops.tracking.scoring import SCORE_TAGS
-
     tags, metrics = run["tags"], run["metrics"]
     champion = tags.get(SCORE_TAGS["champion"]) == "true"
     was = (
@@ -94,7 +94,5 @@ def build_history(
 
 def model_history(name: str) -> list[dict[str, Any]]:
     """`build_history` of registered model `name` (an empty list when it does not exist)."""
-    from segops.promotion.registry import history, list_versions
-    from segops.tracking.scoring import score_runs
 
     return build_history(list_versions(name), history(name), score_runs(name))

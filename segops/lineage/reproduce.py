@@ -20,10 +20,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
-from segops.errors import SegopsError
+from segops import tracking
+from segops.config import build_config, config_hash
+from segops.data.place import dir_md5
+from segops.dvc_remote import dvc_text_md5, restore_dataset
+from segops.errors import ConfigError, SegopsError
+from segops.evaluate.report import evaluate_checkpoint, headline_metrics
+from segops.promotion.registry import resolve
 from segops.record import TAGS, THREADS_TAG, WORLD_TAGS
+from segops.train.checkpoint import load_checkpoint
+from segops.train.launch import plan_launch
+from segops.train.run import train_configured
+from segops.weights import load_state_dict_file
 
 
 class ReproduceError(SegopsError):
@@ -96,7 +107,6 @@ def data_subdir(root: str, versioned: str) -> Path:
 
 def _recorded(run_id: str, scratch: Path) -> tuple[str, dict[str, Any]]:
     """The run's `.dvc` text and resolved config, from its artifacts."""
-    from segops import tracking
 
     dvc = tracking.download_artifact(run_id, "lineage/data.dvc", scratch)
     config = tracking.download_artifact(run_id, "config.yaml", scratch)
@@ -110,7 +120,6 @@ def _recorded(run_id: str, scratch: Path) -> tuple[str, dict[str, Any]]:
 
 def _rebuild_config(raw: dict[str, Any], data_root: Path, out: Path):
     """The recorded config with only its locations moved into `out`."""
-    from segops.config import build_config
 
     raw = json.loads(json.dumps(raw))  # a deep copy
     raw["data"]["root"] = str(data_root)
@@ -131,8 +140,6 @@ def _same_threads(cfg, tags: dict[str, str]):
 
 def _same_world(cfg, world: int, uri: str):
     """`cfg` retrained by `world` processes on this machine; ReproduceError when it cannot."""
-    from segops.errors import ConfigError
-    from segops.train.launch import plan_launch
 
     if world > 1:
         dist = cfg.train.distributed.model_copy(
@@ -151,7 +158,6 @@ def _same_world(cfg, world: int, uri: str):
 
 def compare_weights(a: dict, b: dict) -> tuple[bool, float, tuple[str, ...]]:
     """(identical, max absolute difference, names of differing tensors) of two state dicts."""
-    import torch
 
     if a.keys() != b.keys():
         missing = sorted(set(a) ^ set(b))
@@ -176,15 +182,6 @@ def _metric_diffs(recorded: dict[str, float], reproduced: dict[str, float]) -> d
 
 def reproduce(model_uri: str, out_dir: str | Path, callbacks: Sequence = ()) -> ReproduceReport:
     """Rebuild `model_uri` in `out_dir` (absent or empty) and compare; writes the report."""
-    from segops import tracking
-    from segops.config import config_hash
-    from segops.data.place import dir_md5
-    from segops.dvc_remote import dvc_text_md5, restore_dataset
-    from segops.evaluate.report import evaluate_checkpoint, headline_metrics
-    from segops.promotion.registry import resolve
-    from segops.train.checkpoint import load_checkpoint
-    from segops.train.run import train_configured
-    from segops.weights import load_state_dict_file
 
     out = Path(out_dir).resolve()
     if out.exists() and any(out.iterdir()):
@@ -232,6 +229,4 @@ def reproduce(model_uri: str, out_dir: str | Path, callbacks: Sequence = ()) -> 
 
 
 def _device_name() -> str:
-    import torch
-
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"

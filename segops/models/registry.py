@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 from segops.errors import ConfigError
 
+# lazy imports: torch is imported inside check_options: `segops models` and the config check of
+# `segops run` list and look up models without it (docs/development.md "Imports").
+
 _BUILDER_MODULES = (
     "segops.models.unet",
     "segops.models.segnet",

@@ -7,18 +7,18 @@ from segops.data.manifest import load_dataset
 from segops.errors import DatasetError
 from segops.plan.decide import Plan, StepTimer, make_plan
 from segops.plan.fingerprint import fingerprint_dataset
+from segops.plan.probe import time_train_step
+from segops.train.device import select_device
 
 
 def planning_device(spec: str) -> str:
     """`cuda` or `cpu`: the device class whose sizes and budget the plan uses."""
-    from segops.train.device import select_device
 
     return "cuda" if select_device(spec).type == "cuda" else "cpu"
 
 
 def step_timer(cfg: Config, num_classes: int) -> StepTimer:
     """A StepTimer running `segops.plan.probe.time_train_step` with `cfg.train`'s device."""
-    from segops.plan.probe import time_train_step
 
     def timer(name: str, options: dict, batch: int, side: int) -> float:
         return time_train_step(name, options, batch, side, num_classes=num_classes, train=cfg.train)

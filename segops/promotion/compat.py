@@ -12,7 +12,9 @@ import json
 import tempfile
 from pathlib import Path
 
+from segops import tracking
 from segops.errors import ConfigError
+from segops.promotion.registry import champion, version_tags
 from segops.record import TAGS
 
 CLASSES_TAG, KIND_TAG = TAGS["classes"], TAGS["model_kind"]  # on runs and versions
@@ -26,7 +28,6 @@ def champion_contract(name: str) -> tuple[str, str, list[str], int] | None:
 
     Read from the version's tags; versions registered before the tags existed are read from
     the model's `model.json` (a download of the model)."""
-    from segops.promotion.registry import champion, version_tags
 
     ref = champion(name)
     if ref is None:
@@ -35,7 +36,6 @@ def champion_contract(name: str) -> tuple[str, str, list[str], int] | None:
     channels = int(tags.get(CHANNELS_TAG, UNRECORDED_CHANNELS))
     if CLASSES_TAG in tags and KIND_TAG in tags:
         return ref.uri, tags[KIND_TAG], json.loads(tags[CLASSES_TAG]), channels
-    from segops import tracking
 
     with tempfile.TemporaryDirectory(prefix="segops-contract-") as tmp:
         local = tracking.download_model(ref.uri, tmp)

@@ -26,6 +26,7 @@ from segops.promotion.registry import (
     promotion_lock_dir,
     record_decision,
 )
+from segops.serving.registered import load_registered
 
 
 def scores_from_files(
@@ -67,7 +68,6 @@ def run_scores(run_id: str, metric: str = "auto") -> Scores:
 
 def reevaluate(ref: ModelRef, cfg: Config, dataset: DatasetInfo | None = None) -> EvalReport:
     """Evaluate registered version `ref` on `cfg`'s data (a fresh temporary output folder)."""
-    from segops.serving.registered import load_registered
 
     tmp = Path(tempfile.mkdtemp(prefix="segops-reeval-"))
     return evaluate_model(load_registered(ref.uri), cfg, cfg.evaluate.split, tmp / "eval", dataset)

@@ -9,8 +9,11 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import PIL
+import pydantic
 import torch
 import torchvision
+import yaml
 
 import segops
 from segops.serving.contract import build_contract, write_contract
@@ -19,10 +22,6 @@ from segops.train.checkpoint import file_sha256, load_checkpoint
 
 
 def _requirements() -> list[str]:
-    import PIL
-    import pydantic
-    import yaml
-
     return [
         f"mlflow=={mlflow.__version__}",
         f"torch=={str(torch.__version__).split('+')[0]}",

@@ -5,13 +5,13 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from segops import tracking
 from segops.inference import TrainedModel, default_device, load_model_files
+from segops.promotion.registry import resolve
 
 
 def load_registered(model_uri: str, device: str | None = None) -> TrainedModel:
     """Download `models:/name/3` (or `@alias`) and rebuild its network from the state dict."""
-    from segops import tracking
-    from segops.promotion.registry import resolve
 
     ref = resolve(model_uri)  # a clear RegistryError for an unknown name, version or alias
     with tempfile.TemporaryDirectory(prefix="segops-model-") as tmp:

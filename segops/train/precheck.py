@@ -9,8 +9,12 @@ registers) goes through `segops.train.run.check_model_config`, which builds the 
 from __future__ import annotations
 
 from segops.config import Config
+from segops.data.registry import format_info, format_names
 from segops.errors import ConfigError
 from segops.models.catalog import MODEL_KINDS
+
+# lazy imports: segops.train.run (torch) is imported only for configs the catalog cannot check:
+# the point of this module is to check the rest without torch (docs/development.md "Imports").
 
 
 def check_model_fast(cfg: Config) -> str:
@@ -21,7 +25,6 @@ def check_model_fast(cfg: Config) -> str:
 
         check_model_config(cfg)
         return model_kind(cfg)
-    from segops.data.registry import format_info, format_names
 
     if kind == "instance" and not format_info(cfg.data.format).instances:
         raise ConfigError(

@@ -18,7 +18,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from segops.config import load_config
 from segops.train.callbacks import Callback
+from segops.train.distributed import close_world, init_world
+from segops.train.run import train_configured
 
 EVENT = "@segops-event "  # = segops.train.launch.EVENT (not imported: it would import torch run)
 
@@ -59,10 +62,6 @@ def main(argv: list[str] | None = None, callbacks: Sequence[Callback] = ()) -> i
     parser.add_argument("config", type=Path)
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
-
-    from segops.config import load_config
-    from segops.train.distributed import close_world, init_world
-    from segops.train.run import train_configured
 
     cfg = load_config(args.config)
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
