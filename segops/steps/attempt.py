@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from segops.config import Config, build_config
+from segops.record import PREFIX
+from segops.resume import choose_attempt, identity
 from segops.steps.records import Attempt, Existing
+from segops.steps.registration import registered_metrics
 
 if TYPE_CHECKING:
     from segops.versioning import DataVersion
@@ -28,9 +31,6 @@ def unchanged_step(cfg: Config, data: DataVersion) -> Existing | None:
     """
     from segops import tracking
     from segops.promotion.registry import ATTEMPT_TAG, DECIDED_TAG, find_version, version_tags
-    from segops.record import PREFIX
-    from segops.resume import identity
-    from segops.steps.registration import registered_metrics
 
     tracking.connect(cfg.tracking)
     ref = find_version(cfg.promotion.model_name, identity(cfg, data.to_dict()))
@@ -52,8 +52,6 @@ def unchanged_step(cfg: Config, data: DataVersion) -> Existing | None:
 def choose_attempt_step(cfg: Config, data: DataVersion, fresh_key: str) -> Attempt:
     """The attempt this flow runs, claimed (see `segops.resume.choose_attempt`): an
     interrupted attempt of the same inputs, with its outputs folder, else `fresh_key`."""
-    from segops.resume import choose_attempt
-
     found = choose_attempt(cfg.to_dict(), data.to_dict(), fresh_key, fresh_key)
     return Attempt(
         attempt_key=found["attempt_key"],

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from segops.config import Config, build_config
+from segops.resume import at_dir
 from segops.steps.records import Contract, SourceState
 
 # The steps import their work inside the function: the flow module (and `segops run`, which
@@ -14,8 +15,6 @@ from segops.steps.records import Contract, SourceState
 
 def with_outputs_in(cfg: Config, out_dir: str | Path) -> Config:
     """`cfg` with its outputs (checkpoints, eval, validation report) under `out_dir`."""
-    from segops.resume import at_dir
-
     return build_config(at_dir(cfg.to_dict(), out_dir), "pipeline config")
 
 

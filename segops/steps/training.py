@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from segops.config import Config
-from segops.record import PREFIX
+from segops.record import PREFIX, world_tags
 from segops.steps.records import Trained
 
 # The steps import their work inside the function: the flow module (and `segops run`, which
@@ -22,7 +22,6 @@ def train_step(
     to text (the `.dvc` file) or local files (the validation report) to attach as lineage.
     """
     from segops import tracking
-    from segops.record import world_tags
     from segops.train.callbacks import EpochPrinter
     from segops.train.launch import plan_launch
     from segops.train.run import train_configured
