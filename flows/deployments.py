@@ -21,8 +21,21 @@ import re
 from pathlib import PurePosixPath
 from typing import Any
 
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import DeploymentScheduleCreate, WorkPoolCreate
+from prefect.client.schemas.schedules import CronSchedule
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
+from prefect.settings import PREFECT_API_URL
+from prefect.utilities.asyncutils import run_coro_as_sync
+from prefect.utilities.callables import parameter_schema
+from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
+from pydantic import ValidationError
+
 from flows.code_source import CodeSource
 from segops.errors import SegopsError
+
+# lazy imports: the flow module deployed (flows.retrain or flows.score, with the steps it wires)
+# is imported only when that flow is deployed (docs/development.md "Imports").
 
 ENTRYPOINT = "flows/retrain.py:retrain"
 DEFAULT_POOL = "segops-process"
@@ -42,8 +55,6 @@ def check_cron(cron: str, timezone: str = "UTC") -> dict[str, str]:
     """Validate a cron string and timezone the way the Prefect server will; returns
     `{"cron": ..., "timezone": ...}`. Contacts no server, so bad input fails before anything
     is created."""
-    from prefect.client.schemas.schedules import CronSchedule
-    from pydantic import ValidationError
 
     def problems(exc: ValidationError) -> str:
         return "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
@@ -65,8 +76,6 @@ def check_cron(cron: str, timezone: str = "UTC") -> dict[str, str]:
 def api_url() -> str:
     """The Prefect API this process talks to; raises ScheduleError when none is set or it does
     not answer (a deployment needs a real server, not the ephemeral in-process API)."""
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL
 
     url = PREFECT_API_URL.value()
     if not url:
@@ -89,11 +98,6 @@ def ensure_pool(pool: str, pool_type: str = "process") -> str:
     """Create work pool `pool` of `pool_type` with Prefect's default job template when it is
     missing; returns the type of the pool the server holds. Configure the stores' URLs and the
     image on the pool (`prefect work-pool update`, or its job variables in the UI)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-    from prefect.utilities.asyncutils import run_coro_as_sync
-    from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
 
     if pool_type not in POOL_TYPES:
         raise ScheduleError(f"work pool type {pool_type!r}: use one of {', '.join(POOL_TYPES)}")
@@ -227,12 +231,6 @@ def _create(
     schedule: dict[str, str] | None,
     flow_name: str = FLOW_NAME,
 ) -> str:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import DeploymentScheduleCreate
-    from prefect.client.schemas.schedules import CronSchedule
-    from prefect.exceptions import PrefectHTTPStatusError
-    from prefect.utilities.callables import parameter_schema
-
     if flow_name == "score":
         from flows.score import score as flow_fn
 

@@ -13,6 +13,18 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import (
+    GlobalConcurrencyLimitCreate,
+    GlobalConcurrencyLimitUpdate,
+)
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.settings import PREFECT_API_URL
+
+# lazy imports: segops.promotion.registry (MLflow) loads when a file lock is taken: the retrain
+# flow imports this module when `segops run` starts (docs/development.md "Imports").
+
 # Renewed in the background while held; long enough for a champion's re-evaluation to finish
 # between renewals, short enough that a dead holder's slot comes back within minutes.
 LEASE_SECONDS = 300.0
@@ -20,7 +32,6 @@ LEASE_SECONDS = 300.0
 
 def server_url() -> str | None:
     """The Prefect server this process talks to; None on the ephemeral in-process API."""
-    from prefect.settings import PREFECT_API_URL
 
     return PREFECT_API_URL.value() or None
 
@@ -34,12 +45,6 @@ def ensure_limit(name: str) -> None:
     """Create global concurrency limit `name` with one slot when missing (Prefect 3.8 skips a
     limit that does not exist, with only a warning: that would be no lock at all); set it back
     to one active slot when someone changed it."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import (
-        GlobalConcurrencyLimitCreate,
-        GlobalConcurrencyLimitUpdate,
-    )
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     with get_client(sync_client=True) as client:
         try:
@@ -61,7 +66,6 @@ def ensure_limit(name: str) -> None:
 @contextmanager
 def global_promotion_lock(model_name: str) -> Iterator[str]:
     """Hold the one slot of `promote-<model_name>` on the Prefect server; yields its name."""
-    from prefect.concurrency.sync import concurrency
 
     name = limit_name(model_name)
     ensure_limit(name)

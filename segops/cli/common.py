@@ -7,6 +7,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+# lazy imports: config(), plans and progress bars are imported when a command calls them:
+# `segops --help` imports this module (docs/development.md "Imports").
+
 if TYPE_CHECKING:
     from segops.config import Config
 

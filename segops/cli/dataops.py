@@ -13,6 +13,9 @@ import typer
 
 from segops.cli.common import DatasetOpt, ParamsOpt, SetOpt, config, echo
 
+# lazy imports: each command imports its work (torch, MLflow, pandas, ...) when it runs:
+# `segops --help` imports this module (docs/development.md "Imports").
+
 
 def _outside_version(root: Path, workspace: Path, tracked: Path) -> bool:
     """True when the dataset root is not inside the folder DVC versions."""

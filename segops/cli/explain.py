@@ -9,6 +9,9 @@ import typer
 
 from segops.cli.common import ParamsOpt, SetOpt, config, echo
 
+# lazy imports: each command imports its work (torch, MLflow, pandas, ...) when it runs:
+# `segops --help` imports this module (docs/development.md "Imports").
+
 
 def _load(model: str, params: Path, overrides: list[str] | None):
     """A `TrainedModel` from a `models:/` URI (via the tracking store) or a checkpoint file."""

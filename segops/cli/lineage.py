@@ -10,6 +10,9 @@ import typer
 
 from segops.cli.common import ParamsOpt, SetOpt, config, echo
 
+# lazy imports: each command imports its work (torch, MLflow, pandas, ...) when it runs:
+# `segops --help` imports this module (docs/development.md "Imports").
+
 ModelArg = Annotated[
     str, typer.Argument(help="models:/NAME@ALIAS or models:/NAME/VERSION (e.g. @champion)")
 ]

@@ -24,6 +24,10 @@ from segops.cli.scoring import evaluate, predict
 from segops.cli.serve import export, serve
 from segops.cli.stack import stack_app
 from segops.errors import SegopsError
+from segops.quiet import quiet_defaults
+
+# lazy imports: each command imports its work (torch, MLflow, pandas, the segops rooms that load
+# them, rich) when it runs: `segops --help` imports this module (docs/development.md "Imports").
 
 app = typer.Typer(
     help="segops: image segmentation as a repeatable, auditable production process.",
@@ -253,7 +257,6 @@ app.add_typer(stack_app, name="stack")
 
 def main() -> None:
     """Console entry point: user errors print one clear message and exit with status 2."""
-    from segops.quiet import quiet_defaults
 
     quiet_defaults()
     lifecycle.own_process()

@@ -9,6 +9,9 @@ import typer
 
 from segops.cli.common import ParamsOpt, SetOpt, config, echo
 
+# lazy imports: each command imports its work (torch, MLflow, pandas, ...) when it runs:
+# `segops --help` imports this module (docs/development.md "Imports").
+
 
 def plan(
     dataset: Annotated[Path, typer.Argument(help="dataset folder to plan for")],

@@ -11,6 +11,9 @@ from rich.table import Table
 from segops.cli.progress import console
 from segops.record import TAGS
 
+# lazy imports: pandas and MLflow (segops.promotion) load in the printers that need them:
+# `segops run` prints its result through this module (docs/development.md "Imports").
+
 
 def print_dataset_summary(info) -> None:
     """Split counts, class pixel frequencies and image sizes of a `DatasetInfo`."""

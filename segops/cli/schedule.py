@@ -6,18 +6,22 @@ itself never imports it), so `segops --help` stays fast.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from segops.cli.common import DatasetOpt, ParamsOpt, SetOpt, config
+from segops.errors import ConfigError
+
+# lazy imports: Prefect (through flows.deployments) and rich load when the command runs:
+# `segops --help` imports this module (docs/development.md "Imports").
 
 
 def _job_variables(pairs: list[str] | None, image: str | None) -> dict[str, Any]:
     """`--env KEY=VALUE` and `--image` as job variables of this deployment (nothing else:
     the stores' URLs belong to the work pool, not to the shell that deploys)."""
-    from segops.errors import ConfigError
 
     env: dict[str, str] = {}
     for pair in pairs or []:
@@ -87,7 +91,6 @@ def schedule(
     Workers clone the repository at the commit deployed and run there: give paths inside this
     checkout (they are recorded relative to its root). The stores' URLs (MLFLOW_TRACKING_URI,
     AWS_*) come from the work pool or the worker's environment, not from this shell."""
-    import importlib
 
     from segops.cli.progress import console
 

@@ -11,6 +11,9 @@ import typer
 
 from segops.cli.common import DatasetOpt, ParamsOpt, SetOpt, config, echo
 
+# lazy imports: each command imports its work (torch, MLflow, pandas, ...) when it runs:
+# `segops --help` imports this module (docs/development.md "Imports").
+
 MAX_PIXELS_ENV = "SEGOPS_SERVE_MAX_PIXELS"  # read by segops.serving.pyfunc at model load
 MAX_SECONDS_ENV = "SEGOPS_SERVE_MAX_SECONDS"  # the time budget (segops.serving.limits)
 BUDGET_SHARE = 0.9  # of --timeout: the model stops its work before the server gives up

@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+# lazy imports: segops.stack (urllib.request and ssl: tens of ms) loads when a stack command
+# runs: `segops --help` imports this module (docs/development.md "Imports").
+
 if TYPE_CHECKING:
     from segops.stack import Settings
 
