@@ -4,7 +4,10 @@ Every task calls one `segops.scoring.steps` function and passes small references
 version as a dict, the input's listing hash, the summary's counts and paths). Deploy it like
 `retrain`, e.g. nightly after it, with `model`, `src` and `out` as parameters.
 
-    python -m flows.score MODEL SRC OUT [--engine ray] [--address host:port]
+`src` and `out` may be `s3://bucket/prefix` (endpoint and credentials from the environment);
+the input's identity is then a hash of its keys, sizes and ETags.
+
+    python -m flows.score SRC OUT [--model NAME] [--engine ray] [--address host:port]
 """
 
 from __future__ import annotations

@@ -179,3 +179,29 @@ def test_bad_s3_input_is_refused_before_any_work(s3, images, tmp_path, monkeypat
     with pytest.raises(DatasetError, match=r"S3 endpoint .* unreachable"):
         predict_job(missing_model, "s3://scoring/in", tmp_path / "o")
     assert time.monotonic() - start < 30
+
+
+def test_the_score_steps_record_a_scoring_of_prefixes(source, images, fs, own_mlflow, tmp_path):
+    import mlflow
+
+    from segops.config import load_config
+    from segops.scoring import steps
+    from segops.tracking.scoring import SCORE_TAGS
+
+    config = load_config(None, [f"tracking.artifact_root={tmp_path / 'art'}"]).to_dict()
+    client = mlflow.MlflowClient()
+    run_id = client.create_run(client.create_experiment("trained")).info.run_id
+    client.create_registered_model("s3-score")
+    client.create_model_version("s3-score", (tmp_path / "model").as_uri(), run_id)
+    pinned = {"name": "s3-score", "version": "1", "model_uri": "models:/s3-score/1"}
+    pinned |= {"run_id": run_id, "champion": True, "champion_version": "1"}
+    identity = steps.input_identity("s3://scoring/in")
+    summary = predict_job(source, "s3://scoring/in", "s3://scoring/flow", JobOptions(batch_size=8))
+    recorded = steps.record_step(config, pinned, identity, summary.to_dict() | {"engine": "local"})
+    run = client.get_run(recorded)
+    assert run.data.tags[SCORE_TAGS["out"]] == "s3://scoring/flow"
+    assert run.data.tags[SCORE_TAGS["input_kind"]] == "s3-listing"
+    assert run.data.tags[SCORE_TAGS["input_hash"]] == identity["hash"]
+    assert run.data.metrics["scored"] == N and run.data.metrics["errors"] == 1
+    logged = client.download_artifacts(recorded, "scoring/summary.csv", str(tmp_path))
+    assert Path(logged).read_bytes() == fs.cat_file("scoring/flow/summary.csv")

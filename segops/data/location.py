@@ -47,7 +47,11 @@ class Folder:
         return [[p.name, (st := p.stat()).st_size, st.st_mtime_ns] for p in files]
 
     def names(self) -> set[str]:
-        return {row[0] for row in self.listing()}
+        """Names of the files directly inside (no stat per file: resume on big folders)."""
+        if not self.path.is_dir():
+            return set()
+        with os.scandir(self.path) as entries:
+            return {e.name for e in entries if e.is_file()}
 
     def check(self) -> None:
         """DatasetError when the folder is missing (an input must exist)."""
