@@ -94,9 +94,10 @@ def score_chunk(
 ) -> list[dict[str, Any]]:
     """Predict and write one chunk of images of `src` into `out`; returns a summary row per
     image predicted and `{"image", "error"}` for each one that could not be read."""
-    from segops.evaluate.plots import overlay
     from segops.inference import predict_masks
 
+    if overlays:  # matplotlib and pandas: ~0.7 CPU s of import a Ray actor need not pay
+        from segops.evaluate.plots import overlay
     rows: list[dict[str, Any]] = []
     images: list[tuple[str, np.ndarray]] = []
     for name in names:
