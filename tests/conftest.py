@@ -31,6 +31,19 @@ from segops.config import Config, load_config  # noqa: E402
 from segops.data.shapes import generate_shapes  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_stray_mlruns():
+    """A test logging into MLflow's default experiment writes ./mlruns into the checkout (its
+    artifact location is the working folder): fail the session when that happens."""
+    stray = Path(__file__).resolve().parents[1] / "mlruns"
+    existed = stray.exists()
+    yield
+    assert existed or not stray.exists(), (
+        f"{stray} was written by a test: give its runs an experiment with an artifact location "
+        "under tmp_path (see tests/promotion/test_compat.py)"
+    )
+
+
 @pytest.fixture(scope="session")
 def shapes_root(tmp_path_factory) -> Path:
     """A 40-sample, 32x32 `shapes` dataset (read-only: copy it before changing it)."""

@@ -18,10 +18,13 @@ CLASSES = ["background", "nucleus"]
 
 
 @pytest.fixture
-def name(request) -> str:
+def name(request, tmp_path) -> str:
     """A model name of this test alone in the session's MLflow store (tests/conftest.py):
-    no store of its own to create, which costs seconds."""
-    return f"compat-{request.node.name}-{uuid.uuid4().hex[:8]}"
+    no store of its own to create, which costs seconds. Its runs go to an experiment whose
+    artifacts lie in `tmp_path` (the default experiment's would be ./mlruns in the checkout)."""
+    name = f"compat-{request.node.name}-{uuid.uuid4().hex[:8]}"
+    mlflow.set_experiment(experiment_id=MlflowClient().create_experiment(name, tmp_path.as_uri()))
+    return name
 
 
 def _champion(name: str, **tags: str) -> None:
