@@ -134,10 +134,9 @@ def version_dataset(
             if not cfg.push:
                 return _version(root, rel, "", "", 0, own)
             name = cfg.remote.lower()
-            pushed = _step(
-                "push", rel, dvc_file, previous, lambda: _push(repo, dvc_file, name, md5)
-            )
-            url = str(repo.config["remote"][name]["url"])
+            url = str(repo.config["remote"].get(name, {}).get("url", "not configured"))
+            push = lambda: _push(repo, dvc_file, name, md5)  # noqa: E731
+            pushed = _step("push", rel, dvc_file, previous, push, f" to remote '{name}' ({url})")
     return _version(root, rel, name, url, pushed, own)
 
 
@@ -193,7 +192,7 @@ def _remote_for_call(root: Path, name: str, url: str | None) -> Iterator[None]:
         if saved is not None:
             conf.write_bytes(saved)
         if isinstance(exc, VersioningError):
-            note = f" .dvc/config.local was put back as it was: remote {name} is not {url}."
+            note = " .dvc/config.local was put back as it was."
             raise VersioningError(f"{exc}{note}") from exc
         raise
 
@@ -211,9 +210,10 @@ def _set_remote(root: Path, name: str, url: str, level: str = "repo") -> None:
 
 
 def _step(
-    step: str, rel: str, dvc_file: Path, previous: str | None, action: Callable[[], Any]
+    step: str, rel: str, dvc_file: Path, previous: str | None, action: Callable[[], Any], at=""
 ) -> Any:
-    """Run `action`; on failure put `dvc_file` back to `previous` and raise VersioningError."""
+    """Run `action`; on failure put `dvc_file` back to `previous` and raise VersioningError
+    naming the step, the path and `at` (" to remote 'NAME' (URL)" for a push)."""
     try:
         return action()
     except Exception as exc:
@@ -222,15 +222,15 @@ def _step(
         else:
             dvc_file.write_text(previous)
         fix = (
-            f"check that {rel}/ exists and is not tracked by git (`git rm -r --cached {rel}`)"
+            f"Check that {rel}/ exists and is not tracked by git (`git rm -r --cached {rel}`)"
             if step == "add"
-            else "check the remote (versioning.remote/remote_url, `dvc remote list`), its "
-            "credentials and free space"
+            else "Check that the remote is up and reachable from here (versioning.remote/"
+            "remote_url, `dvc remote list`), its credentials and free space"
         )
         kept = "left unchanged" if previous is not None else "not written"
         raise VersioningError(
-            f"dvc {step} of {rel} failed ({type(exc).__name__}: {exc}); {rel}.dvc was "
-            f"{kept}. Fix: {fix}, then run again."
+            f"dvc {step} of {rel}{at} failed: {type(exc).__name__}: {exc}. {rel}.dvc was "
+            f"{kept}. {fix}, then run again."
         ) from exc
 
 

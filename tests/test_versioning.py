@@ -134,7 +134,8 @@ def test_failed_push_names_step_and_keeps_previous_dvc_file(workspace, cfg, tmp_
     _change_mask(workspace)
     (tmp_path / "a_file").write_text("not a folder")
     bad = VersioningConfig(remote="store", remote_url=str(tmp_path / "a_file" / "remote"))
-    with pytest.raises(VersioningError, match=r"dvc push of data failed.*left unchanged"):
+    expected = r"dvc push of data to remote 'store' \(.*remote\) failed: .*left unchanged"
+    with pytest.raises(VersioningError, match=expected):
         version_dataset(workspace, bad)
     assert (workspace / "data.dvc").read_text() == before
 
