@@ -10,7 +10,7 @@ from pathlib import Path
 
 from segops.stack import postgres
 from segops.stack.procs import StackError, stop
-from segops.stack.services import services, start_one
+from segops.stack.services import Service, services, start_one
 from segops.stack.settings import Settings, load_settings, save_settings
 
 __all__ = ["Settings", "StackError", "down", "export_lines", "load_settings", "status", "up"]
@@ -18,12 +18,28 @@ __all__ = ["Settings", "StackError", "down", "export_lines", "load_settings", "s
 
 def up(settings: Settings, on_progress=print) -> list[tuple[str, str]]:
     """Start every service not yet running and wait for each to be healthy (idempotent).
-    Returns (service, "started" | "running") in start order."""
+    Returns (service, "started" | "running" | "restarted") in start order.
+
+    When the Prefect server had to be (re)started, running workers are restarted too: a
+    Prefect 3.8 worker that outlived its server keeps polling but can no longer cancel flow
+    runs ("Cancellation polling task failed", docs/development.md)."""
     save_settings(settings)
-    done = []
-    for svc in services(settings):
+    return start_all(services(settings), settings, on_progress)
+
+
+def start_all(svcs: list[Service], settings: Settings, on_progress=print) -> list[tuple[str, str]]:
+    """`up` for the services `svcs` (in start order; workers are those without a port)."""
+    done: list[tuple[str, str]] = []
+    server_started = False
+    for svc in svcs:
         on_progress(f"{svc.name}: checking ({svc.url}) ...")
-        done.append((svc.name, start_one(svc, settings)))
+        again = server_started and svc.port is None and svc.ready()
+        if again:  # a worker of the server that just came back
+            on_progress(f"{svc.name}: restarting (the Prefect server was restarted) ...")
+            stop([svc.name], settings.root)
+        state = start_one(svc, settings)
+        server_started |= svc.name == "prefect" and state == "started"
+        done.append((svc.name, "restarted" if again else state))
     return done
 
 

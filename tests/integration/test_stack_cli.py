@@ -1,11 +1,19 @@
-"""`segops stack` without starting servers: the exports, `status` of a stopped stack, and
-the refusal of a port another program holds."""
+"""`segops stack` without starting servers: the exports, `status` of a stopped stack, the
+refusal of a port another program holds, and workers restarted with the Prefect server."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import socket
 
+from servers import free_port
+
+from segops.stack import start_all
+from segops.stack.procs import read_pid, spawn, stop
+from segops.stack.services import Service
+from segops.stack.settings import load_settings
 from tests.integration import team
 
 
@@ -39,3 +47,39 @@ def test_a_taken_port_is_refused_naming_it_and_the_setting(tmp_path):
     saved = json.loads((tmp_path / ".stack" / "stack.json").read_text())
     assert saved["pg_port"] == port and len(saved["secret"]) == 32
     assert (tmp_path / ".stack" / "stack.json").stat().st_mode & 0o077 == 0  # holds the secret
+
+
+def test_up_restarts_the_workers_when_it_restarts_the_prefect_server(tmp_path):
+    """Stand-ins (`sleep`) for the server and a worker: a worker that outlived its server is
+    restarted when `up` starts the server again, left alone when the server was running."""
+    settings = load_settings(tmp_path / ".stack")
+    root = settings.root
+
+    def fake(name: str, port: int | None) -> Service:
+        start = lambda: spawn(name, ["sleep", "60"], {}, tmp_path, root)  # noqa: E731
+        ready = lambda: read_pid(root / "pids" / f"{name}.pid") is not None  # noqa: E731
+        return Service(name, port, name, start, ready, 10.0)
+
+    svcs = [fake("prefect", free_port()), fake("worker-1", None)]
+    old = spawn("worker-1", ["sleep", "60"], {}, tmp_path, root)  # polled the dead server
+    try:
+        done = start_all(svcs, settings, on_progress=lambda _: None)
+        assert done == [("prefect", "started"), ("worker-1", "restarted")]
+        new = read_pid(root / "pids" / "worker-1.pid")
+        assert new not in (None, old) and gone(old)
+        again = start_all(svcs, settings, on_progress=lambda _: None)
+        assert again == [("prefect", "running"), ("worker-1", "running")]
+        assert read_pid(root / "pids" / "worker-1.pid") == new
+    finally:
+        stop(["prefect", "worker-1"], root)
+
+
+def gone(pid: int) -> bool:
+    """Whether process `pid` has ended (reaped first when it is our child)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return True
+    return False
