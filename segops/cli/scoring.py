@@ -95,6 +95,30 @@ def predict(
     ] = None,
     overlays: Annotated[bool, typer.Option(help="also write <id>_overlay.png")] = True,
     overwrite: Annotated[bool, typer.Option(help="predict again images already done")] = False,
+    threads: Annotated[
+        str | None,
+        typer.Option(
+            help="torch CPU threads where the model scores (each Ray actor too): a number or "
+            "auto (default: the model's predict.threads)"
+        ),
+    ] = None,
+    max_tile: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="largest tile side at native resolution: an image that fits, padded to a "
+            "multiple of 32, is predicted whole; 0: windows of the model's input size "
+            "(default: the model's predict.max_tile)",
+        ),
+    ] = None,
+    overlap: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=0.99,
+            help="tiles' overlap, share of a side (default: the model's predict.overlap)",
+        ),
+    ] = None,
     params: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
 ) -> None:
@@ -105,6 +129,7 @@ def predict(
     rerun skips images whose outputs exist (--overwrite to redo them). --engine ray scores on
     Ray Data actors (one model load each), on the cluster at --address or a local one.
     s3:// input and output use AWS_ENDPOINT_URL and the AWS_* credentials of the environment.
+    --threads, --max-tile and --overlap override the predict section saved with the model.
     """
     from segops.scoring.checks import check_ray_address, check_source_folder
 
@@ -116,8 +141,10 @@ def predict(
     if engine == "ray" and address:
         check_ray_address(address)
     from segops.scoring.job import JobOptions, predict_job
+    from segops.scoring.source import with_settings
 
-    source = _source(model, checkpoint, params, overrides)
+    settings = {"threads": _threads(threads), "max_tile": max_tile, "overlap": overlap}
+    source = with_settings(_source(model, checkpoint, params, overrides), settings)
     options = JobOptions(engine, batch_size, overlays, overwrite, address, num_cpus, dashboard)
     with _rate_bar(f"predicting ({engine}) -> {out}") as update:
         summary = predict_job(source, src, out, options, update, _dashboard)
@@ -139,6 +166,15 @@ def _source(
 
     tracking.connect(config(params, overrides).tracking)
     return registered_source(model)
+
+
+def _threads(value: str | None) -> str | int | None:
+    """--threads: auto or a positive number."""
+    if value is None or value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise typer.BadParameter(f"--threads {value!r}: give a positive number or auto")
+    return int(value)
 
 
 def _dashboard(url: str) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from segops.inference.batched import batched_masks
+from segops.inference.batched import batched_masks, class_ids
 from segops.inference.inputs import (
     SLIDE_ABOVE,
     TILE_ALIGN,
@@ -28,6 +28,7 @@ from segops.inference.loading import (
     load_model_files,
     load_trained,
     require_semantic_model,
+    with_predict,
 )
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "tile_shape",
     "uses_sliding",
     "window_starts",
+    "with_predict",
     "with_tiles",
 ]
 
@@ -94,7 +96,7 @@ def predict_image(
         return _resized_probs(trained, image)
 
     probs = at_data_scale(trained, image, probs_of)  # data.scale: resized there and back
-    return probs.argmax(0).byte().cpu().numpy(), probs.cpu().numpy()
+    return class_ids(probs), probs.cpu().numpy()
 
 
 def _painted(trained: TrainedModel, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

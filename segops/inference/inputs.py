@@ -14,6 +14,7 @@ from segops.inference.loading import TrainedModel
 from segops.predict_config import TILE_ALIGN
 
 SLIDE_ABOVE = 1.5  # a side longer than this many input sizes is predicted tile by tile
+CPU_BATCH_PIXELS = 8 * 96 * 96  # pixels of one batched forward pass on CPU (`tile_budget`)
 
 
 def uses_sliding(trained: TrainedModel, image: np.ndarray, sliding: bool | None = None) -> bool:
@@ -40,7 +41,17 @@ def at_data_scale(
 
 
 def resized_input(trained: TrainedModel, image: np.ndarray) -> torch.Tensor:
-    """`[3, S, S]` float: the image resized to the model's input size and normalised."""
+    """`[3, S, S]` float: the image resized to the model's input size and normalised.
+
+    An `SxS` uint8 image skips the torchvision pipeline (whose resize returns it as it is):
+    the same operations in the same order (`to_dtype_image`, `normalize_image`), so the same
+    bits, without ~0.4 ms of transform objects per image."""
+    size = trained.config.data.image_size
+    if image.dtype == np.uint8 and image.shape == (size, size, 3):
+        aug = trained.config.augment
+        tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous().to(torch.float32)
+        tensor = tensor.mul_(1.0 / 255).sub(torch.tensor(aug.mean).view(3, 1, 1))
+        return tensor.div_(torch.tensor(aug.std).view(3, 1, 1))
     (tensor,) = to_tv(image)
     return trained.transform()(tensor).as_subclass(torch.Tensor)
 
@@ -140,10 +151,16 @@ def with_tiles(trained: TrainedModel, max_tile: int, overlap: float | None = Non
 
 
 def tile_budget(trained: TrainedModel) -> int | None:
-    """Pixels one forward pass may hold: `predict.max_tile` squared (None: no bound, with
-    `max_tile: 0` the windows are small)."""
+    """Pixels one forward pass may hold when pieces are grouped into a batch: on CPU
+    `CPU_BATCH_PIXELS` (a batch beyond it falls out of the cache and runs slower than single
+    forwards; bench/RESULTS.md), else `predict.max_tile` squared (None: no bound, with
+    `max_tile: 0` the windows are small). It never cuts a piece: a tile larger than it goes
+    through alone, and how an image is tiled does not depend on it."""
     cap = trained.config.predict.max_tile
-    return cap * cap if cap else None
+    budget = cap * cap if cap else None
+    if trained.device.type == "cpu":
+        return CPU_BATCH_PIXELS if budget is None else min(budget, CPU_BATCH_PIXELS)
+    return budget
 
 
 def window_probs(logits: torch.Tensor, tile: tuple[int, int]) -> torch.Tensor:

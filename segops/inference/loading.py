@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from segops.config import Config, build_config
 from segops.data.transforms import eval_transform
+from segops.errors import CheckpointError, ConfigError
 from segops.models import build_model, model_info
+from segops.predict_config import PredictConfig
 from segops.train.checkpoint import load_checkpoint
 from segops.train.device import inference_threads
+from segops.weights import load_state_dict_file
 
 
 @dataclass
@@ -25,10 +30,15 @@ class TrainedModel:
     device: torch.device
     kind: str = "semantic"  # "semantic" (logits) or "instance" (torchvision detection API)
     threads: int = 0  # torch CPU threads its loading applied (`predict.threads`); 0: not set
+    _transform: Any = field(default=None, init=False, repr=False, compare=False)
 
-    def transform(self):
-        data = self.config.data
-        return eval_transform(self.config.augment, data.image_size, data.crop_size is not None)
+    def transform(self) -> Any:
+        """The evaluation transform (`eval_transform`), built once: it is stateless."""
+        if self._transform is None:
+            data = self.config.data
+            native = data.crop_size is not None
+            self._transform = eval_transform(self.config.augment, data.image_size, native)
+        return self._transform
 
     @property
     def input_size(self) -> int:
@@ -49,8 +59,6 @@ def _assemble(
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:  # names or shapes do not fit
-        from segops.errors import CheckpointError
-
         detail = str(exc).splitlines()[1:4] or [type(exc).__name__]
         raise CheckpointError(
             f"{source}: its weights do not fit model {cfg.model.name!r} with {len(classes)} "
@@ -62,10 +70,26 @@ def _assemble(
     return TrainedModel(model, cfg, tuple(classes), source, device, kind, threads)
 
 
+def with_predict(trained: TrainedModel, settings: dict[str, Any]) -> TrainedModel:
+    """`trained` scoring with its `predict` section updated by `settings` (e.g. `threads`,
+    `max_tile`, `overlap` from `segops predict` flags or a served model's config), validated
+    as in params.yaml; a new `threads` is applied now. ConfigError for a bad key or value."""
+    if not settings:
+        return trained
+    try:
+        predict = PredictConfig.model_validate(trained.config.predict.model_dump() | settings)
+    except ValidationError as exc:
+        details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"predict settings {settings}: {details}") from None
+    threads = trained.threads
+    if "threads" in settings:
+        threads = inference_threads(predict.threads).threads
+    config = trained.config.model_copy(update={"predict": predict})
+    return replace(trained, config=config, threads=threads)
+
+
 def require_semantic_model(trained: TrainedModel, what: str) -> None:
     """ConfigError unless `trained` is a semantic model: `what` says what needs one."""
-    from segops.errors import ConfigError
-
     if trained.kind != "semantic":
         raise ConfigError(
             f"{what} works on semantic models; {trained.checkpoint} is a {trained.kind} model "
@@ -90,9 +114,6 @@ def load_model_files(
 
     CheckpointError (naming the file) for weights that are not a plain state dict (loaded
     with `weights_only=True`, see `segops.weights`) or a `model.json` that is not one."""
-    from segops.errors import CheckpointError
-    from segops.weights import load_state_dict_file
-
     try:
         info = json.loads(Path(meta).read_text())
         config, classes = info["config"], list(info["classes"])

@@ -54,15 +54,26 @@ def checkpoint_source(checkpoint: str | Path) -> dict[str, Any]:
     return {"checkpoint": str(path.resolve())}
 
 
+def with_settings(source: dict[str, Any], predict: dict[str, Any]) -> dict[str, Any]:
+    """`source` with `predict` settings (e.g. `{"threads": 2, "max_tile": 512}`) that override
+    the model's own `predict` section wherever it is loaded (`load_source`, Ray actors too);
+    None values are left out."""
+    settings = {k: v for k, v in predict.items() if v is not None}
+    return source | {"predict": settings} if settings else source
+
+
 def load_source(source: dict[str, Any], device: str | None = None) -> TrainedModel:
-    """The model a source names, on `device` (default: CUDA when present)."""
-    from segops.inference import default_device, load_trained
+    """The model a source names, on `device` (default: CUDA when present), with the source's
+    `predict` settings (`with_settings`) applied."""
+    from segops.inference import default_device, load_trained, with_predict
 
     device = device or default_device()
     if "checkpoint" in source:
-        return load_trained(source["checkpoint"], device)
-    from segops.serving.registered import load_registered
-    from segops.tracking.scoring import use_tracking_uri
+        trained = load_trained(source["checkpoint"], device)
+    else:
+        from segops.serving.registered import load_registered
+        from segops.tracking.scoring import use_tracking_uri
 
-    use_tracking_uri(source["tracking_uri"])
-    return load_registered(source["model_uri"], device)
+        use_tracking_uri(source["tracking_uri"])
+        trained = load_registered(source["model_uri"], device)
+    return with_predict(trained, source.get("predict", {}))

@@ -32,7 +32,9 @@ rows of a semantic model costs about ceil(N / batch size) forward passes (slidin
 large images count as pieces too), each mask identical to predicting its image alone. The batch
 size is `SEGOPS_SERVE_BATCH_SIZE`, else `batch_size` in the model config (MLflow lets a
 load override only keys the model was logged with), else the trained config's
-`predict.batch_size` (default 8). Instance models predict row by row.
+`predict.batch_size` (default 8). Instance models predict row by row. `threads`, `max_tile` and
+`overlap` in the model config override the trained config's `predict.threads`, `.max_tile` and
+`.overlap` (`predict_settings`).
 
 The pixel limit (default 4096*4096; it also bounds the area a sliding window covers) is set at
 serve time by the environment variable `SEGOPS_SERVE_MAX_PIXELS`, else by `max_pixels` in the
@@ -80,6 +82,7 @@ MODEL_CODE = Path(__file__).with_name("model_code.py")
 BATCH_SIZE_ENV = "SEGOPS_SERVE_BATCH_SIZE"
 DEFAULT_SCORE_THRESHOLD = 0.5
 INSTANCE_LISTS = ("classes", "labels", "scores", "boxes", "masks")
+PREDICT_KEYS = ("threads", "max_tile", "overlap")  # model config keys over `predict.*`
 
 
 def encode_png(array: np.ndarray) -> str:
@@ -141,6 +144,14 @@ def batch_size_setting(model_config: dict[str, Any] | None, default: int) -> int
     return value
 
 
+def predict_settings(model_config: dict[str, Any] | None) -> dict[str, Any]:
+    """`threads`, `max_tile` and `overlap` given in the model config: they override the
+    trained config's `predict` section, as `segops predict --threads/--max-tile/--overlap`
+    do (validated as in params.yaml: ConfigError at load for a bad value)."""
+    config = model_config or {}
+    return {key: config[key] for key in PREDICT_KEYS if config.get(key) is not None}
+
+
 def score_threshold_param(params: dict[str, Any] | None) -> float:
     """`score_threshold` from the pyfunc params (default 0.5); raises INVALID_PARAMETER_VALUE
     unless it is a number from 0 to 1."""
@@ -170,13 +181,14 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
     """Rebuilds the network from `model.json` + `weights.pt` and predicts at original size."""
 
     def load_context(self, context) -> None:
-        from segops.inference import SLIDE_ABOVE, default_device, load_model_files
+        from segops.inference import SLIDE_ABOVE, default_device, load_model_files, with_predict
 
         artifacts = context.artifacts
-        self.trained = load_model_files(artifacts["weights"], artifacts["meta"], default_device())
+        model_config = getattr(context, "model_config", None)
+        trained = load_model_files(artifacts["weights"], artifacts["meta"], default_device())
+        self.trained = with_predict(trained, predict_settings(model_config))
         self.kind = self.trained.kind
         self.classes = list(self.trained.classes)
-        model_config = getattr(context, "model_config", None)
         self.max_pixels = max_pixels_setting(model_config)
         default_batch = self.trained.config.predict.batch_size
         self.batch_size = batch_size_setting(model_config, default_batch)
