@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -31,9 +31,10 @@ from PIL import Image
 from segops.data.io import IMAGE_SUFFIXES, ReadError
 from segops.data.location import Location, open_location, source_images
 from segops.errors import DatasetError
+from segops.inference import TrainedModel, load_trained, predict_masks, uses_sliding
 
-if TYPE_CHECKING:  # torch is imported on first prediction: listing a folder stays light
-    from segops.inference import TrainedModel
+# lazy imports: the overlay plotting (matplotlib, pandas: ~0.7 CPU s) loads only when
+# overlays are written, so a Ray actor writing masks only starts that much sooner.
 
 Progress = Callable[[int, int], None]
 
@@ -74,8 +75,6 @@ def save_png(array: np.ndarray, dest: Path) -> None:
 
 def summary_row(trained: TrainedModel, name: str, mask: np.ndarray) -> dict[str, Any]:
     """image, width, height, tiled (sliding window) and `frac_<class>` of one mask."""
-    from segops.inference import uses_sliding
-
     classes = trained.classes
     counts = np.bincount(mask.ravel(), minlength=len(classes))
     fractions = {f"frac_{c}": round(float(counts[k] / mask.size), 6) for k, c in enumerate(classes)}
@@ -94,8 +93,6 @@ def score_chunk(
 ) -> list[dict[str, Any]]:
     """Predict and write one chunk of images of `src` into `out`; returns a summary row per
     image predicted and `{"image", "error"}` for each one that could not be read."""
-    from segops.inference import predict_masks
-
     if overlays:  # matplotlib and pandas: ~0.7 CPU s of import a Ray actor need not pay
         from segops.evaluate.plots import overlay
     rows: list[dict[str, Any]] = []
@@ -228,7 +225,5 @@ def predict_folder(
     checkpoint: str | Path, src: str | Path, out: str | Path, progress: Progress | None = None
 ) -> list[Path]:
     """`predict_local` with the model of a checkpoint; returns the mask paths written."""
-    from segops.inference import load_trained
-
     predict_local(load_trained(checkpoint), src, out, progress)
     return [Path(out) / f"{p.stem}_mask.png" for p in list_images(src)]

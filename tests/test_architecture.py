@@ -79,15 +79,6 @@ LAZY_ALLOWED = {  # module (or package prefix): why it is not checked yet
     "segops.pipeline": "being edited (steps split, issue 13 item 2)",
     "segops.steps": "being edited (steps split, issue 13 item 2)",
     "flows.retrain": "being edited (steps split, issue 13 item 2)",
-    "segops.train.device": "being edited",
-    "segops.inference": "being edited",
-    "segops.scoring": "being edited",
-    "segops.cli.scoring": "being edited",
-    "segops.cli.promotion": "being edited",
-    "segops.predict": "being edited",
-    "segops.data.fetch": "being edited",
-    "segops.evaluate.report": "being edited",
-    "segops.serving.pyfunc": "being edited",
 }
 
 

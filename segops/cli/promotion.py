@@ -11,6 +11,9 @@ import typer
 
 from segops.cli.common import ParamsOpt, SetOpt, config, echo
 
+# lazy imports: MLflow (segops.tracking, segops.promotion) and the registration step load when
+# `segops promote` runs, not with `segops --help` (tests/test_architecture.py measures it).
+
 
 def promote(
     model: Annotated[

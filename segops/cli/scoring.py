@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +12,10 @@ import typer
 
 from segops.cli.common import DatasetOpt, ParamsOpt, SetOpt, config, echo
 from segops.errors import SegopsError
+from segops.scoring.source import checkpoint_source, registered_source, with_settings
+
+# lazy imports: each command imports its work (torch, MLflow, Ray, rich's progress) when it
+# runs; `segops --help` and argument errors answer without them (tests/test_architecture.py).
 
 if TYPE_CHECKING:
     from segops.config import Config
@@ -141,7 +146,6 @@ def predict(
     if engine == "ray" and address:
         check_ray_address(address)
     from segops.scoring.job import JobOptions, predict_job
-    from segops.scoring.source import with_settings
 
     settings = {"threads": _threads(threads), "max_tile": max_tile, "overlap": overlap}
     source = with_settings(_source(model, checkpoint, params, overrides), settings)
@@ -158,8 +162,6 @@ def predict(
 def _source(
     model: str | None, checkpoint: Path | None, params: Path, overrides: list[str] | None
 ) -> dict:
-    from segops.scoring.source import checkpoint_source, registered_source
-
     if not model:
         return checkpoint_source(checkpoint or Path("runs/latest/checkpoints/best.pt"))
     from segops import tracking
@@ -184,8 +186,6 @@ def _dashboard(url: str) -> None:
 @contextmanager
 def _rate_bar(description: str) -> Iterator[Callable[[int, int], None]]:
     """One progress bar with images/s; yields `update(done, total)`."""
-    import time
-
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from segops.cli.progress import console

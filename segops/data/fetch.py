@@ -64,7 +64,7 @@ def s3_filesystem(url: str, endpoint: str | None = None, what: str = "dataset"):
     """A fresh s3fs filesystem on `endpoint` (default `AWS_ENDPOINT_URL`) with no listing
     cache; credentials from the environment. DatasetError when s3fs is not installed."""
     try:
-        import s3fs
+        import s3fs  # lazy imports: s3fs/aiobotocore (~0.5 s) only for s3:// data; optional
     except ImportError:
         raise DatasetError(
             f"{what} {url}: reading s3:// needs s3fs: pip install 'segops[team]'"

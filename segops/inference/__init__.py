@@ -30,6 +30,7 @@ from segops.inference.loading import (
     require_semantic_model,
     with_predict,
 )
+from segops.metrics.instance import semantic_from_instances
 
 __all__ = [
     "SLIDE_ABOVE",
@@ -102,8 +103,6 @@ def predict_image(
 def _painted(trained: TrainedModel, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """An instance model's (class map painted from its detections scoring >= 0.5, one-hot
     probabilities of that map): what semantic consumers of `predict_image` need."""
-    from segops.metrics.instance import semantic_from_instances
-
     found = predict_instances_image(trained, image)
     classes = len(trained.classes)
     mask = semantic_from_instances(found, classes, *image.shape[:2]).astype(np.uint8)

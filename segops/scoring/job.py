@@ -19,6 +19,7 @@ from segops.data.location import Location, open_location
 from segops.errors import ConfigError
 from segops.predict import PredictSummary, finish, plan, score_chunks
 from segops.scoring.checks import check_ray_address, check_source_folder
+from segops.scoring.ray_engine import ray_session, score_on_ray
 from segops.scoring.source import load_source
 
 ENGINES = ("local", "ray")
@@ -78,8 +79,6 @@ def _on_ray(
     progress: Progress | None,
     on_dashboard: Callable[[str], None] | None,
 ) -> list[dict[str, Any]]:
-    from segops.scoring.ray_engine import ray_session, score_on_ray
-
     if not chunks:
         return []
     with ray_session(options.address, options.num_cpus, options.dashboard) as url:

@@ -8,19 +8,25 @@ returns its rows as JSON. With CUDA on the driver each actor takes one GPU.
 
 Ray is imported here only: never when the CLI starts.
 """
+# lazy imports: Ray (~1 s, hundreds of modules) loads only when the ray engine runs; the local
+# engine imports this module too (segops.scoring.job).
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+import torch
 
 from segops.data.location import Location
+from segops.predict import score_chunk
 from segops.scoring.checks import check_ray_address
+from segops.scoring.source import load_source
 
 
 class ChunkScorer:
@@ -29,14 +35,10 @@ class ChunkScorer:
     def __init__(
         self, source: dict[str, Any], src: Location, out: Location, overlays: bool, batch: int
     ):
-        from segops.scoring.source import load_source
-
         self.trained = load_source(source)
         self.src, self.out, self.overlays, self.batch_size = src, out, overlays, batch
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from segops.predict import score_chunk
-
         results = []
         for chunk in batch["paths"]:
             names = json.loads(chunk)
@@ -90,10 +92,7 @@ def score_on_ray(
 ) -> list[dict[str, Any]]:
     """Rows of every chunk (as `score_chunk` returns them), scored by an actor pool of
     `actors` (default: the cluster's CPUs, at most one per chunk); call inside `ray_session`."""
-    import logging
-
     import ray
-    import torch
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # our bar, not its log lines
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -11,8 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from segops.errors import SegopsError
 
-if TYPE_CHECKING:  # torch loads with the model, not with the CLI
+if TYPE_CHECKING:
     from segops.inference import TrainedModel
+
+# lazy imports: the CLI (`segops predict`) and flows/score.py import this module; torch loads
+# with the model (`load_source`), MLflow only for a registered model.
 
 
 def registered_source(model: str) -> dict[str, Any]:

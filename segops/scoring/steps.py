@@ -15,6 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from segops.config import Config, build_config
+from segops.scoring.source import registered_source
+
+# lazy imports: flows/score.py imports these steps, and deploying the flow imports it to read
+# its parameters (flows/deployments.py): MLflow, torch (the job), the listing's PIL and s3
+# helpers load when a step runs.
 
 
 def _connect(config: dict[str, Any]) -> Any:
@@ -52,8 +57,6 @@ def pin_step(config: dict[str, Any], model: str | None = None) -> dict[str, Any]
     """The registered version that scores: `model` (a `models:/` URI or a name, meaning its
     champion; default `promotion.model_name`) pinned to its number. RegistryError when the
     name has no champion."""
-    from segops.scoring.source import registered_source
-
     _connect(config)
     return registered_source(model or _cfg(config).promotion.model_name)
 

@@ -59,12 +59,15 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 from mlflow.types.schema import AnyType, ParamSchema, ParamSpec
 from PIL import Image
 
+from segops import inference
+from segops.metrics.instance import semantic_from_instances
 from segops.serving.limits import Gate, Limits, check_deadline, watch
 from segops.serving.payload import (  # noqa: F401  (re-exported: the row checks live there)
     DEFAULT_MAX_PIXELS,
@@ -181,12 +184,11 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
     """Rebuilds the network from `model.json` + `weights.pt` and predicts at original size."""
 
     def load_context(self, context) -> None:
-        from segops.inference import SLIDE_ABOVE, default_device, load_model_files, with_predict
-
         artifacts = context.artifacts
         model_config = getattr(context, "model_config", None)
-        trained = load_model_files(artifacts["weights"], artifacts["meta"], default_device())
-        self.trained = with_predict(trained, predict_settings(model_config))
+        device = inference.default_device()
+        trained = inference.load_model_files(artifacts["weights"], artifacts["meta"], device)
+        self.trained = inference.with_predict(trained, predict_settings(model_config))
         self.kind = self.trained.kind
         self.classes = list(self.trained.classes)
         self.max_pixels = max_pixels_setting(model_config)
@@ -198,7 +200,8 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
         data = self.trained.config.data
         crop = getattr(data, "crop_size", None)
         window = (crop or data.image_size) if self.kind == "semantic" else None
-        self.budget = PixelBudget(self.max_pixels, window, 0.0 if crop else SLIDE_ABOVE)
+        slide = 0.0 if crop else inference.SLIDE_ABOVE
+        self.budget = PixelBudget(self.max_pixels, window, slide)
         self.gate = Gate(Limits.read(model_config))
         watch(self.trained.model)  # the time budget is checked before every layer
 
@@ -230,8 +233,6 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
         return zip(images, arrays, strict=True)
 
     def _predict_batched(self, rows: list[tuple[Any, Any]]) -> list[dict[str, Any]]:
-        from segops import inference
-
         images = []
         for i, (image, array) in enumerate(rows):
             check_deadline()
@@ -249,10 +250,7 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
         return {"mask": encode_png(mask), **pixels}
 
     def _instance_row(self, image: np.ndarray, threshold: float) -> dict[str, Any]:
-        from segops.inference import predict_instances_image
-        from segops.metrics.instance import semantic_from_instances
-
-        found = kept_detections(predict_instances_image(self.trained, image), threshold)
+        found = kept_detections(inference.predict_instances_image(self.trained, image), threshold)
         height, width = image.shape[:2]
         painted = semantic_from_instances(found, len(self.classes), height, width, 0.0)
         return {**self._row(painted.astype(np.uint8)), **self._detections(found)}
@@ -271,8 +269,6 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
 
 def write_model_files(checkpoint: dict, out: Path) -> dict[str, str]:
     """Write `weights.pt` (state dict) and `model.json` (config, classes, kind) for logging."""
-    import torch
-
     out.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint["model"], out / "weights.pt")
     meta = {

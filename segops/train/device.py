@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from segops.config import TrainConfig
 from segops.errors import ConfigError
@@ -154,8 +155,6 @@ def keep_threads(runtime: Runtime, setting: str | int, record: Path, resuming: b
 def _rank0_count(threads: int) -> tuple[int, bool]:
     """(rank 0's `threads`, whether this process is rank 0) in a process group, else
     (`threads`, True)."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()):
         return threads, True
     box = [threads]
