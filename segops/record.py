@@ -104,6 +104,7 @@ WORLD_TAGS = {
 # start). Float sums depend on it: reproduce trains with the recorded count, so `train.threads:
 # auto` cannot pick another one on a busier or idler machine.
 THREADS_TAG = "segops.env.threads"
+CHANNELS_LAST_TAG = "segops.env.channels_last"  # likewise the memory layout it trained in
 
 
 def world_tags(world_size: int, backend: str, per_rank_batch: int) -> dict[str, str]:

@@ -166,15 +166,18 @@ def test_a_resumed_run_keeps_the_thread_count_its_first_start_chose(tmp_path):
         torch.set_num_threads(before)
 
 
-def test_reproduce_trains_with_the_recorded_thread_count():
-    from segops.lineage.reproduce import _same_threads
-    from segops.record import THREADS_TAG
+def test_reproduce_trains_with_the_recorded_thread_count_and_layout():
+    from segops.lineage.reproduce import _same_runtime
+    from segops.record import CHANNELS_LAST_TAG, THREADS_TAG
 
     cfg = load_config(None)
-    assert cfg.train.threads == "auto"
-    pinned = _same_threads(cfg, {THREADS_TAG: "3"})
-    assert pinned.train.threads == 3 and config_hash(pinned) == config_hash(cfg)
-    assert _same_threads(cfg, {}).train.threads == "auto"  # a run made before the tag: auto
-    assert _same_threads(cfg, {THREADS_TAG: "0"}).train.threads == "auto"
-    explicit = cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": 1})})
-    assert _same_threads(explicit, {THREADS_TAG: "3"}).train.threads == 1  # a number stays
+    assert cfg.train.threads == "auto" and cfg.train.channels_last == "auto"
+    pinned = _same_runtime(cfg, {THREADS_TAG: "3", CHANNELS_LAST_TAG: "False"})
+    assert pinned.train.threads == 3 and pinned.train.channels_last is False
+    assert _same_runtime(cfg, {CHANNELS_LAST_TAG: "True"}).train.channels_last is True
+    assert _same_runtime(cfg, {}) is cfg  # a run made before the tags: auto
+    assert _same_runtime(cfg, {THREADS_TAG: "0", CHANNELS_LAST_TAG: "x"}) is cfg
+    update = {"threads": 1, "channels_last": True}
+    explicit = cfg.model_copy(update={"train": cfg.train.model_copy(update=update)})
+    kept = _same_runtime(explicit, {THREADS_TAG: "3", CHANNELS_LAST_TAG: "False"}).train
+    assert kept.threads == 1 and kept.channels_last is True  # a setting stays

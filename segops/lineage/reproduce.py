@@ -8,8 +8,9 @@ the weights come out identical; on a GPU the report shows how far they moved.
 A version trained by several processes (tag `segops.train.world_size`) is retrained by as many
 on this machine (torchrun, `train.distributed.nproc_per_node` = the recorded world size, one
 node); when this machine cannot run them (NCCL without GPUs, fewer GPUs), reproduce says so.
-A run made with `train.threads: auto` is retrained with the thread count it recorded
-(`segops.env.threads`), whatever this machine's load would pick now.
+A run made with `train.threads: auto` or `train.channels_last: auto` is retrained with the
+thread count and memory layout it recorded (`segops.env.threads`, `segops.env.channels_last`),
+whatever this machine's load or this code's auto rule would pick now.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from segops.dvc_remote import dvc_text_md5, restore_dataset
 from segops.errors import ConfigError, SegopsError
 from segops.evaluate.report import evaluate_checkpoint, headline_metrics
 from segops.promotion.registry import resolve
-from segops.record import TAGS, THREADS_TAG, WORLD_TAGS
+from segops.record import CHANNELS_LAST_TAG, TAGS, THREADS_TAG, WORLD_TAGS
 from segops.train.checkpoint import load_checkpoint
 from segops.train.launch import plan_launch
 from segops.train.run import train_configured
@@ -128,14 +129,22 @@ def _rebuild_config(raw: dict[str, Any], data_root: Path, out: Path):
     return build_config(raw, "recorded config")
 
 
-def _same_threads(cfg, tags: dict[str, str]):
-    """`cfg` with `train.threads: auto` replaced by the count the run recorded: another count
-    sums in another order, so the weights would differ by rounding. Not in the config hash."""
-    recorded = tags.get(THREADS_TAG, "")
-    if cfg.train.threads != "auto" or not recorded.isdigit() or int(recorded) < 1:
+def _same_runtime(cfg, tags: dict[str, str]):
+    """`cfg` with the runtime choices `auto` made for the run taken from its env tags: the
+    thread count (`train.threads`; another count sums in another order) and the memory layout
+    (`train.channels_last`; a version trained before auto chose channels-last on CPU trained
+    contiguous). Either would move the weights by rounding. The config hash is taken from the
+    recorded config before this, so it still matches."""
+    train = {}
+    threads = tags.get(THREADS_TAG, "")
+    if cfg.train.threads == "auto" and threads.isdigit() and int(threads) >= 1:
+        train["threads"] = int(threads)
+    layout = tags.get(CHANNELS_LAST_TAG, "")
+    if cfg.train.channels_last == "auto" and layout in ("True", "False"):
+        train["channels_last"] = layout == "True"
+    if not train:
         return cfg
-    train = cfg.train.model_copy(update={"threads": int(recorded)})
-    return cfg.model_copy(update={"train": train})
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update=train)})
 
 
 def _same_world(cfg, world: int, uri: str):
@@ -199,7 +208,8 @@ def reproduce(model_uri: str, out_dir: str | Path, callbacks: Sequence = ()) -> 
     own_match = None if own is None else dir_md5(data_dir / subdir) == own
     world = int(tags.get(WORLD_TAGS["world_size"], "1"))
     cfg = _same_world(_rebuild_config(raw, data_dir / subdir, out), world, ref.uri)
-    cfg = _same_threads(cfg, tags)
+    recorded_hash = config_hash(cfg)
+    cfg = _same_runtime(cfg, tags)
     result = train_configured(cfg, resume=False, callbacks=list(callbacks))
     report = evaluate_checkpoint(cfg, result.best_checkpoint, out_dir=out / "eval")
     model_dir = tracking.download_model(ref.uri, out / "registered")
@@ -215,7 +225,7 @@ def reproduce(model_uri: str, out_dir: str | Path, callbacks: Sequence = ()) -> 
         data_md5=dvc_text_md5(dvc_text),
         restored_to=str(data_dir),
         device=_device_name(),
-        config_hash_match=config_hash(cfg) == tags.get("segops.config_hash"),
+        config_hash_match=recorded_hash == tags.get("segops.config_hash"),
         dataset_hash_match=result.dataset_hash == tags.get("segops.dataset_hash"),
         dataset_md5_match=own_match,
         weights_identical=same,
