@@ -252,6 +252,14 @@ def test_retried_steps_reuse_their_run_and_version(harness, workspace, monkeypat
     assert registration.promote_step(cfg, model).promote is True
     assert registration.promote_step(cfg, model).promote is True  # retried: still champion
     assert champion_version() == "1"
+    from typer.testing import CliRunner
+
+    from segops.cli.main import app
+
+    sets = [a for s in base_overrides(workspace) for a in ("--set", s)]
+    out = CliRunner().invoke(app, ["promote", model.uri, *sets])  # the same step, by hand
+    assert out.exit_code == 0, out.output
+    assert f"{model.uri}: promoted to champion" in out.output and champion_version() == "1"
 
 
 def test_two_flows_at_once_finish_with_one_champion(workspace, tmp_path):
