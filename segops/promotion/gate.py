@@ -29,6 +29,20 @@ from segops.promotion.registry import (
 from segops.serving.registered import load_registered
 
 
+def protocol_mark(metrics: dict) -> str:
+    """ "" for an evaluation made the way today's are; else a mark that makes its data version
+    distinct, so that the gate re-evaluates such a champion rather than compare figures made
+    another way: at the model's input size (before metrics were computed at the original
+    resolution), or with windows of the input size (before tiles as large as `predict.max_tile`
+    allows; its evaluation protocol has no `max_tile`)."""
+    protocol = metrics.get("protocol", {})
+    if protocol.get("resolution") != "original":
+        return "@model-input-size"
+    if metrics.get("kind", "semantic") == "semantic" and "max_tile" not in protocol:
+        return "@input-size-windows"
+    return ""
+
+
 def scores_from_files(
     metrics_json: str | Path, per_image_csv: str | Path, metric: str = "auto"
 ) -> Scores:
@@ -44,11 +58,8 @@ def scores_from_files(
             f"{metrics_json} (a {kind} model's evaluation) has no {name!r}: set "
             f"promotion.metric to one it has (auto, {', '.join(METRICS)})"
         )
-    # Scores made before metrics were computed at the original resolution are not comparable
-    # with today's: a distinct data version makes the gate re-evaluate such a champion.
-    native = metrics.get("protocol", {}).get("resolution") == "original"
     return Scores(
-        data_version=metrics["dataset_hash"] + ("" if native else "@model-input-size"),
+        data_version=metrics["dataset_hash"] + protocol_mark(metrics),
         per_image=dict(zip(frame["id"], frame[column].astype(float), strict=True)),
         per_class={n: v.get(column) for n, v in metrics["per_class"].items()},
         mean=float(metrics[name]),
@@ -82,8 +93,7 @@ def champion_eval_dir(ref: ModelRef, cfg: Config, data_version: str, dst: str | 
         )
     )
     metrics = json.loads((local / "metrics.json").read_text())
-    native = metrics.get("protocol", {}).get("resolution") == "original"
-    if metrics["dataset_hash"] == data_version and native:
+    if metrics["dataset_hash"] == data_version and not protocol_mark(metrics):
         return local
     return Path(reevaluate(ref, cfg).out_dir)
 

@@ -104,13 +104,21 @@ def test_native_training_crops_and_predicts_at_native_scale(large_images, tmp_pa
     }
 
 
-def test_a_champion_scored_at_model_input_size_is_not_compared_as_is(tmp_path):
+def test_a_champion_scored_at_model_input_size_or_in_small_windows_is_not_compared_as_is(tmp_path):
     metrics = {"dataset_hash": "abc", "mean_iou": 0.5, "per_class": {"a": {"iou": 0.5}}}
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     (tmp_path / "per_image.csv").write_text("id,iou\nx,0.5\n")
     old = scores_from_files(tmp_path / "metrics.json", tmp_path / "per_image.csv")
     assert old.data_version != "abc"  # so the gate re-evaluates that champion
-    metrics["protocol"] = {"resolution": "original"}
+    metrics["protocol"] = {"resolution": "original"}  # windows of the input size, then
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    windows = scores_from_files(tmp_path / "metrics.json", tmp_path / "per_image.csv")
+    assert windows.data_version not in ("abc", old.data_version)
+    metrics["protocol"] |= {"max_tile": 1024, "tiling": "the whole image ..."}  # today's
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     new = scores_from_files(tmp_path / "metrics.json", tmp_path / "per_image.csv")
     assert new.data_version == "abc"
+    metrics |= {"kind": "instance", "protocol": {"resolution": "original"}}  # no tiles
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    instance = scores_from_files(tmp_path / "metrics.json", tmp_path / "per_image.csv", "mean_iou")
+    assert instance.data_version == "abc"
