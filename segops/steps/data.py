@@ -12,8 +12,8 @@ from segops.steps.records import Placed, Validated
 if TYPE_CHECKING:
     from segops.versioning import DataVersion
 
-# The steps import their work inside the function: the flow module (and `segops run`, which
-# imports it) must not pay for torch, MLflow and ONNX before a step runs (docs/development.md).
+# lazy imports: the flow module (and `segops run`, which imports it) must not pay for torch,
+# MLflow, DVC and ONNX before a step runs (docs/development.md "Imports").
 
 
 def fetch_step(url: str, staging: str) -> str:

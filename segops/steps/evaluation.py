@@ -9,8 +9,8 @@ from segops.config import Config
 from segops.record import PREFIX as LINEAGE
 from segops.steps.records import Evaluated, Exported
 
-# The steps import their work inside the function: the flow module (and `segops run`, which
-# imports it) must not pay for torch, MLflow and ONNX before a step runs (docs/development.md).
+# lazy imports: the flow module (and `segops run`, which imports it) must not pay for torch,
+# MLflow, DVC and ONNX before a step runs (docs/development.md "Imports").
 
 
 def _explain_worst(cfg: Config, checkpoint: str, eval_dir: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from segops.lineage import code
 from segops.record import LineageRecord
 from segops.steps.records import Contract, SourceState, Validated
 
@@ -22,8 +23,6 @@ def lineage_record(
     """What every run and registered version of this flow records: the data version, the
     validation verdict, the source state read when the flow started, the model contract
     (`registry_step`'s), the flow run and the code version."""
-    from segops.lineage.code import code_version
-
     return LineageRecord(
         dataset_path=data.dataset,
         dataset_md5=data.dataset_md5,
@@ -37,6 +36,6 @@ def lineage_record(
         git_dirty=git.dirty,
         validation_passed=validated.report.success,
         flow_run_id=flow_run_id or "none",
-        code_version=code_version(),
+        code_version=code.code_version(),
         channels=contract.channels,
     )

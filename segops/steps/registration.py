@@ -12,8 +12,8 @@ if TYPE_CHECKING:
     from segops.promotion.decide import PromotionDecision
     from segops.promotion.registry import ModelRef
 
-# The steps import their work inside the function: the flow module (and `segops run`, which
-# imports it) must not pay for torch, MLflow and ONNX before a step runs (docs/development.md).
+# lazy imports: the flow module (and `segops run`, which imports it) must not pay for torch,
+# MLflow, DVC and ONNX before a step runs (docs/development.md "Imports").
 
 METRICS = "metrics."  # the run's headline metrics, copied to the version's tags
 COPIED_METRICS = ("mean_iou", "mask_ap")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,8 +16,8 @@ if TYPE_CHECKING:
     from segops.evaluate.html_report import Comparison
     from segops.promotion.registry import ModelRef
 
-# The steps import their work inside the function: the flow module (and `segops run`, which
-# imports it) must not pay for torch, MLflow and ONNX before a step runs (docs/development.md).
+# lazy imports: the flow module (and `segops run`, which imports it) must not pay for torch,
+# MLflow, DVC and ONNX before a step runs (docs/development.md "Imports").
 
 
 def _report_lineage(run_tags: dict[str, str], version_tags: dict[str, str]) -> dict[str, str]:
@@ -56,8 +57,6 @@ def report_step(cfg: Config, ref: ModelRef, checkpoint: str) -> ModelReport:
     """Write the version's self-contained HTML report (with the champion comparison), log it
     to the run and tag the version with it. A failure is recorded on the version, not raised:
     the model is already registered and decided, and a missing report must not undo that."""
-    import tempfile
-
     from segops import tracking
     from segops.evaluate.html_report import write_model_report
     from segops.promotion.registry import set_version_tags, version_tags

@@ -8,9 +8,10 @@ from pathlib import Path
 from segops.config import Config, build_config
 from segops.resume import at_dir
 from segops.steps.records import Contract, SourceState
+from segops.train.precheck import check_model_fast
 
-# The steps import their work inside the function: the flow module (and `segops run`, which
-# imports it) must not pay for torch, MLflow and ONNX before a step runs (docs/development.md).
+# lazy imports: the flow module (and `segops run`, which imports it) must not pay for torch,
+# MLflow, DVC and ONNX before a step runs (docs/development.md "Imports").
 
 
 def with_outputs_in(cfg: Config, out_dir: str | Path) -> Config:
@@ -26,7 +27,6 @@ def attempt_config(cfg: Config, attempt_key: str) -> Config:
     model cannot have.
     """
     from segops.promotion.decide import check_metric
-    from segops.train.precheck import check_model_fast
 
     check_metric(cfg.promotion.metric, check_model_fast(cfg))  # torch-free where it can be
     return with_outputs_in(cfg, Path(cfg.train.out_dir).parent / attempt_key)

@@ -8,9 +8,10 @@ from pathlib import Path
 from segops.config import Config
 from segops.record import PREFIX, world_tags
 from segops.steps.records import Trained
+from segops.train.callbacks import EpochPrinter
 
-# The steps import their work inside the function: the flow module (and `segops run`, which
-# imports it) must not pay for torch, MLflow and ONNX before a step runs (docs/development.md).
+# lazy imports: the flow module (and `segops run`, which imports it) must not pay for torch,
+# MLflow, DVC and ONNX before a step runs (docs/development.md "Imports").
 
 
 def train_step(
@@ -22,7 +23,6 @@ def train_step(
     to text (the `.dvc` file) or local files (the validation report) to attach as lineage.
     """
     from segops import tracking
-    from segops.train.callbacks import EpochPrinter
     from segops.train.launch import plan_launch
     from segops.train.run import train_configured
 
