@@ -5,6 +5,10 @@ The params.yaml U-Net (untrained weights: time does not depend on them) saved as
 PNG per image (no overlays):
 
 - bare: a minimal loop: decode, normalise, stack `--batch` images, forward, argmax, save PNG;
+  its input is contiguous NCHW, the memory layout segops feeds the network;
+- bare-cl: the same loop on the stacked HWC arrays as they come (`permute` without
+  `contiguous`: channels-last strides, which this U-Net runs ~15 % faster on CPU, with other
+  rounding): shown for reference, what the first two passes of this bench called "bare";
 - local: `segops predict --engine local` (`segops.scoring.job.predict_job`);
 - ray: `segops predict --engine ray` on a local Ray cluster of `--ray-cpus` CPUs started once
   before (its start-up is reported apart); the actor pool (one model load per actor) is part
@@ -44,6 +48,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+SETTINGS: dict = {}  # predict settings over the model's own (`--threads`), every way alike
+
 
 def make_checkpoint(tmp: Path) -> Path:
     from segops.config import load_config
@@ -67,14 +73,17 @@ def make_images(folder: Path, n: int, size: int) -> None:
         Image.fromarray(image).save(folder / f"img{i:05d}.png")
 
 
-def bare_loop(checkpoint: Path, src: Path, out: Path, batch: int) -> tuple[float, float]:
+def bare_loop(
+    checkpoint: Path, src: Path, out: Path, batch: int, contiguous: bool = True
+) -> tuple[float, float]:
     """Wall and CPU seconds for decode -> normalise -> forward in batches -> argmax -> PNG,
-    nothing else (the model is loaded before the clocks start)."""
+    nothing else (the model is loaded before the clocks start); `contiguous`: NCHW input,
+    else the channels-last strides of the stacked HWC arrays."""
     import torch
 
-    from segops.inference import load_trained
+    from segops.inference import load_trained, with_predict
 
-    trained = load_trained(checkpoint)
+    trained = with_predict(load_trained(checkpoint), SETTINGS)
     mean = torch.tensor(trained.config.augment.mean).view(1, 3, 1, 1)
     std = torch.tensor(trained.config.augment.std).view(1, 3, 1, 1)
     paths = sorted(src.iterdir())
@@ -84,7 +93,8 @@ def bare_loop(checkpoint: Path, src: Path, out: Path, batch: int) -> tuple[float
         for k in range(0, len(paths), batch):
             chunk = paths[k : k + batch]
             arrays = [np.asarray(Image.open(p).convert("RGB")) for p in chunk]
-            x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+            x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+            x = (x.contiguous() if contiguous else x).float() / 255
             masks = trained.model((x - mean) / std).argmax(1).byte().numpy()
             for p, mask in zip(chunk, masks, strict=True):
                 Image.fromarray(mask).save(out / f"{p.stem}_mask.png")
@@ -138,11 +148,13 @@ class Clock:
 
 def engine_run(checkpoint: Path, src: Path, out: Path, engine: str, batch: int):
     from segops.scoring.job import JobOptions, predict_job
+    from segops.scoring.source import with_settings
 
     options = JobOptions(engine, batch, overlays=False, overwrite=True)
+    source = with_settings({"checkpoint": str(checkpoint)}, SETTINGS)
     clock = Clock()
     with clock.measure():
-        summary = predict_job({"checkpoint": str(checkpoint)}, src, out, options)
+        summary = predict_job(source, src, out, options)
     assert summary.scored == len(list(src.iterdir())) and summary.errors == 0
     return clock.wall, clock.cpu
 
@@ -164,7 +176,7 @@ def served(checkpoint: Path, tmp: Path, rounds: int, size: int) -> dict[str, tup
         rows.append({"image": base64.b64encode(buf.getvalue()).decode()})
     request, models = pd.DataFrame(rows), {}
     for batch in (8, 1):
-        context = type("Context", (), {"artifacts": artifacts, "model_config": {}})()
+        context = type("Context", (), {"artifacts": artifacts, "model_config": dict(SETTINGS)})()
         models[batch] = SegmentationModel()
         models[batch].load_context(context)
         models[batch].batch_size = batch
@@ -186,13 +198,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--ray-cpus", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads here")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads, every way")
     args = parser.parse_args()
     import ray
     import torch
 
     if args.threads:  # e.g. 1 with --ray-cpus 1: one core each, overhead per image alone
         torch.set_num_threads(args.threads)
+        SETTINGS["threads"] = args.threads  # where a model loads too (predict.threads: auto)
 
     with tempfile.TemporaryDirectory(prefix="segops-bench-") as tmp:
         tmp = Path(tmp)
@@ -205,8 +218,8 @@ def main() -> None:
 
         def run(way: str, folder: str, r: int) -> None:
             src, out = tmp / folder, tmp / f"{way}-{folder}{r}"
-            if way == "bare":
-                took = bare_loop(checkpoint, src, out, args.batch)
+            if way.startswith("bare"):
+                took = bare_loop(checkpoint, src, out, args.batch, way == "bare")
             else:
                 took = engine_run(checkpoint, src, out, way, args.batch)
             times.setdefault((way, folder), []).append(took)
@@ -215,6 +228,7 @@ def main() -> None:
         for r in range(args.rounds):  # before Ray starts: its idle daemons are not theirs
             for folder in ("in", "one"):
                 run("bare", folder, r)
+                run("bare-cl", folder, r)
                 run("local", folder, r)
         served_times = {size: served(checkpoint, tmp, args.rounds, size) for size in (64, 256)}
         start = time.perf_counter()
@@ -249,7 +263,7 @@ def report(args, times: dict, served_times: dict, ray_start: float) -> None:
     for k, clock in enumerate(("wall", "CPU")):
         bare = median("bare", "in", k) / n
         bare_marginal = (median("bare", "in", k) - median("bare", "one", k)) / (n - b)
-        for way in ("bare", "local", "ray"):
+        for way in ("bare", "bare-cl", "local", "ray"):
             whole, one = median(way, "in", k), median(way, "one", k)
             marginal = (whole - one) / (n - b)
             print(

@@ -166,10 +166,13 @@ def test_segops_predict_flags_override_the_models_predict_section(crops, tmp_pat
         torch.set_num_threads(before)
 
 
-def test_the_served_model_takes_them_from_its_model_config(crops):
+def test_the_served_model_takes_them_from_its_model_config(crops, monkeypatch):
     _, folder = crops
     config = {"max_tile": 64, "overlap": 0.25, "batch_size": 2, "max_pixels": None}
     assert predict_settings(config) == {"max_tile": 64, "overlap": 0.25}
+    monkeypatch.setenv("SEGOPS_SERVE_MAX_TILE", "128")  # the environment first, as batch size
+    assert predict_settings(config) == {"max_tile": "128", "overlap": 0.25}
+    monkeypatch.delenv("SEGOPS_SERVE_MAX_TILE")
     artifacts = {"weights": str(folder / "weights.pt"), "meta": str(folder / "model.json")}
     served = SegmentationModel()
     served.load_context(SimpleNamespace(artifacts=artifacts, model_config=config))

@@ -32,9 +32,10 @@ rows of a semantic model costs about ceil(N / batch size) forward passes (slidin
 large images count as pieces too), each mask identical to predicting its image alone. The batch
 size is `SEGOPS_SERVE_BATCH_SIZE`, else `batch_size` in the model config (MLflow lets a
 load override only keys the model was logged with), else the trained config's
-`predict.batch_size` (default 8). Instance models predict row by row. `threads`, `max_tile` and
-`overlap` in the model config override the trained config's `predict.threads`, `.max_tile` and
-`.overlap` (`predict_settings`).
+`predict.batch_size` (default 8). Instance models predict row by row. Likewise
+`SEGOPS_SERVE_THREADS`, `SEGOPS_SERVE_MAX_TILE` and `SEGOPS_SERVE_OVERLAP`, else `threads`,
+`max_tile` and `overlap` in the model config, override the trained config's `predict.threads`,
+`.max_tile` and `.overlap` (`predict_settings`).
 
 The pixel limit (default 4096*4096; it also bounds the area a sliding window covers) is set at
 serve time by the environment variable `SEGOPS_SERVE_MAX_PIXELS`, else by `max_pixels` in the
@@ -148,11 +149,16 @@ def batch_size_setting(model_config: dict[str, Any] | None, default: int) -> int
 
 
 def predict_settings(model_config: dict[str, Any] | None) -> dict[str, Any]:
-    """`threads`, `max_tile` and `overlap` given in the model config: they override the
-    trained config's `predict` section, as `segops predict --threads/--max-tile/--overlap`
-    do (validated as in params.yaml: ConfigError at load for a bad value)."""
-    config = model_config or {}
-    return {key: config[key] for key in PREDICT_KEYS if config.get(key) is not None}
+    """`threads`, `max_tile` and `overlap` from env `SEGOPS_SERVE_THREADS`, `..._MAX_TILE`,
+    `..._OVERLAP`, else the model config: they override the trained config's `predict`
+    section, as `segops predict --threads/--max-tile/--overlap` do (validated as in
+    params.yaml: ConfigError at load for a bad value)."""
+    config, settings = model_config or {}, {}
+    for key in PREDICT_KEYS:
+        value = os.environ.get(f"SEGOPS_SERVE_{key.upper()}") or config.get(key)
+        if value is not None:
+            settings[key] = value
+    return settings
 
 
 def score_threshold_param(params: dict[str, Any] | None) -> float:
