@@ -1,8 +1,9 @@
 """The `score` flow: pin the champion -> identify the input -> score it -> record the run.
 
-Every task calls one `segops.scoring.steps` function and passes small references (the pinned
-version as a dict, the input's listing hash, the summary's counts and paths). Deploy it like
-`retrain`, e.g. nightly after it, with `model`, `src` and `out` as parameters.
+Every task calls one `segops.scoring.steps` function; they take the frozen `Config` (validated
+once, here) and pass small frozen records as they are (`segops.scoring.records`: `Pinned`,
+`InputIdentity`, `ScoreSummary`); the flow's return value is built by `score_result`. Deploy
+it like `retrain`, e.g. nightly after it, with `model`, `src` and `out` as parameters.
 
 `src` and `out` may be `s3://bucket/prefix` (endpoint and credentials from the environment);
 the input's identity is then a hash of its keys, sizes and ETags.
@@ -24,29 +25,37 @@ from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
-from segops.config import load_config  # noqa: E402
+from segops.config import Config, load_config  # noqa: E402
 from segops.scoring import steps  # noqa: E402
+from segops.scoring.records import (  # noqa: E402
+    InputIdentity,
+    Pinned,
+    ScoreSummary,
+    score_result,
+)
 
 
 @task(name="identify-input", cache_policy=NO_CACHE)
-def identify_input(src: str) -> dict:
+def identify_input(src: str) -> InputIdentity:
     return steps.input_identity(src)
 
 
 @task(name="pin-model", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def pin_model(config: dict, model: str | None) -> dict:
+def pin_model(config: Config, model: str | None) -> Pinned:
     return steps.pin_step(config, model)
 
 
 @task(name="score", cache_policy=NO_CACHE)
 def score_input(
-    config: dict, pinned: dict, src: str, out: str, engine: str, address: str | None
-) -> dict:
+    config: Config, pinned: Pinned, src: str, out: str, engine: str, address: str | None
+) -> ScoreSummary:
     return steps.score_step(config, pinned, src, out, engine, address)
 
 
 @task(name="record-run", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def record_run(config: dict, pinned: dict, identity: dict, summary: dict, run_id: str) -> str:
+def record_run(
+    config: Config, pinned: Pinned, identity: InputIdentity, summary: ScoreSummary, run_id: str
+) -> str:
     return steps.record_step(config, pinned, identity, summary, run_id)
 
 
@@ -63,21 +72,15 @@ def score(
     """Score the images of `src` into `out` with `model` (default: `promotion.model_name`'s
     champion, pinned to its version) and record an MLflow run linked to that version.
     Returns the pinned version, the input's identity, the summary and the run id."""
-    config = load_config(params, overrides).to_dict()
+    config = load_config(params, overrides)
     identity = identify_input(src)  # an empty or missing folder stops here, before any work
     pinned = pin_model(config, model)  # a name with no champion stops here
-    if not pinned["champion"]:
-        print(
-            f"warning: {pinned['model_uri']} is not the champion of {pinned['name']} (v"
-            f"{pinned['champion_version']} is); scoring with it anyway, and recording that"
-        )
+    if warning := pinned.warning():
+        print(f"warning: {warning}")
     summary = score_input(config, pinned, src, out, engine, address)
     run_id = record_run(config, pinned, identity, summary, str(flow_run.id or "none"))
-    print(
-        f"{pinned['model_uri']} scored {summary['scored']} images of {src} "
-        f"({summary['errors']} unreadable, {summary['images_per_s']:g} images/s); run {run_id}"
-    )
-    return {"model": pinned, "input": identity, "summary": summary, "run_id": run_id}
+    print(summary.line(pinned.model_uri, src, run_id))
+    return score_result(pinned, identity, summary, run_id)
 
 
 def main() -> None:

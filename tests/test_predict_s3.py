@@ -142,7 +142,7 @@ def test_input_identity_hashes_keys_sizes_and_etags(images, fs, tmp_path):
     from segops.scoring.steps import _local_copies, input_identity
 
     first = input_identity("s3://scoring/in")
-    assert (first["kind"], first["images"], first["input"]) == (
+    assert (first.kind, first.images, first.input) == (
         "s3-listing",
         N + 1,
         "s3://scoring/in",
@@ -151,7 +151,7 @@ def test_input_identity_hashes_keys_sizes_and_etags(images, fs, tmp_path):
     fs.pipe_file("scoring/in/img005.png", (images / "img006.png").read_bytes())  # replaced
     changed = input_identity("s3://scoring/in")
     fs.put_file(str(images / "img005.png"), "scoring/in/img005.png")  # put back
-    assert changed["hash"] != first["hash"] and input_identity("s3://scoring/in") == first
+    assert changed.hash != first.hash and input_identity("s3://scoring/in") == first
     fs.pipe_file("scoring/tables/summary.csv", b"image\n")
     fs.pipe_file("scoring/tables/errors.csv", b"image,error\n")
     copies = _local_copies("s3://scoring/tables", ["summary.csv", "errors.csv"], tmp_path)
@@ -186,22 +186,24 @@ def test_the_score_steps_record_a_scoring_of_prefixes(source, images, fs, own_ml
 
     from segops.config import load_config
     from segops.scoring import steps
+    from segops.scoring.records import Pinned, ScoreSummary
     from segops.tracking.scoring import SCORE_TAGS
 
-    config = load_config(None, [f"tracking.artifact_root={tmp_path / 'art'}"]).to_dict()
+    config = load_config(None, [f"tracking.artifact_root={tmp_path / 'art'}"])
     client = mlflow.MlflowClient()
     run_id = client.create_run(client.create_experiment("trained")).info.run_id
     client.create_registered_model("s3-score")
     client.create_model_version("s3-score", (tmp_path / "model").as_uri(), run_id)
-    pinned = {"name": "s3-score", "version": "1", "model_uri": "models:/s3-score/1"}
-    pinned |= {"run_id": run_id, "champion": True, "champion_version": "1"}
+    uri = "models:/s3-score/1"
+    pinned = Pinned(uri, "s3-score", "1", run_id, uri, True, "1", mlflow.get_tracking_uri())
     identity = steps.input_identity("s3://scoring/in")
     summary = predict_job(source, "s3://scoring/in", "s3://scoring/flow", JobOptions(batch_size=8))
-    recorded = steps.record_step(config, pinned, identity, summary.to_dict() | {"engine": "local"})
+    recorded = steps.record_step(config, pinned, identity, ScoreSummary(summary, "local"))
     run = client.get_run(recorded)
     assert run.data.tags[SCORE_TAGS["out"]] == "s3://scoring/flow"
     assert run.data.tags[SCORE_TAGS["input_kind"]] == "s3-listing"
-    assert run.data.tags[SCORE_TAGS["input_hash"]] == identity["hash"]
+    assert run.data.tags[SCORE_TAGS["input_hash"]] == identity.hash
+    assert run.data.tags[SCORE_TAGS["champion"]] == "true"
     assert run.data.metrics["scored"] == N and run.data.metrics["errors"] == 1
     logged = client.download_artifacts(recorded, "scoring/summary.csv", str(tmp_path))
     assert Path(logged).read_bytes() == fs.cat_file("scoring/flow/summary.csv")

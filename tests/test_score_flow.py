@@ -46,6 +46,7 @@ def test_score_flow_records_which_version_scored_which_data(registered, harness)
     from segops.lineage.history import model_history
     from segops.promotion.registry import record_decision
     from segops.scoring import steps
+    from segops.scoring.records import Pinned
     from segops.tracking.scoring import SCORE_TAGS
 
     src, out = str(registered["src"]), str(registered["out"])
@@ -56,7 +57,7 @@ def test_score_flow_records_which_version_scored_which_data(registered, harness)
     tags, metrics = run.data.tags, run.data.metrics
     assert tags[SCORE_TAGS["model_uri"]] == f"models:/{NAME}/1"
     assert tags[SCORE_TAGS["champion"]] == "true" and tags[SCORE_TAGS["flow_run_id"]] != "none"
-    assert tags[SCORE_TAGS["input_hash"]] == steps.input_identity(src)["hash"]
+    assert tags[SCORE_TAGS["input_hash"]] == steps.input_identity(src).hash
     assert metrics["scored"] == 11 and metrics["errors"] == 1 and metrics["images_per_s"] > 0
     assert sum(v for k, v in metrics.items() if k.startswith("frac_")) == pytest.approx(1, 1e-3)
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "scoring")}
@@ -65,10 +66,12 @@ def test_score_flow_records_which_version_scored_which_data(registered, harness)
 
     # v2 becomes champion; scoring again with v1 is allowed and recorded as not champion.
     record_decision(registered["refs"][1], {}, True, "second")
-    config = load_config(None, registered["overrides"]).to_dict()
+    config = load_config(None, registered["overrides"])
     pinned = steps.pin_step(config, f"models:/{NAME}/1")
-    assert not pinned["champion"] and pinned["champion_version"] == "2"
+    assert isinstance(pinned, Pinned) and pinned.requested == f"models:/{NAME}/1"
+    assert not pinned.champion and pinned.champion_version == "2" and "(v2 is)" in pinned.warning()
     summary = steps.score_step(config, pinned, src, out + "2")
+    assert (summary.engine, summary.predicted.scored, summary.predicted.skipped) == ("local", 11, 0)
     old_run = steps.record_step(config, pinned, steps.input_identity(src), summary)
     scored = [e for e in model_history(NAME) if e["event"] == "scored"]
     assert [e["version"] for e in scored] == ["1", "1"]

@@ -1,9 +1,11 @@
-"""The `score` flow's steps (`flows/score.py`), one function each, over small references.
+"""The `score` flow's steps (`flows/score.py`), one function each, over small frozen records.
 
-pin the model (`models:/NAME@champion` to a version number) -> identify the input (a hash of
-its listing) -> score it (`segops.scoring.job.predict_job`) -> record an MLflow run linked to
-the version that scored. Scoring with a version that is no longer champion is allowed: the
-run says which version was champion then (`segops.score.champion`, `.champion_version`).
+pin the model (`models:/NAME@champion` to a version number: `Pinned`) -> identify the input (a
+hash of its listing: `InputIdentity`) -> score it (`segops.scoring.job.predict_job`:
+`ScoreSummary`) -> record an MLflow run linked to the version that scored. The steps take the
+frozen `Config` validated once by the flow; the records are in `segops.scoring.records`.
+Scoring with a version that is no longer champion is allowed: the run says which version was
+champion then (`segops.score.champion`, `.champion_version`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from segops.config import Config, build_config
+from segops.config import Config
+from segops.scoring.records import InputIdentity, Pinned, ScoreSummary
 from segops.scoring.source import registered_source
 
 # lazy imports: flows/score.py imports these steps, and deploying the flow imports it to read
@@ -22,21 +25,17 @@ from segops.scoring.source import registered_source
 # helpers load when a step runs.
 
 
-def _connect(config: dict[str, Any]) -> Any:
+def _connect(config: Config) -> Any:
     from segops import tracking
 
-    return tracking.connect(_cfg(config).tracking)
+    return tracking.connect(config.tracking)
 
 
-def _cfg(config: dict[str, Any]) -> Config:
-    return build_config(config, "score config")
-
-
-def input_identity(src: str | Path) -> dict[str, Any]:
-    """`{"input", "kind", "hash", "images"}`: sha256 of the sorted names, sizes and modification
-    times (`kind` "listing", a folder) or ETags (`kind` "s3-listing", an `s3://` prefix) of the
-    images `segops predict` would read from `src` (DatasetError for an empty or missing folder
-    or prefix). Any added, removed, replaced or touched image changes it."""
+def input_identity(src: str | Path) -> InputIdentity:
+    """sha256 of the sorted names, sizes and modification times (`kind` "listing", a folder)
+    or ETags (`kind` "s3-listing", an `s3://` prefix) of the images `segops predict` would read
+    from `src` (DatasetError for an empty or missing folder or prefix). Any added, removed,
+    replaced or touched image changes it."""
     from segops.data.location import S3Prefix
     from segops.scoring.checks import check_source_folder
 
@@ -45,57 +44,57 @@ def input_identity(src: str | Path) -> dict[str, Any]:
     listing = [row for row in location.listing() if row[0] in wanted]
     digest = hashlib.sha256(json.dumps(listing, separators=(",", ":")).encode()).hexdigest()
     remote = isinstance(location, S3Prefix)
-    return {
-        "input": location.url if remote else str(Path(src).resolve()),
-        "kind": "s3-listing" if remote else "listing",
-        "hash": digest,
-        "images": len(names),
-    }
+    return InputIdentity(
+        input=location.url if remote else str(Path(src).resolve()),
+        kind="s3-listing" if remote else "listing",
+        hash=digest,
+        images=len(names),
+    )
 
 
-def pin_step(config: dict[str, Any], model: str | None = None) -> dict[str, Any]:
+def pin_step(config: Config, model: str | None = None) -> Pinned:
     """The registered version that scores: `model` (a `models:/` URI or a name, meaning its
     champion; default `promotion.model_name`) pinned to its number. RegistryError when the
     name has no champion."""
     _connect(config)
-    return registered_source(model or _cfg(config).promotion.model_name)
+    return Pinned.from_source(registered_source(model or config.promotion.model_name))
 
 
 def score_step(
-    config: dict[str, Any],
-    pinned: dict[str, Any],
+    config: Config,
+    pinned: Pinned,
     src: str,
     out: str,
     engine: str = "local",
     address: str | None = None,
-) -> dict[str, Any]:
-    """Predict `src` into `out` with the pinned version (`predict.batch_size` per forward);
-    returns `PredictSummary.to_dict()` plus the engine."""
+) -> ScoreSummary:
+    """Predict `src` into `out` with the pinned version (`predict.batch_size` per forward)."""
     from segops.scoring.job import JobOptions, predict_job
 
     _connect(config)
-    options = JobOptions(engine, _cfg(config).predict.batch_size, address=address)
-    return predict_job(pinned, src, out, options).to_dict() | {"engine": engine}
+    options = JobOptions(engine, config.predict.batch_size, address=address)
+    return ScoreSummary(predict_job(pinned.to_dict(), src, out, options), engine)
 
 
 def record_step(
-    config: dict[str, Any],
-    pinned: dict[str, Any],
-    identity: dict[str, Any],
-    summary: dict[str, Any],
+    config: Config,
+    pinned: Pinned,
+    identity: InputIdentity,
+    summary: ScoreSummary,
     flow_run_id: str = "none",
 ) -> str:
     """One finished MLflow run for this scoring (see `segops.tracking.scoring`); its id."""
     from segops.tracking.scoring import log_score_run, score_tags
 
     store = _connect(config)
-    extra = {"engine": summary["engine"], "out": summary["out"]}
-    tags = score_tags(pinned, identity, extra | {"flow_run_id": flow_run_id})
+    done = summary.predicted
+    extra = {"engine": summary.engine, "out": done.out, "flow_run_id": flow_run_id}
+    tags = score_tags(pinned.to_dict(), identity.to_dict(), extra)
     counts = ("images", "scored", "skipped", "errors", "seconds", "images_per_s")
-    metrics = {key: summary[key] for key in counts}
-    metrics |= {f"frac_{c}": v for c, v in summary["class_fractions"].items()}
+    metrics = {key: getattr(done, key) for key in counts}
+    metrics |= {f"frac_{c}": v for c, v in done.class_fractions.items()}
     with tempfile.TemporaryDirectory(prefix="segops-score-") as tmp:
-        files = _local_copies(summary["out"], ["summary.csv", "errors.csv"], Path(tmp))
+        files = _local_copies(done.out, ["summary.csv", "errors.csv"], Path(tmp))
         return log_score_run(store, tags, metrics, files)
 
 
