@@ -48,7 +48,7 @@ def use_tracking_uri(uri: str) -> None:
 
 def score_tags(model: dict[str, Any], identity: dict[str, Any], extra: dict[str, str]) -> dict:
     """The run's tags from a pinned model (`segops.scoring.source.registered_source`), the
-    input's identity (`segops.scoring.identity.input_identity`) and `extra` (engine, out,
+    input's identity (`segops.scoring.steps.input_identity`) and `extra` (engine, out,
     flow run)."""
     values = {
         "model_name": model["name"],
