@@ -12,9 +12,6 @@ internally and returns masks at the input's size).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import torch
@@ -22,15 +19,8 @@ import torch
 from segops.config import Config
 from segops.data.instance_dataset import InstanceDataset
 from segops.data.io import read_image
-from segops.data.manifest import DatasetInfo, dataset_fingerprint, load_dataset
-from segops.evaluate.outputs import (
-    EvalReport,
-    check_classes,
-    inference_protocol,
-    per_class_table,
-    write_plots,
-    write_tables,
-)
+from segops.data.manifest import DatasetInfo
+from segops.evaluate.outputs import Progress, Scored
 from segops.inference import TrainedModel
 from segops.metrics.confusion import ConfusionMatrix
 from segops.metrics.instance import coco_mask_metrics, per_class_mask_ap, per_image_mask_ap
@@ -92,20 +82,10 @@ def _image_scores(ids: list[str], found: list, targets: list, per_image: np.ndar
     )
 
 
-def evaluate_instance_model(
-    trained: TrainedModel,
-    cfg: Config,
-    split: str | None,
-    out: Path,
-    dataset: DatasetInfo | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    history: Path | None = None,
-) -> EvalReport:
-    """Score instance model `trained` on `split` of `cfg.data` (see the module docstring);
-    writes under `out` what `segops.evaluate.report.evaluate_model` writes."""
-    split = split or cfg.evaluate.split
-    info = dataset or load_dataset(cfg.data, eval_split=split)
-    check_classes(trained, info)
+def score_instances(
+    trained: TrainedModel, cfg: Config, info: DatasetInfo, split: str, progress: Progress = None
+) -> Scored:
+    """Score instance model `trained` on `split` of `info` (see the module docstring)."""
     ds = InstanceDataset(info.split(split), root=info.root)
     found, targets = predict_instances(trained.model, ds, cfg.evaluate.batch_size, trained.device)
     if progress:
@@ -114,16 +94,4 @@ def evaluate_instance_model(
     mat, per_image = _confusions(*maps, len(info.classes))
     summary = _instance_summary(mat, found, targets, list(info.classes))
     scores = _image_scores([ref.id for ref in ds.refs], found, targets, per_image)
-    per_class = per_class_table(summary, mat)
-    (out / "plots").mkdir(parents=True, exist_ok=True)
-    protocol = inference_protocol(trained)
-    files = write_tables(
-        out, summary, scores, per_class, mat, split, trained.checkpoint, info, protocol
-    )
-    worst = _worst(info, ds, scores, maps, cfg.evaluate.worst_k)
-    figures = write_plots(out / "plots", history, per_class, mat, info, worst)
-    means = (summary["mean_iou"], summary["mean_dice"], summary["pixel_accuracy"])
-    fingerprint = dataset_fingerprint(info)
-    return EvalReport(
-        str(out), split, str(trained.checkpoint), fingerprint, *means, *files, tuple(figures)
-    )
+    return Scored(summary, scores, mat, _worst(info, ds, scores, maps, cfg.evaluate.worst_k))

@@ -6,6 +6,7 @@ the CSVs, and the plots. `report` (semantic) and `instance_report` both build on
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,20 @@ class EvalReport:
     per_image_csv: str
     per_class_csv: str
     plots: tuple[str, ...]
+
+
+Progress = Callable[[int, int], None] | None  # told (images done, images in all) as it scores
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What scoring a split gives, for either kind: the summary (metrics.json's values), one row
+    per image, the split's confusion matrix and the worst images to draw."""
+
+    summary: dict
+    scores: pd.DataFrame
+    mat: np.ndarray
+    worst: list[dict]
 
 
 HEADLINE = ("mean_iou", "mean_dice", "pixel_accuracy", "mean_precision", "mean_recall", "mean_f1")
@@ -131,3 +146,35 @@ def write_plots(
     if history is not None and history.is_file():
         figures.insert(0, plots.plot_curves(pd.read_csv(history), plot_dir / "curves.png"))
     return [str(f) for f in figures]
+
+
+def write_evaluation(
+    trained: TrainedModel,
+    scored: Scored,
+    info: DatasetInfo,
+    split: str,
+    out: Path,
+    history: Path | None = None,
+) -> EvalReport:
+    """Write what an evaluation writes under `out` (metrics.json with the inference protocol,
+    per_image.csv, per_class.csv, confusion_matrix.csv, plots/) and return its EvalReport."""
+    per_class = per_class_table(scored.summary, scored.mat)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    protocol = inference_protocol(trained)
+    files = write_tables(
+        out,
+        scored.summary,
+        scored.scores,
+        per_class,
+        scored.mat,
+        split,
+        trained.checkpoint,
+        info,
+        protocol,
+    )
+    figures = write_plots(out / "plots", history, per_class, scored.mat, info, scored.worst)
+    means = [scored.summary[k] for k in ("mean_iou", "mean_dice", "pixel_accuracy")]
+    fingerprint = dataset_fingerprint(info)
+    return EvalReport(
+        str(out), split, str(trained.checkpoint), fingerprint, *means, *files, tuple(figures)
+    )

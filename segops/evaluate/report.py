@@ -17,7 +17,7 @@ import torch
 
 from segops.config import Config
 from segops.data.dataset import SegmentationDataset
-from segops.data.manifest import DatasetInfo, dataset_fingerprint, load_dataset
+from segops.data.manifest import DatasetInfo, load_dataset
 
 __all__ = [  # also read from here by the steps, the gate, the CLI and the HTML report
     "HEADLINE",
@@ -29,17 +29,17 @@ __all__ = [  # also read from here by the steps, the gate, the CLI and the HTML 
     "inference_protocol",
     "score_split",
 ]
-from segops.evaluate.instance_report import evaluate_instance_model
+from segops.evaluate.instance_report import score_instances
 from segops.evaluate.outputs import (
     HEADLINE,
     INSTANCE_HEADLINE,
     EvalReport,
+    Progress,
+    Scored,
     check_classes,
     headline_metrics,
     inference_protocol,
-    per_class_table,
-    write_plots,
-    write_tables,
+    write_evaluation,
 )
 from segops.inference import TrainedModel, default_device, load_trained, predict_image
 from segops.metrics.confusion import ConfusionMatrix
@@ -142,33 +142,22 @@ def evaluate_model(
         else (threads, "the run's threads")
     )
     trained.threads = inference_threads(setting, key).threads
-    if trained.kind == "instance":
-        return evaluate_instance_model(trained, cfg, split, out, dataset, progress, history)
     split = split or cfg.evaluate.split
     info = dataset or load_dataset(cfg.data, eval_split=split)
     check_classes(trained, info)
+    score = score_instances if trained.kind == "instance" else _score_semantic
+    scored = score(trained, cfg, info, split, progress)
+    return write_evaluation(trained, scored, info, split, out, history)
+
+
+def _score_semantic(
+    trained: TrainedModel, cfg: Config, info: DatasetInfo, split: str, progress: Progress = None
+) -> Scored:
+    """Score semantic model `trained` on `split` of `info`: every original pixel counts."""
     ds = SegmentationDataset(info.root, info.split(split), trained.transform())
     mat, per_image = score_split(trained, ds, cfg.evaluate.batch_size, progress)
     summary = summarize(mat, info.classes)
     ious, dices = per_image_scores(per_image)
     correct = np.trace(per_image, axis1=1, axis2=2) / np.maximum(per_image.sum((1, 2)), 1)
     scores = pd.DataFrame({"id": ds.ids, "iou": ious, "dice": dices, "pixel_accuracy": correct})
-    per_class = per_class_table(summary, mat)
-    (out / "plots").mkdir(parents=True, exist_ok=True)
-    protocol = inference_protocol(trained)
-    files = write_tables(
-        out, summary, scores, per_class, mat, split, trained.checkpoint, info, protocol
-    )
-    worst = _worst_samples(trained, ds, scores, cfg.evaluate.worst_k)
-    figures = write_plots(out / "plots", history, per_class, mat, info, worst)
-    return EvalReport(
-        str(out),
-        split,
-        str(trained.checkpoint),
-        dataset_fingerprint(info),
-        summary["mean_iou"],
-        summary["mean_dice"],
-        summary["pixel_accuracy"],
-        *files,
-        tuple(figures),
-    )
+    return Scored(summary, scores, mat, _worst_samples(trained, ds, scores, cfg.evaluate.worst_k))

@@ -10,7 +10,7 @@ from segops.config import Config
 from segops.data.manifest import DatasetInfo, load_dataset
 from segops.train.callbacks import Callback
 from segops.train.fit import TrainResult, epoch_seed, fit, seed_everything
-from segops.train.semantic import SemanticTask, make_loaders, train_one_epoch, validate
+from segops.train.semantic import SemanticTask, make_loaders, validate
 
 __all__ = [
     "TrainResult",
@@ -18,7 +18,6 @@ __all__ = [
     "make_loaders",
     "seed_everything",
     "train",
-    "train_one_epoch",
     "validate",
 ]
 

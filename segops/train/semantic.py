@@ -19,7 +19,6 @@ from segops.data.transforms import eval_transform, train_transform
 from segops.metrics.confusion import ConfusionMatrix
 from segops.metrics.semantic import iou, nanmean, pixel_accuracy
 from segops.models import require_semantic
-from segops.train.callbacks import Callback
 from segops.train.device import Runtime, autocast
 from segops.train.distributed import (
     SINGLE,
@@ -30,7 +29,7 @@ from segops.train.distributed import (
     shard_batches,
     train_loader,
 )
-from segops.train.fit import Setup, run_epoch
+from segops.train.fit import Setup
 from segops.train.parts import build_parts
 
 
@@ -81,37 +80,6 @@ def pixel_loss(criterion: nn.Module, model: nn.Module, batch: tuple, runtime: Ru
     images, masks = _to_device(*batch, runtime)
     with autocast(runtime):
         return criterion(model(images), masks), images.shape[0]
-
-
-def train_one_epoch(
-    model: nn.Module,
-    loader: DataLoader,
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-    runtime: Runtime,
-    *,
-    epoch: int = 1,
-    callbacks: Callback | None = None,
-    grad_clip: float | None = None,
-) -> dict[str, float]:
-    """One pass over `loader` with `criterion`; returns mean loss, images seen and seconds."""
-
-    def batch_loss(model: nn.Module, batch: tuple, runtime: Runtime) -> tuple:
-        return pixel_loss(criterion, model, batch, runtime)
-
-    optim = (optimizer, scheduler, scaler)
-    return run_epoch(
-        model,
-        loader,
-        batch_loss,
-        *optim,
-        runtime,
-        epoch=epoch,
-        callbacks=callbacks,
-        grad_clip=grad_clip,
-    )
 
 
 @torch.inference_mode()
