@@ -68,3 +68,15 @@ def test_the_flow_writes_the_record():
     assert LineageRecord.from_tags(found.to_tags()) == found
     expected = dataclasses.replace(RECORD, channels=3)
     assert dataclasses.replace(found, code_version=RECORD.code_version) == expected
+
+
+def test_the_model_report_shows_the_lineage_record_and_the_decision():
+    from segops.steps.report import _report_lineage
+
+    record = RECORD
+    run = record.to_tags() | {"segops.seed": "0", "segops.other": "not shown", "mlflow.user": "u"}
+    shown = _report_lineage(run, {"promotion.promote": "true", "promotion.other": "no"})
+    assert shown == {tag.removeprefix("segops."): v for tag, v in record.to_tags().items()} | {
+        "seed": "0",
+        "promotion.promote": "true",
+    }

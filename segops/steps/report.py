@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from segops.config import Config
 from segops.record import PREFIX as LINEAGE
+from segops.record import TAGS
 from segops.steps.records import ModelReport
 
 if TYPE_CHECKING:
@@ -20,11 +21,15 @@ if TYPE_CHECKING:
 # MLflow, DVC and ONNX before a step runs (docs/development.md "Imports").
 
 
+# What the report shows beside the lineage record: facts of the run that are not lineage.
+RUN_FACTS = ("config_hash", "seed", "weights_sha256", "env.torch")
+
+
 def _report_lineage(run_tags: dict[str, str], version_tags: dict[str, str]) -> dict[str, str]:
-    """The lineage and decision values a model report shows."""
-    keys = ("data.md5", "git.commit", "git.dirty", "config_hash", "code.version", "seed")
-    keys += ("prefect.flow_run_id", "validation.passed", "weights_sha256", "env.torch")
-    shown = {k: run_tags[LINEAGE + k] for k in keys if LINEAGE + k in run_tags}
+    """The lineage and decision values a model report shows: the run's lineage record
+    (`segops.record.TAGS`, the fields it has), its `RUN_FACTS` and the gate's decision."""
+    shown = {tag[len(LINEAGE) :]: run_tags[tag] for tag in TAGS.values() if tag in run_tags}
+    shown |= {k: run_tags[LINEAGE + k] for k in RUN_FACTS if LINEAGE + k in run_tags}
     for key in ("promote", "reasons", "champion_version"):
         if f"promotion.{key}" in version_tags:
             shown[f"promotion.{key}"] = version_tags[f"promotion.{key}"]
