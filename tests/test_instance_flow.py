@@ -136,18 +136,16 @@ def _served_over_http(ws: Path, model: str, image: np.ndarray) -> None:
     import os
     import sys
 
-    from serving.test_serving import free_port, post, stop, wait_ready
+    from servers import BIN, free_port, start, stop, wait_until_up
+    from serving.test_serving import post
 
-    port, bin_dir = free_port(), Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    port, log = free_port(), ws / "serve.log"
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     cmd = [sys.executable, "-m", "segops.cli.main", "serve", model, "--port", str(port)]
-    with open(ws / "serve.log", "w") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    proc = start(cmd, log, env, cwd=ws)
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_ready(proc, base)
+        wait_until_up(base + "/ping", proc, log, timeout=120)
         rows = [{"image": encode_png(image)}]
         request = {"dataframe_records": rows, "params": {"score_threshold": 0}}
         status, body = post(base + "/invocations", request)
@@ -157,7 +155,7 @@ def _served_over_http(ws: Path, model: str, image: np.ndarray) -> None:
         status, body = post(base + "/invocations", {"dataframe_records": [{"image": "eA=="}]})
         assert status == 400 and "row 0" in json.dumps(body)
     finally:
-        stop(proc)
+        stop(proc, grace=20)
 
 
 def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 from PIL import Image
+from servers import free_port
 
 from segops.errors import DatasetError
 from segops.scoring.checks import EngineError, check_ray_address, check_source_folder
@@ -108,9 +108,7 @@ def test_bad_input_is_refused_in_seconds(tmp_path):
         check_source_folder(tmp_path / "empty")
     with pytest.raises(DatasetError, match="no such file or folder"):
         check_source_folder(tmp_path / "missing")
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     with pytest.raises(EngineError, match=f"127.0.0.1:{port}.*ray start --head"):
         check_ray_address(f"127.0.0.1:{port}", timeout=2)
     (tmp_path / "in").mkdir()

@@ -6,8 +6,6 @@ before any work."""
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,21 +15,15 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 from PIL import Image
+from servers import BIN, free_port, running
 
 from segops.errors import DatasetError
 from segops.scoring.job import JobOptions, predict_job
 from segops.scoring.source import checkpoint_source
-from segops.stack.procs import http_ok
 
 pytestmark = pytest.mark.slow
 KEY, SECRET = "segops-test", "s3cret-for-tests"
 N = 30  # a few dozen: the folder test covers a few hundred
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -41,28 +33,23 @@ def s3(tmp_path_factory):
     folder on disk."""
     root = tmp_path_factory.mktemp("s3")
     (root / "buckets" / "scoring").mkdir(parents=True)
-    port = _free_port()
-    cmd = [str(Path(sys.executable).parent / "rclone"), "serve", "s3"]
-    cmd += ["--addr", f"127.0.0.1:{port}", "--auth-key", f"{KEY},{SECRET}", str(root / "buckets")]
+    url = f"http://127.0.0.1:{free_port()}"
+    cmd = [str(BIN / "rclone"), "serve", "s3", "--addr", url.removeprefix("http://")]
+    cmd += ["--auth-key", f"{KEY},{SECRET}", str(root / "buckets")]
     env = dict(os.environ, RCLONE_CONFIG=str(root / "rclone.conf"))
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
     patch = pytest.MonkeyPatch()
     try:
-        deadline = time.monotonic() + 30
-        while not http_ok(f"http://127.0.0.1:{port}") and time.monotonic() < deadline:
-            time.sleep(0.2)
-        for name, value in {
-            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-            "AWS_ACCESS_KEY_ID": KEY,
-            "AWS_SECRET_ACCESS_KEY": SECRET,
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }.items():
-            patch.setenv(name, value)
-        yield root / "buckets"
+        with running(cmd, url, root / "rclone.log", env, timeout=30):
+            for name, value in {
+                "AWS_ENDPOINT_URL": url,
+                "AWS_ACCESS_KEY_ID": KEY,
+                "AWS_SECRET_ACCESS_KEY": SECRET,
+                "AWS_DEFAULT_REGION": "us-east-1",
+            }.items():
+                patch.setenv(name, value)
+            yield root / "buckets"
     finally:
         patch.undo()
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +162,7 @@ def test_bad_s3_input_is_refused_before_any_work(s3, images, tmp_path, monkeypat
         text=True,
     )
     assert proc.returncode != 0 and "no images" in proc.stderr
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     with pytest.raises(DatasetError, match=r"S3 endpoint .* unreachable"):
         predict_job(missing_model, "s3://scoring/in", tmp_path / "o")
     assert time.monotonic() - start < 30

@@ -89,14 +89,10 @@ def _rank(rank: int, port: int, folder: str) -> None:
 
 @pytest.mark.slow
 def test_every_rank_takes_rank_0s_count_and_only_rank_0_writes_it(tmp_path):
-    import socket
-
     import torch.multiprocessing as mp
+    from servers import free_port
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    mp.start_processes(_rank, (port, str(tmp_path)), nprocs=2, start_method="spawn")
+    mp.start_processes(_rank, (free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
     assert (tmp_path / "kept0").read_text() == "1 1"
     assert (tmp_path / "kept1").read_text() == "1 1"  # rank 1 decided 2, took rank 0's 1
     assert (tmp_path / "rank0" / "threads.txt").read_text() == "1\n"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import dvc_workspace
+from servers import free_port
 
 from segops.config import VersioningConfig, load_config
 from segops.data.shapes import generate_shapes
@@ -22,13 +23,6 @@ from segops.versioning import VersioningError, remote_has, version_dataset
 
 # dvc 3.67 itself trips a pygtrie deprecation on every add; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:_NoneStep.value:DeprecationWarning")
-
-
-def _free_port() -> int:
-    """A loopback port with nothing listening on it."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -56,7 +50,7 @@ def test_reachable_stores_pass_and_are_listed(ws):
 
 
 def test_unreachable_mlflow_server_is_named_in_seconds(ws, monkeypatch):
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     problems, took = _problems(load_config(), ws)
     assert took < 10
@@ -77,7 +71,7 @@ def test_a_server_that_never_answers_is_named_after_the_timeout(ws, monkeypatch)
 
 
 def test_unreachable_prefect_api_is_named(ws, monkeypatch):
-    url = f"http://127.0.0.1:{_free_port()}/api"
+    url = f"http://127.0.0.1:{free_port()}/api"
     monkeypatch.setenv("PREFECT_API_URL", url)
     problems, took = _problems(load_config(), ws)
     assert took < 10
@@ -102,8 +96,8 @@ def test_dvc_remote_under_a_file_is_named(ws, tmp_path, where):
 
 
 def test_every_failing_store_gets_its_own_line(ws, tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
-    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{_free_port()}/api")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{free_port()}/api")
     (tmp_path / "a_file").write_text("")
     cfg = load_config(None, [f"versioning.remote_url={tmp_path / 'a_file' / 'r'}"])
     problems, took = _problems(cfg, ws)

@@ -7,10 +7,8 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,6 +20,7 @@ import pytest
 from conftest import tiny_config
 from mlflow.exceptions import MlflowException
 from PIL import Image
+from servers import BIN, free_port, start, stop, wait_until_up
 
 from segops.serving.pyfunc import MAX_PIXELS_ENV, decode_png, max_pixels_setting
 
@@ -156,12 +155,6 @@ def test_max_pixels_setting(monkeypatch):
 # --- a real server on loopback ---------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def post(url: str, payload: dict) -> tuple[int, dict]:
     """Status and JSON body of a POST to /invocations (4xx/5xx too)."""
     body = json.dumps(payload).encode()
@@ -173,42 +166,15 @@ def post(url: str, payload: dict) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
-def wait_ready(proc: subprocess.Popen, base: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"server exited with {proc.returncode}"
-        try:
-            with urllib.request.urlopen(base + "/ping", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:  # not listening yet
-            time.sleep(0.5)
-    raise AssertionError(f"server not ready after {timeout} s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """End a server started in its own process group (SIGTERM, then SIGKILL after 20 s)."""
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 def start_server(store: dict, port: int, log: Path) -> subprocess.Popen:
-    bin_dir = Path(sys.executable).parent
-    mlflow_bin = bin_dir / "mlflow"
+    """`mlflow models serve` of the store's model on loopback `port`, in its own session
+    (servers.stop() ends it and its uvicorn workers together)."""
     # mlflow execs `uvicorn` by name: the venv's bin must be on PATH even when not activated.
-    path = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": store["uri"], MAX_PIXELS_ENV: "5000"}
-    cmd = [str(mlflow_bin), "models", "serve", "-m", store["model"], "--env-manager", "local"]
+    cmd = [str(BIN / "mlflow"), "models", "serve", "-m", store["model"], "--env-manager", "local"]
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
-    # Own process group: the test kills the server and its uvicorn workers together.
-    with open(log, "w") as out:
-        return subprocess.Popen(
-            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    return start(cmd, log, env)
 
 
 def good_requests(url: str) -> None:
@@ -228,11 +194,11 @@ def good_requests(url: str) -> None:
 
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_and_survives_bad_payloads(store, tmp_path):
-    port = free_port()
-    proc = start_server(store, port, tmp_path / "server.log")
+    port, log = free_port(), tmp_path / "server.log"
+    proc = start_server(store, port, log)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(proc, base)
+        wait_until_up(base + "/ping", proc, log, timeout=120)
         good_requests(base + "/invocations")
         bad = [
             ({"image": base64.b64encode(b"not an image").decode()}, "not a readable image"),
@@ -246,7 +212,7 @@ def test_mlflow_models_serve_answers_and_survives_bad_payloads(store, tmp_path):
         good_requests(base + "/invocations")  # still serving
     finally:
         alive = proc.poll() is None
-        stop(proc)
+        stop(proc, grace=20)
     # It was serving until stop(), and SIGTERM ended it (-9 would mean it needed SIGKILL).
     assert alive and proc.returncode == -signal.SIGTERM, proc.returncode
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -125,12 +124,6 @@ def finish(proc: subprocess.Popen, timeout: int = 300) -> str:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     from segops.data.shapes import generate_shapes
@@ -142,6 +135,8 @@ def dataset(tmp_path_factory) -> Path:
 def two_nodes(dataset) -> Path:
     """The reference 2-rank run, made by two launchers (--nnodes=2, 1 process each) meeting at
     a c10d rendezvous on 127.0.0.1; its output folder."""
+    from servers import free_port  # here: torchrun runs this file without tests/ on sys.path
+
     out = dataset.parent / "two_nodes"
     config = dataset.parent / "two_nodes.yaml"
     save_config(ddp_config(dataset, out), config)
