@@ -206,18 +206,14 @@ def test_entry_commands_run_here(services, command):
 
 
 def test_s3_health_check_passes_against_a_real_server(services, tmp_path):
-    from prefect_server import free_port, stop
+    from servers import free_port, start, stop
 
     port = free_port()
     keys = {"S3_ACCESS_KEY": "key", "S3_SECRET_KEY": "secret-key"}
     (tmp_path / "mlflow").mkdir()
     rclone = [str(BIN / "rclone"), "serve", "s3", str(tmp_path)]
-    server = subprocess.Popen(
-        [*rclone, "--addr", f"127.0.0.1:{port}", "--auth-key", "key,secret-key"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    rclone += ["--addr", f"127.0.0.1:{port}", "--auth-key", "key,secret-key"]
+    server = start(rclone, tmp_path / "rclone.log")
     _, script = services["s3"]["healthcheck"]["test"]
     script = script.replace("$$", "$").replace("127.0.0.1:9000", f"127.0.0.1:{port}")
     script = script.replace("rclone ", f"{BIN / 'rclone'} ", 1)

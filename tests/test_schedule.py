@@ -19,7 +19,8 @@ from uuid import UUID
 
 import pytest
 import typer
-from prefect_server import BIN, free_port, prefect_env, stop
+from prefect_server import prefect_env
+from servers import BIN, free_port, start, stop
 from typer.testing import CliRunner
 
 pytestmark = pytest.mark.slow
@@ -270,21 +271,15 @@ def test_a_worker_clones_the_commit_and_runs_it(api, tmp_path, monkeypatch):
         run = client.create_flow_run_from_deployment(UUID(deployment_id))
     worker_log = tmp_path / "worker.log"
     (tmp_path / "elsewhere").mkdir()
-    with worker_log.open("w") as log:
-        worker = subprocess.Popen(
-            [str(BIN / "prefect"), "worker", "start", "--pool", "segops-process", "--run-once"],
-            env=prefect_env(api, tmp_path / "worker-home"),
-            cwd=tmp_path / "elsewhere",
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            worker.wait(timeout=300)  # --run-once: returns when the run has finished
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"worker still running after 300 s:\n{worker_log.read_text()[-4000:]}")
-        finally:
-            stop(worker)
+    cmd = [str(BIN / "prefect"), "worker", "start", "--pool", "segops-process", "--run-once"]
+    env = prefect_env(api, tmp_path / "worker-home")
+    worker = start(cmd, worker_log, env, cwd=tmp_path / "elsewhere")
+    try:
+        worker.wait(timeout=300)  # --run-once: returns when the run has finished
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"worker still running after 300 s:\n{worker_log.read_text()[-4000:]}")
+    finally:
+        stop(worker)
     with get_client(sync_client=True) as client:
         deadline = time.monotonic() + 30  # the final state may land just after the worker exits
         while not (state := client.read_flow_run(run.id).state).is_final():

@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from servers import start
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -56,10 +57,7 @@ def _start_killable_run(ws: Path, tmp_path: Path) -> subprocess.Popen:
     """`segops run --params params.yaml` in its own session (its Prefect server included)."""
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-killed"), "PREFECT_API_URL": ""}
     cmd = [sys.executable, "-m", "segops.cli.main", "run", "--params", "params.yaml"]
-    log = open(tmp_path / "killed.log", "w")  # noqa: SIM115 (the child writes it)
-    return subprocess.Popen(
-        cmd, cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    return start(cmd, tmp_path / "killed.log", env, cwd=ws)
 
 
 def _wait_for_checkpoint(ws: Path, proc: subprocess.Popen, timeout: float) -> Path:
