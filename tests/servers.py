@@ -20,6 +20,12 @@ from pathlib import Path
 BIN = Path(sys.executable).parent  # the virtualenv's programs (mlflow, prefect, rclone)
 
 
+def bin_on_path() -> dict[str, str]:
+    """This process's environment with BIN first on PATH (for programs that exec others by
+    name, like `mlflow models serve` execs `uvicorn`, when the venv is not activated)."""
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
 def free_ports(n: int) -> list[int]:
     """`n` distinct loopback ports nothing listens on now (all bound at once, then freed)."""
     socks = [socket.socket() for _ in range(n)]
@@ -99,6 +105,7 @@ def running(
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     timeout: float = 90,
+    grace: float = 15,
 ) -> Iterator[subprocess.Popen]:
     """start() `cmd`, wait until `url` answers, yield the process; stop() it on exit."""
     proc = start(cmd, log, env, cwd)
@@ -106,7 +113,7 @@ def running(
         wait_until_up(url, proc, log, timeout)
         yield proc
     finally:
-        stop(proc)
+        stop(proc, grace)
 
 
 def _tail(log: Path | None, chars: int = 3000) -> str:

@@ -133,19 +133,16 @@ def test_maskrcnn_is_trained_gated_on_mask_ap_registered_and_served(harness, wor
 
 def _served_over_http(ws: Path, model: str, image: np.ndarray) -> None:
     """`segops serve MODEL` answers a PNG with masks, classes and scores, a bad row with 400."""
-    import os
     import sys
 
-    from servers import BIN, free_port, start, stop, wait_until_up
+    from servers import bin_on_path, free_port, running
     from serving.test_serving import post
 
-    port, log = free_port(), ws / "serve.log"
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "segops.cli.main", "serve", model, "--port", str(port)]
-    proc = start(cmd, log, env, cwd=ws)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_until_up(base + "/ping", proc, log, timeout=120)
+    log = ws / "serve.log"
+    with running(cmd, base + "/ping", log, bin_on_path(), cwd=ws, timeout=120, grace=20):
         rows = [{"image": encode_png(image)}]
         request = {"dataframe_records": rows, "params": {"score_threshold": 0}}
         status, body = post(base + "/invocations", request)
@@ -154,8 +151,6 @@ def _served_over_http(ws: Path, model: str, image: np.ndarray) -> None:
         assert len(row["masks"]) == len(row["classes"]) == len(row["scores"]) == row["instances"]
         status, body = post(base + "/invocations", {"dataframe_records": [{"image": "eA=="}]})
         assert status == 400 and "row 0" in json.dumps(body)
-    finally:
-        stop(proc, grace=20)
 
 
 def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:

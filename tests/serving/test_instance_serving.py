@@ -15,8 +15,7 @@ import pytest
 from conftest import tiny_config
 from mlflow.exceptions import MlflowException
 from PIL import Image
-from servers import free_port, stop, wait_until_up
-from test_serving import BAD, encoded, post, start_server
+from test_serving import BAD, encoded, post, served
 from train.test_instance_train import CLASSES, TinyInstances, _config
 
 from segops.serving.pyfunc import (
@@ -223,11 +222,8 @@ def good_request(url: str) -> None:
 
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_and_survives_bad_payloads(store, tmp_path):
-    port, log = free_port(), tmp_path / "server.log"
-    proc = start_server(store, port, log)
-    url = f"http://127.0.0.1:{port}/invocations"
-    try:
-        wait_until_up(f"http://127.0.0.1:{port}/ping", proc, log, timeout=120)
+    with served(store, tmp_path / "server.log") as (base, proc):
+        url = base + "/invocations"
         good_request(url)
         not_image = {"image": base64.b64encode(b"not an image").decode()}
         status, body = post(url, {"dataframe_records": [ROWS[0], not_image]})
@@ -238,8 +234,6 @@ def test_mlflow_models_serve_answers_and_survives_bad_payloads(store, tmp_path):
         status, body = post(url, payload)
         assert status == 400 and "score_threshold" in body["message"], body
         good_request(url)  # still serving
-    finally:
-        alive = proc.poll() is None
-        stop(proc, grace=20)
-    # It was serving until stop(), and SIGTERM ended it (-9 would mean it needed SIGKILL).
-    assert alive and proc.returncode == -signal.SIGTERM, proc.returncode
+        assert proc.poll() is None
+    # It was serving until stopped, and SIGTERM ended it (-9 would mean it needed SIGKILL).
+    assert proc.returncode == -signal.SIGTERM, proc.returncode

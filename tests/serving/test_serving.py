@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -20,7 +21,7 @@ import pytest
 from conftest import tiny_config
 from mlflow.exceptions import MlflowException
 from PIL import Image
-from servers import BIN, free_port, start, stop, wait_until_up
+from servers import BIN, bin_on_path, free_port, running
 
 from segops.serving.pyfunc import MAX_PIXELS_ENV, decode_png, max_pixels_setting
 
@@ -166,15 +167,18 @@ def post(url: str, payload: dict) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
-def start_server(store: dict, port: int, log: Path) -> subprocess.Popen:
-    """`mlflow models serve` of the store's model on loopback `port`, in its own session
-    (servers.stop() ends it and its uvicorn workers together)."""
+@contextmanager
+def served(store: dict, log: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`mlflow models serve` of the store's model on a free loopback port, up (/ping answers):
+    its base URL and process. Its session (uvicorn workers included) is stopped on exit."""
+    port = free_port()
     # mlflow execs `uvicorn` by name: the venv's bin must be on PATH even when not activated.
-    path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": store["uri"], MAX_PIXELS_ENV: "5000"}
+    env = {**bin_on_path(), "MLFLOW_TRACKING_URI": store["uri"], MAX_PIXELS_ENV: "5000"}
     cmd = [str(BIN / "mlflow"), "models", "serve", "-m", store["model"], "--env-manager", "local"]
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
-    return start(cmd, log, env)
+    base = f"http://127.0.0.1:{port}"
+    with running(cmd, base + "/ping", log, env, timeout=120, grace=20) as proc:
+        yield base, proc
 
 
 def good_requests(url: str) -> None:
@@ -194,11 +198,7 @@ def good_requests(url: str) -> None:
 
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_and_survives_bad_payloads(store, tmp_path):
-    port, log = free_port(), tmp_path / "server.log"
-    proc = start_server(store, port, log)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(base + "/ping", proc, log, timeout=120)
+    with served(store, tmp_path / "server.log") as (base, proc):
         good_requests(base + "/invocations")
         bad = [
             ({"image": base64.b64encode(b"not an image").decode()}, "not a readable image"),
@@ -210,11 +210,9 @@ def test_mlflow_models_serve_answers_and_survives_bad_payloads(store, tmp_path):
             assert status == 400, body
             assert body["error_code"] == "INVALID_PARAMETER_VALUE" and message in body["message"]
         good_requests(base + "/invocations")  # still serving
-    finally:
-        alive = proc.poll() is None
-        stop(proc, grace=20)
-    # It was serving until stop(), and SIGTERM ended it (-9 would mean it needed SIGKILL).
-    assert alive and proc.returncode == -signal.SIGTERM, proc.returncode
+        assert proc.poll() is None
+    # It was serving until stopped, and SIGTERM ended it (-9 would mean it needed SIGKILL).
+    assert proc.returncode == -signal.SIGTERM, proc.returncode
 
 
 def test_segops_serve_resolves_the_model_then_execs_mlflow(store, monkeypatch, tmp_path):
