@@ -1,6 +1,7 @@
 """The `retrain` flow: (fetch a dataset from s3://) -> check registry -> validate -> place
-(import a dataset from outside `data/`) -> version (DVC) -> train -> evaluate -> export
-(ONNX) -> register -> promote -> report.
+(import a dataset from outside `data/`) -> version (DVC) -> train -> evaluate -> register ->
+promote -> report -> export (ONNX, after the gate: the decision, the champion alias and the
+report do not wait for it; its tags go to the run and the version).
 
 Every task calls one `segops.steps` function; the frozen `Config` and the steps' small frozen
 records (`segops.steps.records`: paths, hashes, run ids, `ModelRef`s) travel between them as
@@ -106,8 +107,8 @@ def evaluate_model(cfg: Config, run_id: str, checkpoint: str) -> Evaluated:
 
 
 @task(name="export-onnx", cache_policy=NO_CACHE)
-def export_model(cfg: Config, run_id: str, checkpoint: str) -> Exported:
-    return evaluation.export_step(cfg, run_id, checkpoint)
+def export_model(cfg: Config, run_id: str, checkpoint: str, ref: ModelRef) -> Exported:
+    return evaluation.export_step(cfg, run_id, checkpoint, ref)
 
 
 @task(name="register", retries=1, cache_policy=NO_CACHE)
@@ -136,8 +137,10 @@ def model_report(cfg: Config, ref: ModelRef, checkpoint: str) -> ModelReport:
 
 def _gate_and_report(
     cfg: Config, ref: ModelRef, checkpoint: str
-) -> tuple[PromotionDecision, ModelReport]:
-    """Promote (or not) the registered `ref`, then write its report; both as artifacts."""
+) -> tuple[PromotionDecision, ModelReport, Exported]:
+    """Promote (or not) the registered `ref`, write its report (both as artifacts), then
+    export it to ONNX: the export is off the decision's path (the pyfunc model registered
+    never reads the ONNX file); its `segops.onnx.*` tags are set on the run and the version."""
     decision = promote_serialised(cfg, ref)
     create_markdown_artifact(_decision_markdown(ref, decision), key="promotion-decision")
     written = model_report(cfg, ref, checkpoint)
@@ -145,7 +148,10 @@ def _gate_and_report(
         create_link_artifact(written.link, link_text=f"report of {ref.uri}", key="model-report")
     else:
         print(f"warning: no model report ({written.error}); the version is registered")
-    return decision, written
+    onnx = export_model(cfg, ref.run_id, checkpoint, ref)
+    if onnx.status == "failed":
+        print(f"warning: ONNX export failed ({onnx.error}); recorded as tags")
+    return decision, written, onnx
 
 
 def _finish_undecided(cfg: Config, same: Existing, data: DataVersion) -> dict[str, Any]:
@@ -155,7 +161,7 @@ def _finish_undecided(cfg: Config, same: Existing, data: DataVersion) -> dict[st
     print(f"{same.ref.uri} was registered from these inputs but never decided: gating it now")
     cfg = setup.with_outputs_in(cfg, same.out_dir)
     ref = register_model(cfg, same.ref.run_id, same.checkpoint, same.attempt_key)
-    decision, written = _gate_and_report(cfg, ref, same.checkpoint)
+    decision, written, _ = _gate_and_report(cfg, ref, same.checkpoint)
     return outcome.gated_result(same, data, ref, decision, written)
 
 
@@ -242,9 +248,6 @@ def _retrain(
     artifacts = {"lineage/data.dvc": data.dvc_text, "lineage/validation.json": validated.json}
     trained = train_model(cfg, attempt_key, tags, artifacts)
     evaluated = evaluate_model(cfg, trained.run_id, trained.checkpoint)
-    onnx = export_model(cfg, trained.run_id, trained.checkpoint)
-    if onnx.status == "failed":
-        print(f"warning: ONNX export failed ({onnx.error}); recorded as tags")
     ref = register_model(cfg, trained.run_id, trained.checkpoint, attempt_key)
-    decision, written = _gate_and_report(cfg, ref, trained.checkpoint)
+    decision, written, onnx = _gate_and_report(cfg, ref, trained.checkpoint)
     return outcome.trained_result(ref, evaluated, decision, data, written, onnx)

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import pytest
@@ -80,6 +81,9 @@ def test_first_promotes_worse_refused_better_promotes_rollback_restores(harness,
     )
     onnx_files = {a.path for a in client.list_artifacts(run.info.run_id, "onnx")}
     assert onnx_files == {"onnx/model.onnx"}
+    # exported after the gate: the file was written after promote finished the run
+    exported = Path(urlparse(run.info.artifact_uri).path) / "onnx" / "model.onnx"
+    assert exported.stat().st_mtime * 1000 >= run.info.end_time
 
     worse = run_flow(workspace, "train.epochs=1", "train.lr=1e-9")
     assert worse["model"]["version"] == "2" and worse["decision"]["promote"] is False
@@ -238,9 +242,9 @@ def test_retried_steps_reuse_their_run_and_version(harness, workspace, monkeypat
         raise RuntimeError("boom: unsupported operator")
 
     monkeypatch.setattr(onnx_export, "export_onnx", broken_export)
-    onnx = evaluation.export_step(cfg, first.run_id, first.checkpoint)
-    assert onnx.status == "failed" and "boom" in onnx.error
     model = registration.register_step(cfg, first.run_id, first.checkpoint, "attempt-1")
+    onnx = evaluation.export_step(cfg, first.run_id, first.checkpoint, model)  # after register
+    assert onnx.status == "failed" and "boom" in onnx.error
     tags = MlflowClient().get_model_version(MODEL, model.version).tags
     assert tags["segops.onnx.status"] == "failed"  # recorded with the version, not silent
     retry = registration.register_step(cfg, first.run_id, first.checkpoint, "attempt-1")

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from segops.config import Config
 from segops.record import PREFIX as LINEAGE
 from segops.steps.records import Evaluated, Exported
+
+if TYPE_CHECKING:
+    from segops.promotion.registry import ModelRef
 
 # lazy imports: the flow module (and `segops run`, which imports it) must not pay for torch,
 # MLflow, DVC and ONNX before a step runs (docs/development.md "Imports").
@@ -57,12 +61,14 @@ def evaluate_step(cfg: Config, run_id: str, checkpoint: str) -> Evaluated:
     return Evaluated(report, test)
 
 
-def export_step(cfg: Config, run_id: str, checkpoint: str) -> Exported:
+def export_step(cfg: Config, run_id: str, checkpoint: str, ref: ModelRef | None = None) -> Exported:
     """Export the checkpoint to ONNX and compare onnxruntime with PyTorch on the evaluation
     split; log `onnx/model.onnx` and the `segops.onnx.*` tags (parity numbers, or status
-    "failed" with the error) to the run, from where registration copies them to the version.
-    A failed export is recorded, not raised: the PyTorch model is still registered. Instance
-    models are not exported (status "skipped", with the reason)."""
+    "failed" with the error) to the run and, given `ref`, to that registered version (the flow
+    exports after the gate: the registered pyfunc model never reads the ONNX file; a version
+    registered after the export gets the tags copied from the run). A failed export is
+    recorded, not raised. Instance models are not exported (status "skipped", with the
+    reason)."""
     from segops import tracking
     from segops.serving.onnx import export_and_check
     from segops.train.run import model_kind
@@ -74,12 +80,21 @@ def export_step(cfg: Config, run_id: str, checkpoint: str) -> Exported:
             LINEAGE + "onnx.reason": "instance models (Mask R-CNN) are served by the PyTorch "
             "pyfunc only: their detection post-processing is not exported",
         }
-        tracking.set_tags(run_id, tags)
-        return Exported(tags)
+        return _recorded(run_id, ref, tags)
     tags = export_and_check(checkpoint, Path(cfg.train.out_dir) / "onnx", cfg)
     path = tags.pop(LINEAGE + "onnx.path", "")
     if tags.get(LINEAGE + "onnx.status") == "ok" and path:
         tracking.log_file(run_id, path, "onnx")
         tags[LINEAGE + "onnx.artifact"] = "onnx/" + Path(path).name
+    return _recorded(run_id, ref, tags)
+
+
+def _recorded(run_id: str, ref: ModelRef | None, tags: dict[str, str]) -> Exported:
+    """The export's tags on the run, and on the registered version `ref` when given."""
+    from segops import tracking
+    from segops.promotion.registry import set_version_tags
+
     tracking.set_tags(run_id, tags)
+    if ref is not None:
+        set_version_tags(ref, tags)
     return Exported(tags)
