@@ -165,6 +165,23 @@ def _finish_undecided(cfg: Config, same: Existing, data: DataVersion) -> dict[st
     return outcome.gated_result(same, data, ref, decision, written)
 
 
+def _export_missing(cfg: Config, same: Existing) -> None:
+    """The ONNX export of a decided version that has none (its flow was killed after the gate,
+    before the export): from its checkpoint where this machine has it, else say how."""
+    if not Path(same.checkpoint).is_file():
+        print(
+            f"note: {same.ref.uri} has no ONNX export and its checkpoint is not on this machine "
+            f"({same.checkpoint}): `segops export {same.ref.uri}` exports the registered model"
+        )
+        return
+    print(f"{same.ref.uri} was decided but never exported to ONNX: exporting it now")
+    onnx = export_model(
+        setup.with_outputs_in(cfg, same.out_dir), same.ref.run_id, same.checkpoint, same.ref
+    )
+    if onnx.status == "failed":
+        print(f"warning: ONNX export failed ({onnx.error}); recorded as tags")
+
+
 def _decision_markdown(ref: ModelRef, decision: PromotionDecision) -> str:
     verdict = "promoted to **champion**" if decision.promote else "kept as **challenger**"
     reasons = "\n".join(f"- {r}" for r in decision.reasons)
@@ -235,6 +252,8 @@ def _retrain(
         )
         print(note)
         create_markdown_artifact(f"## Nothing to retrain\n\n{note}\n", key="retrain-skipped")
+        if not same.exported:
+            _export_missing(cfg, same)
         return outcome.skipped_result(same, data)
     chosen = choose_attempt(cfg, data, key)
     for note in chosen.notes:

@@ -322,6 +322,15 @@ def test_unchanged_inputs_skip_training_and_new_data_retrains(harness, workspace
     assert again["data"]["md5"] == first["data"]["md5"] and again["data"]["pushed"] == 0
     client = MlflowClient()
     assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == 1
+    # a flow killed after the gate, before the export, left a decided version without ONNX
+    onnx = {k: v for k, v in client.get_model_version(MODEL, "1").tags.items() if ".onnx." in k}
+    assert onnx["segops.onnx.status"] == "ok"
+    for tag in onnx:
+        client.delete_model_version_tag(MODEL, "1", tag)
+    caught_up = run_flow(workspace, "train.epochs=1")
+    assert caught_up["skipped"] is True and caught_up["model"] == first["model"]
+    tags = client.get_model_version(MODEL, "1").tags
+    assert tags["segops.onnx.status"] == "ok" and tags.keys() >= onnx.keys()
     add_pairs(_new_pairs(tmp_path / "new", 6), workspace / "data" / "shapes")
     changed = run_flow(workspace, "train.epochs=1")
     assert changed["skipped"] is False and changed["model"]["version"] == "2"

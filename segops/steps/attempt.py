@@ -26,8 +26,9 @@ def unchanged_step(cfg: Config, data: DataVersion) -> Existing | None:
     Compares the dataset's own hash and path, the config hash (locations and promotion settings
     excluded) and the code version with the tags of the versions of `promotion.model_name`.
     Also says whether the version was `decided` (went through the gate: a flow killed between
-    register and promote leaves it undecided), its `attempt_key`, `out_dir`, `checkpoint` and
-    `metrics` (the evaluation's headline figures copied to the version).
+    register and promote leaves it undecided), its `attempt_key`, `out_dir`, `checkpoint`,
+    `metrics` (the evaluation's headline figures copied to the version) and whether it was
+    `exported` to ONNX (the flow exports after the gate: one killed in between left no tags).
     """
     from segops import tracking
     from segops.promotion.registry import ATTEMPT_TAG, DECIDED_TAG, find_version, version_tags
@@ -46,6 +47,7 @@ def unchanged_step(cfg: Config, data: DataVersion) -> Existing | None:
         out_dir=out_dir,
         checkpoint=str(Path(out_dir) / "checkpoints" / "best.pt"),
         metrics=registered_metrics(tags),
+        exported=PREFIX + "onnx.status" in tags,
     )
 
 

@@ -78,6 +78,7 @@ class Existing:
     out_dir: str
     checkpoint: str
     metrics: Mapping[str, float]  # the evaluation's headline figures copied to the version
+    exported: bool = True  # has its segops.onnx.* tags (a flow killed after the gate has none)
 
 
 @dataclass(frozen=True)
