@@ -65,7 +65,7 @@ def model_uri(shapes_root, tmp_path_factory):
 
 def load(model_uri: str, monkeypatch, **env: str):
     """The pyfunc loaded with these limits (read at load time) and no others."""
-    for name in LIMIT_ENVS:
+    for name in (*LIMIT_ENVS, "SEGOPS_SERVE_MAX_TILE"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -149,7 +149,9 @@ def test_a_null_image_is_absent_not_a_second_input(model):
 
 
 def test_the_time_budget_stops_the_work(model_uri, monkeypatch):
-    timed = load(model_uri, monkeypatch, **{MAX_SECONDS_ENV: "0.05"})
+    # windows of the input size: many forwards to stop between (a 400 px image fits one
+    # whole-image tile, one forward, which a budget checked between forwards cannot cut)
+    timed = load(model_uri, monkeypatch, **{MAX_SECONDS_ENV: "0.05", "SEGOPS_SERVE_MAX_TILE": "0"})
     forwards = []
     timed.unwrap_python_model().trained.model.register_forward_hook(
         lambda *args: forwards.append(1)

@@ -23,14 +23,15 @@ def name(request, tmp_path) -> str:
     no store of its own to create, which costs seconds. Its runs go to an experiment whose
     artifacts lie in `tmp_path` (the default experiment's would be ./mlruns in the checkout)."""
     name = f"compat-{request.node.name}-{uuid.uuid4().hex[:8]}"
-    mlflow.set_experiment(experiment_id=MlflowClient().create_experiment(name, tmp_path.as_uri()))
+    MlflowClient().create_experiment(name, tmp_path.as_uri())  # _champion logs into it
     return name
 
 
 def _champion(name: str, **tags: str) -> None:
     """A registered tiny version of `name` holding alias champion, with version `tags`."""
     client = MlflowClient()
-    with mlflow.start_run() as run:
+    experiment = client.get_experiment_by_name(name).experiment_id  # not set_experiment:
+    with mlflow.start_run(experiment_id=experiment) as run:  # that would outlive this test
         mlflow.log_text("{}", "model/model.json")
     client.create_registered_model(name)
     version = client.create_model_version(
