@@ -78,6 +78,18 @@ def write_sample(root: Path, sid: str, image: np.ndarray, mask: np.ndarray | Non
         Image.fromarray(mask).save(root / "masks" / f"{sid}.png")
 
 
+def scoring_images(folder: Path, n: int, odd_every: int) -> Path:
+    """`n` random RGB images of 32x32 (every `odd_every`-th of another size) and one corrupt
+    `broken.png` in `folder`: an archive to score."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        size = (32, 32) if i % odd_every else (24 + i % 7, 40)
+        image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        Image.fromarray(image).save(folder / f"img{i:03d}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return folder
+
+
 @pytest.fixture
 def folder_dataset(tmp_path) -> Path:
     """A valid 8-sample folder dataset with classes bg/a/b (16x12 images), no split files."""

@@ -11,11 +11,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from segops.stack.procs import http_ok
 
 BIN = Path(sys.executable).parent  # the virtualenv's programs (mlflow, prefect, rclone)
 
@@ -43,14 +43,8 @@ def free_port() -> int:
 
 
 def answers(url: str, timeout: float = 2.0) -> bool:
-    """Whether `url` answers HTTP with a status below 500."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout):
-            return True
-    except urllib.error.HTTPError as exc:
-        return exc.code < 500
-    except (OSError, ValueError):
-        return False
+    """Whether `url` answers HTTP with a status below 500 (the stack's own check)."""
+    return http_ok(url, timeout)
 
 
 def start(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import scoring_images, tiny_config
 from PIL import Image
 from servers import free_port
 
@@ -33,15 +33,7 @@ def source(shapes_root, tmp_path_factory):
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
     """N images of 32x32 and a few of other sizes, plus one corrupt file."""
-    folder = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for i in range(N):
-        size = (32, 32) if i % 20 else (24 + i % 7, 40)
-        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(
-            folder / f"img{i:03d}.png"
-        )
-    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    return folder
+    return scoring_images(tmp_path_factory.mktemp("images"), N, 20)
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import tiny_config
-from PIL import Image
+from conftest import scoring_images, tiny_config
 from servers import BIN, free_port, running
 
 from segops.errors import DatasetError
@@ -63,14 +61,7 @@ def fs(s3):
 def images(s3, fs, tmp_path_factory) -> Path:
     """N images (a few of odd sizes) and one corrupt file, in a folder and uploaded through
     the S3 API to s3://scoring/in."""
-    folder = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for i in range(N):
-        size = (32, 32) if i % 10 else (24 + i % 7, 40)
-        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(
-            folder / f"img{i:03d}.png"
-        )
-    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    folder = scoring_images(tmp_path_factory.mktemp("images"), N, 10)
     for path in folder.iterdir():
         fs.put_file(str(path), f"scoring/in/{path.name}")
     fs.pipe_file("scoring/in/notes.txt", b"not an image: not listed")
