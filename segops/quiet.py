@@ -24,8 +24,14 @@ EPHEMERAL_ONLY = ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",)
 
 def quiet_defaults() -> None:
     """Set each of `QUIET_DEFAULTS` that the environment does not set already (the ephemeral
-    API's settings only when no running server is named by PREFECT_API_URL)."""
-    server = bool(os.environ.get("PREFECT_API_URL", "").strip())
+    API's settings only when no running server is named by PREFECT_API_URL).
+
+    A blank PREFECT_API_URL (`export PREFECT_API_URL=`, a `.env` line with no value) is removed:
+    Prefect then starts its temporary API, but its events worker reads the blank URL, stops,
+    and logs an ERROR with a traceback for every task state (66 in one `segops run`)."""
+    if not os.environ.get("PREFECT_API_URL", "x").strip():
+        del os.environ["PREFECT_API_URL"]
+    server = "PREFECT_API_URL" in os.environ
     for key, value in QUIET_DEFAULTS.items():
         if not (server and key in EPHEMERAL_ONLY):
             os.environ.setdefault(key, value)

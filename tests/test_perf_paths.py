@@ -79,6 +79,37 @@ def test_a_running_prefect_server_gets_no_ephemeral_settings(monkeypatch):
     assert "temporary local one" in prefect_api_line()
 
 
+BLANK_API_FLOW = """
+    from segops.quiet import quiet_defaults
+    quiet_defaults()  # what `segops run` and the flow modules do before importing Prefect
+    from prefect import flow, task
+
+    @task
+    def one() -> int:
+        return 1
+
+    @flow
+    def two() -> int:
+        return one() + one()
+
+    print("result", two())
+"""
+
+
+@pytest.mark.slow
+def test_a_blank_prefect_api_url_runs_on_a_temporary_api_without_event_errors(tmp_path):
+    # `export PREFECT_API_URL=` made Prefect's events worker fail on every task state: an
+    # ERROR and a traceback each (66 in one `segops run`), though the run itself completed.
+    home = tmp_path / "prefect"
+    env = {"PREFECT_API_URL": "", "PREFECT_HOME": str(home), "PREFECT_LOGGING_LEVEL": "INFO"}
+    out = run_python(BLANK_API_FLOW, **env)
+    assert out.returncode == 0, out.stderr
+    assert "result 2" in out.stdout
+    log = out.stdout + out.stderr
+    assert "Starting temporary server" in log
+    assert "ERROR" not in log and "Traceback" not in log, log[-3000:]
+
+
 FAST_EXIT = """
     import atexit, gc, logging, sys
     from segops.cli.lifecycle import arm_fast_exit, freeze_heap, leave, own_process
