@@ -164,3 +164,42 @@ def prefect_server(tmp_path_factory):
 
     with running_server(tmp_path_factory.mktemp("prefect-server")) as url:
         yield url
+
+
+S3_KEY, S3_SECRET = "segops-test", "s3cret-for-tests"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A real S3 server (`rclone serve s3` on loopback) with a bucket `scoring`, its endpoint
+    and keys in this process's environment for the module (set before Ray starts: local Ray
+    workers inherit it). Yields the buckets' folder on disk."""
+    from servers import BIN, free_port, running
+
+    root = tmp_path_factory.mktemp("s3")
+    (root / "buckets" / "scoring").mkdir(parents=True)
+    url = f"http://127.0.0.1:{free_port()}"
+    cmd = [str(BIN / "rclone"), "serve", "s3", "--addr", url.removeprefix("http://")]
+    cmd += ["--auth-key", f"{S3_KEY},{S3_SECRET}", str(root / "buckets")]
+    env = dict(os.environ, RCLONE_CONFIG=str(root / "rclone.conf"))
+    patch = pytest.MonkeyPatch()
+    try:
+        with running(cmd, url, root / "rclone.log", env, timeout=30):
+            for name, value in {
+                "AWS_ENDPOINT_URL": url,
+                "AWS_ACCESS_KEY_ID": S3_KEY,
+                "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+                "AWS_DEFAULT_REGION": "us-east-1",
+            }.items():
+                patch.setenv(name, value)
+            yield root / "buckets"
+    finally:
+        patch.undo()
+
+
+@pytest.fixture(scope="module")
+def fs(s3):
+    """An s3fs filesystem on the `s3` server (no listing cache)."""
+    from segops.data.fetch import s3_filesystem
+
+    return s3_filesystem("s3://scoring")

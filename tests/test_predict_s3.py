@@ -1,11 +1,10 @@
-"""`segops predict` from and to `s3://` prefixes on a real S3 server (`rclone serve s3` on
-loopback): both engines write the same bytes as into a folder, a rerun resumes, nothing is left
-half-written, the input's identity is a hash of its keys, sizes and ETags, bad input is refused
-before any work."""
+"""`segops predict` from and to `s3://` prefixes on a real S3 server (the conftest's `s3`:
+`rclone serve s3` on loopback): both engines write the same bytes as into a folder, a rerun
+resumes, nothing is left half-written, the input's identity is a hash of its keys, sizes and
+ETags, bad input is refused before any work."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -13,48 +12,14 @@ from pathlib import Path
 
 import pytest
 from conftest import scoring_images, tiny_config
-from servers import BIN, free_port, running
+from servers import free_port
 
 from segops.errors import DatasetError
 from segops.scoring.job import JobOptions, predict_job
 from segops.scoring.source import checkpoint_source
 
 pytestmark = pytest.mark.slow
-KEY, SECRET = "segops-test", "s3cret-for-tests"
 N = 30  # a few dozen: the folder test covers a few hundred
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """An S3 server with a bucket `scoring`, its endpoint and keys in this process's
-    environment (set before Ray starts: local Ray workers inherit it). Yields the buckets'
-    folder on disk."""
-    root = tmp_path_factory.mktemp("s3")
-    (root / "buckets" / "scoring").mkdir(parents=True)
-    url = f"http://127.0.0.1:{free_port()}"
-    cmd = [str(BIN / "rclone"), "serve", "s3", "--addr", url.removeprefix("http://")]
-    cmd += ["--auth-key", f"{KEY},{SECRET}", str(root / "buckets")]
-    env = dict(os.environ, RCLONE_CONFIG=str(root / "rclone.conf"))
-    patch = pytest.MonkeyPatch()
-    try:
-        with running(cmd, url, root / "rclone.log", env, timeout=30):
-            for name, value in {
-                "AWS_ENDPOINT_URL": url,
-                "AWS_ACCESS_KEY_ID": KEY,
-                "AWS_SECRET_ACCESS_KEY": SECRET,
-                "AWS_DEFAULT_REGION": "us-east-1",
-            }.items():
-                patch.setenv(name, value)
-            yield root / "buckets"
-    finally:
-        patch.undo()
-
-
-@pytest.fixture(scope="module")
-def fs(s3):
-    from segops.data.fetch import s3_filesystem
-
-    return s3_filesystem("s3://scoring")
 
 
 @pytest.fixture(scope="module")

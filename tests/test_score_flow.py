@@ -1,6 +1,10 @@
-"""The `score` flow end to end: champion pinned, input scored, run recorded, history shows it."""
+"""The `score` flow end to end, on a folder and on `s3://` prefixes (the conftest's `s3` server):
+champion pinned, input scored, run recorded, history shows it, a rerun resumes."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -82,3 +86,81 @@ def test_score_flow_records_which_version_scored_which_data(registered, harness)
     with pytest.raises(RegistryError, match=r"nobody@champion: not in the registry"):
         score(src, out + "3", "nobody", params=None, overrides=registered["overrides"])
     assert not (registered["out"].parent / "out3").exists()
+
+
+@pytest.mark.slow
+def test_score_flow_from_and_to_s3_prefixes_records_and_resumes(
+    registered, harness, fs, tmp_path, monkeypatch
+):
+    """The real flow on the conftest's S3 server: s3:// in, masks and summary s3:// out."""
+    from typer.testing import CliRunner
+
+    from flows.score import score
+    from segops.cli.main import app
+    from segops.errors import DatasetError
+    from segops.lineage.history import model_history
+    from segops.scoring import steps
+    from segops.tracking.scoring import SCORE_TAGS
+
+    for path in sorted(registered["src"].iterdir()):
+        fs.put_file(str(path), f"scoring/flow-in/{path.name}")
+    fs.pipe_file("scoring/flow-in/readme.txt", b"not an image: not scored, not hashed")
+    src, out, overrides = "s3://scoring/flow-in/", "s3://scoring/flow-out", registered["overrides"]
+    identity = steps.input_identity(src)
+    assert (identity.input, identity.kind, identity.images) == (src[:-1], "s3-listing", 12)
+
+    first = score(src, out, NAME, params=None, overrides=overrides)
+    assert first["input"] == identity.to_dict()
+    assert first["model"]["model_uri"] == f"models:/{NAME}/1" and first["model"]["champion"]
+    assert [first["summary"][k] for k in ("scored", "skipped", "errors")] == [11, 0, 1]
+    written = {Path(k).name: fs.cat_file(k) for k in fs.find("scoring/flow-out")}
+    stems = [f"s{i:02d}" for i in range(11)]
+    expected = {f"{s}_{kind}.png" for s in stems for kind in ("mask", "overlay")}
+    assert written.keys() == expected | {"summary.csv", "errors.csv"}  # no temp object left
+    assert b"zz_broken.png," in written["errors.csv"]
+    assert written["summary.csv"].decode().count("\n") == 12  # header + one row per image
+
+    client = mlflow.MlflowClient()
+    run = client.get_run(first["run_id"])
+    tags, metrics = run.data.tags, run.data.metrics
+    assert tags[SCORE_TAGS["input"]] == "s3://scoring/flow-in"
+    assert tags[SCORE_TAGS["input_kind"]] == "s3-listing"
+    assert tags[SCORE_TAGS["input_hash"]] == identity.hash
+    assert tags[SCORE_TAGS["out"]] == out and tags[SCORE_TAGS["engine"]] == "local"
+    assert tags[SCORE_TAGS["model_uri"]] == f"models:/{NAME}/1"
+    assert tags[SCORE_TAGS["model_version"]] == "1" and tags[SCORE_TAGS["champion"]] == "true"
+    assert tags[SCORE_TAGS["flow_run_id"]] not in ("", "none")
+    counts = {k: metrics[k] for k in ("images", "scored", "skipped", "errors")}
+    assert counts == {"images": 12, "scored": 11, "skipped": 0, "errors": 1}
+    assert metrics["images_per_s"] > 0 and metrics["seconds"] > 0
+    assert run.inputs.model_inputs  # linked to the version's logged model
+    logged = client.download_artifacts(run.info.run_id, "scoring/summary.csv", str(tmp_path))
+    assert Path(logged).read_bytes() == written["summary.csv"]
+
+    # A rerun resumes: only the image whose mask was deleted is scored again, same bytes.
+    fs.rm("scoring/flow-out/s04_mask.png")
+    second = score(src, out, NAME, params=None, overrides=overrides)
+    assert [second["summary"][k] for k in ("scored", "skipped", "errors")] == [1, 10, 1]
+    fs.invalidate_cache()
+    assert {Path(k).name: fs.cat_file(k) for k in fs.find("scoring/flow-out")} == written
+    assert client.get_run(second["run_id"]).data.metrics["skipped"] == 10
+
+    # `segops models history` shows which version scored which data, with both runs.
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: the defaults, as the flow had them
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    shown = CliRunner().invoke(app, ["models", "history", NAME, "--json", *sets])
+    assert shown.exit_code == 0, shown.output
+    events = [json.loads(line) for line in shown.output.splitlines()]
+    scored = [e for e in events if e["event"] == "scored"]
+    assert [(e["version"], e["data"]) for e in scored] == [("1", identity.hash)] * 2
+    assert [e["flow_run"] for e in scored] == [
+        client.get_run(r["run_id"]).data.tags[SCORE_TAGS["flow_run_id"]] for r in (first, second)
+    ]
+    assert "11 images of s3://scoring/flow-in" in scored[0]["detail"]
+    assert "1 images of s3://scoring/flow-in" in scored[1]["detail"]
+
+    # An empty prefix stops the flow before any work: nothing written, no run recorded.
+    with pytest.raises(DatasetError, match="s3://scoring/nothing: no images"):
+        score("s3://scoring/nothing", "s3://scoring/none", NAME, params=None, overrides=overrides)
+    assert not fs.find("scoring/none")
+    assert len([e for e in model_history(NAME) if e["event"] == "scored"]) == 2
