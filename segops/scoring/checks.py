@@ -9,6 +9,8 @@ from urllib.parse import urlparse
 from segops.data.location import Location, source_images
 from segops.errors import SegopsError
 
+# lazy imports: Ray (~1 s) loads only to check a requested dashboard, never when the CLI starts.
+
 RAY_CONNECT_TIMEOUT_S = 3.0
 RAY_DEFAULT_PORT = 6379  # the GCS port `ray start --head` listens on
 
@@ -47,3 +49,16 @@ def check_ray_address(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> N
             f"within {timeout:g} s): start it with `ray start --head`, fix --address, or drop "
             "--address to start a local one"
         ) from None
+
+
+def check_ray_dashboard() -> None:
+    """EngineError when a local Ray cluster could not start its dashboard (`ray[data]` comes
+    without the dashboard's packages; Ray would fail only after the model is loaded)."""
+    import ray._private.utils as ray_utils
+
+    missing = getattr(ray_utils, "get_dashboard_dependency_error", lambda: None)()
+    if missing:
+        raise EngineError(
+            f"the Ray dashboard needs packages this environment lacks ({missing}): "
+            "pip install 'ray[default]', or drop --dashboard"
+        )

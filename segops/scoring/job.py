@@ -1,11 +1,10 @@
 """One prediction job over a folder or an `s3://` prefix, on the `local` or the `ray` engine.
 
 Order: the input is listed (an empty or missing folder or prefix, an unreachable endpoint are
-refused), the Ray address answers (when given), the output folder or prefix is ready (a
-missing bucket is refused), then the model is loaded (once here, or once per Ray actor) and the
-chunks still to do are predicted; `summary.csv` and `errors.csv` are written last
-(`segops.predict`).
-"""
+refused), the Ray address answers (when given; a requested dashboard's packages are there
+otherwise), the output folder or prefix is ready (a missing bucket is refused), then the model
+is loaded (once here, or once per Ray actor) and the chunks still to do are predicted;
+`summary.csv` and `errors.csv` are written last (`segops.predict`)."""
 
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ from typing import Any
 from segops.data.location import Location, open_location
 from segops.errors import ConfigError
 from segops.predict import PredictSummary, finish, plan, score_chunks
-from segops.scoring.checks import check_ray_address, check_source_folder
+from segops.scoring.checks import check_ray_address, check_ray_dashboard, check_source_folder
 from segops.scoring.ray_engine import ray_session, score_on_ray
 from segops.scoring.source import load_source
 
@@ -55,6 +54,8 @@ def predict_job(
     location, names = check_source_folder(src)
     if options.engine == "ray" and options.address:
         check_ray_address(options.address)
+    elif options.engine == "ray" and options.dashboard:
+        check_ray_dashboard()
     target = open_location(out)
     target.prepare()
     # On the ray engine the driver's copy only gives config, classes and summary rows.

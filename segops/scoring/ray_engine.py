@@ -4,9 +4,10 @@ The dataset holds one row per chunk of image paths, planned by the driver exactl
 local engine plans them (`segops.predict.plan`), so each forward pass sees the same images on
 either engine and the outputs are byte-identical. Each actor (`ChunkScorer`) loads the pinned
 model once, then predicts and writes chunk after chunk (`segops.predict.score_chunk`) and
-returns its rows as JSON. With CUDA on the driver each actor takes one GPU.
+returns its rows as JSON. On a cluster with GPUs each actor takes one (`actor_pool`).
 
-Ray is imported here only: never when the CLI starts.
+Ray is imported only when the ray engine runs (here; `checks.check_ray_dashboard` too): never
+when the CLI starts.
 """
 # lazy imports: Ray (~1 s, hundreds of modules) loads only when the ray engine runs; the local
 # engine imports this module too (segops.scoring.job).
@@ -21,7 +22,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-import torch
 
 from segops.data.location import Location
 from segops.predict import score_chunk
@@ -47,6 +47,19 @@ class ChunkScorer:
             )
             results.append(json.dumps(rows))
         return {"rows": np.array(results, dtype=object)}
+
+
+def actor_pool(
+    resources: dict[str, float], chunks: int, actors: int | None = None
+) -> tuple[int, int]:
+    """(actors, GPUs per actor) for `chunks` chunks on a cluster of `resources`
+    (`ray.cluster_resources()`): one GPU per actor where the cluster has GPUs, whatever the
+    driver has (a CPU-only driver may submit to a GPU cluster; actors asking for GPUs a
+    cluster lacks would wait forever), else one CPU each; `actors` or one per GPU or CPU, at
+    most one per chunk."""
+    gpus = 1 if resources.get("GPU", 0) >= 1 else 0
+    pool = actors or int(resources.get("GPU" if gpus else "CPU", 1))
+    return max(1, min(pool, chunks)), gpus
 
 
 @contextmanager
@@ -91,14 +104,13 @@ def score_on_ray(
     actors: int | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of every chunk (as `score_chunk` returns them), scored by an actor pool of
-    `actors` (default: the cluster's CPUs, at most one per chunk); call inside `ray_session`."""
+    `actors` (default: one per GPU of the cluster, else per CPU; at most one per chunk); call
+    inside `ray_session`."""
     import ray
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # our bar, not its log lines
     ray.data.DataContext.get_current().enable_progress_bars = False
-    gpus = 1 if torch.cuda.is_available() else 0
-    pool = actors or max(1, int(ray.cluster_resources().get("GPU" if gpus else "CPU", 1)))
-    pool = max(1, min(pool, len(chunks)))
+    pool, gpus = actor_pool(ray.cluster_resources(), len(chunks), actors)
     items = [{"paths": json.dumps(chunk)} for chunk in chunks]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), pool * 4)))
     scored = ds.map_batches(
