@@ -1,8 +1,10 @@
 """The ray engine's resources: one GPU per actor where the cluster has GPUs (whatever the
-driver has), and a dashboard Ray cannot start refused before any work."""
+driver has), a dashboard Ray cannot start refused before any work, and `segops predict`'s
+progress bar with images/s on both engines."""
 
 from __future__ import annotations
 
+import re
 import urllib.request
 
 import numpy as np
@@ -13,7 +15,6 @@ from PIL import Image
 from segops.scoring.checks import EngineError
 from segops.scoring.job import JobOptions, predict_job
 from segops.scoring.ray_engine import actor_pool, ray_session
-from segops.scoring.source import checkpoint_source
 
 
 def test_actors_take_one_gpu_each_where_the_cluster_has_gpus():
@@ -45,26 +46,41 @@ def test_a_dashboard_is_refused_before_work_or_started_and_its_address_given(tmp
 
 
 @pytest.mark.slow
-def test_actors_asking_for_a_gpu_score_on_a_cluster_that_has_one(shapes_root, tmp_path):
-    """A local cluster declaring one GPU (none here: the actor finds no CUDA and scores on the
-    CPU): the actor is scheduled with it, and writes what the local engine writes."""
+def test_both_engines_show_images_per_s_and_gpu_actors_write_the_same_bytes(
+    shapes_root, tmp_path, monkeypatch
+):
+    """`segops predict` on both engines, the ray one on a local cluster declaring one GPU
+    (none here: the actor finds no CUDA and scores on the CPU): the actor is scheduled with
+    it and writes what the local engine writes; both show a bar with images/s."""
     import ray
+    from typer.testing import CliRunner
 
+    from segops.cli.main import app
+    from segops.cli.progress import console
     from segops.train.loop import train
 
-    source = checkpoint_source(
-        train(tiny_config(shapes_root, tmp_path / "run", "train.epochs=1")).best_checkpoint
-    )
+    monkeypatch.setattr(console, "_width", 240)  # not a terminal: 80 columns cut the bar's rate
+
+    checkpoint = train(tiny_config(shapes_root, tmp_path / "run", "train.epochs=1")).best_checkpoint
     (tmp_path / "images").mkdir()
     images = scoring_images(tmp_path / "images", 12, 5)
-    local = predict_job(source, images, tmp_path / "local", JobOptions(batch_size=4))
+    common = ["--checkpoint", str(checkpoint), "--batch-size", "4"]
+    shown = {}
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     try:
         assert actor_pool(ray.cluster_resources(), 3) == (1, 1)
-        remote = predict_job(source, images, tmp_path / "ray", JobOptions("ray", batch_size=4))
+        for engine in ("local", "ray"):  # ray: the cluster above (an initialised Ray is used)
+            args = ["predict", str(images), str(tmp_path / engine), "--engine", engine]
+            result = CliRunner().invoke(app, args + common)
+            assert result.exit_code == 0, result.output
+            shown[engine] = result.output
     finally:
         ray.shutdown()
-    assert (remote.scored, remote.errors) == (local.scored, local.errors) == (12, 1)
+    for engine, output in shown.items():
+        assert f"predicting ({engine})" in output and "13/13" in output  # broken.png too
+        bar = output.split("12 images predicted")[0]  # the bar, before the closing line
+        assert re.search(r"\d+\.\d images/s", bar), output
+        assert "12 images predicted" in output and "1 unreadable" in output
     ours = {p.name: p.read_bytes() for p in (tmp_path / "local").iterdir()}
     theirs = {p.name: p.read_bytes() for p in (tmp_path / "ray").iterdir()}
-    assert ours == theirs
+    assert len(ours) == 2 * 12 + 2 and ours == theirs
