@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 from PIL import Image
+from servers import free_port
 
 from segops.promotion.registry import RegistryError
 
@@ -100,6 +101,7 @@ def test_score_flow_from_and_to_s3_prefixes_records_and_resumes(
     from segops.errors import DatasetError
     from segops.lineage.history import model_history
     from segops.scoring import steps
+    from segops.scoring.checks import EngineError
     from segops.tracking.scoring import SCORE_TAGS
 
     for path in sorted(registered["src"].iterdir()):
@@ -162,5 +164,9 @@ def test_score_flow_from_and_to_s3_prefixes_records_and_resumes(
     # An empty prefix stops the flow before any work: nothing written, no run recorded.
     with pytest.raises(DatasetError, match="s3://scoring/nothing: no images"):
         score("s3://scoring/nothing", "s3://scoring/none", NAME, params=None, overrides=overrides)
+    assert not fs.find("scoring/none")
+    # So does an unreachable Ray address (in seconds, before the model is loaded).
+    with pytest.raises(EngineError, match="does not answer"):
+        score(src, "s3://scoring/none", NAME, "ray", f"127.0.0.1:{free_port()}", None, overrides)
     assert not fs.find("scoring/none")
     assert len([e for e in model_history(NAME) if e["event"] == "scored"]) == 2
