@@ -131,6 +131,52 @@ FAST_EXIT = """
 """
 
 
+def test_the_command_starts_the_temporary_api_only_without_a_server():
+    code = "from flows.runtime import temporary_api; start = temporary_api(); print(start is None)"
+    assert run_python(code, PREFECT_API_URL="http://127.0.0.1:9/api").stdout.strip() == "True"
+    out = run_python(code.replace("print(start is None)", "print(start.__qualname__)"))
+    assert out.stdout.strip() == "SubprocessASGIServer.start", out.stderr
+
+
+WARM_START = """
+    import sys, threading, time
+    sys.path.insert(0, sys.argv[1])
+    from segops.cli.lifecycle import freeze_heap, own_process
+    own_process()
+    spans = {}
+
+    def start_api():  # stands for Prefect's temporary API: a wait this thread only polls
+        spans["during"] = (time.monotonic(), threading.current_thread().name)
+        time.sleep(1.0)
+        spans["during_end"] = time.monotonic()
+
+    freeze_heap(("slow_module",), start_api)
+    import slow_module
+    print(slow_module.THREAD != threading.current_thread().name,
+          slow_module.STARTED < spans["during_end"] and spans["during"][0] < slow_module.ENDED)
+    try:
+        freeze_heap(("no_such_module_here",), lambda: None)
+    except ModuleNotFoundError as exc:
+        print("raised", exc.name)
+"""
+
+SLOW_MODULE = """
+import threading, time
+STARTED, THREAD = time.monotonic(), threading.current_thread().name
+time.sleep(0.8)
+ENDED = time.monotonic()
+"""
+
+
+def test_the_flow_imports_overlap_the_temporary_api_start_and_failures_surface(tmp_path):
+    (tmp_path / "slow_module.py").write_text(SLOW_MODULE)
+    code = f"import sys; sys.argv = ['x', {str(tmp_path)!r}]\n" + textwrap.dedent(WARM_START)
+    out = run_python(code)
+    assert out.returncode == 0, out.stderr
+    # imported on another thread, at the same time as the start: not one after the other
+    assert out.stdout.splitlines() == ["True True", "raised no_such_module_here"]
+
+
 @pytest.mark.parametrize("status", [0, 3])
 def test_the_fast_exit_completes_files_and_keeps_the_status(tmp_path, status):
     code = f"import sys; sys.argv = ['x', {str(tmp_path)!r}, '{status}']\n"

@@ -16,6 +16,8 @@ import importlib
 import logging
 import os
 import sys
+import threading
+from collections.abc import Callable
 from typing import NoReturn
 
 _owned = False  # this process is the `segops` command (main), not a test calling the app
@@ -40,14 +42,38 @@ def prefect_api_line() -> str:
     )
 
 
-def freeze_heap(preload: tuple[str, ...] = ()) -> None:
+def freeze_heap(preload: tuple[str, ...] = (), during: Callable[[], object] | None = None) -> None:
     """Import `preload` (modules the run will import anyway), then move every object alive
-    to the collector's permanent generation: full collections stop walking the modules."""
-    if _owned:
-        for name in preload:
-            importlib.import_module(name)
-        gc.collect()
-        gc.freeze()
+    to the collector's permanent generation: full collections stop walking the modules.
+
+    `during`, when given, is called on this thread while another imports `preload`: starting
+    Prefect's temporary API, a process of its own that this one only polls, so on two cores the
+    start and the imports overlap (bench/RESULTS.md). `during` must import nothing itself (two
+    threads importing the same packages at once can deadlock on Python 3.11's module locks)."""
+    if not _owned:
+        return
+    failed: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            for name in preload:
+                importlib.import_module(name)
+        except BaseException as exc:  # raised again on the calling thread, below
+            failed.append(exc)
+
+    if during is None:
+        load()
+    else:
+        loader = threading.Thread(target=load, name="segops-preload", daemon=True)
+        loader.start()
+        try:
+            during()
+        finally:
+            loader.join()
+    if failed:
+        raise failed[0]
+    gc.collect()
+    gc.freeze()
 
 
 def arm_fast_exit() -> None:

@@ -39,6 +39,14 @@ data_app = typer.Typer(help="Build and inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 
+# What every retrain run's tasks import (the steps load them lazily; `segops --help` must not).
+FLOW_IMPORTS = (
+    "mlflow",
+    "great_expectations",
+    "dvc.repo",
+    "segops.train.run",  # torch, torchvision, the model zoo
+    "segops.evaluate.report",
+)
 INSTANCES_HELP = (
     "none; folder (masks/ = instance ids + instances.csv: data.format=folder_instance); "
     "coco (annotations/instances_<split>.json: data.format=coco data.coco_image_dir=images)"
@@ -225,7 +233,8 @@ def run(
     check_stores(cfg, workspace)  # seconds, not minutes of retries, for a store that is down
     echo(lifecycle.prefect_api_line())
     retrain = importlib.import_module("flows.retrain").retrain
-    lifecycle.freeze_heap(("mlflow", "great_expectations"))  # every flow imports them
+    # What the flow's tasks import anyway, imported while the temporary API starts (if any).
+    lifecycle.freeze_heap(FLOW_IMPORTS, importlib.import_module("flows.runtime").temporary_api())
     path = str(params) if params.exists() or params != Path("params.yaml") else None
     try:
         result = retrain(
