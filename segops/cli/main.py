@@ -7,6 +7,7 @@ overrides; the resolved config is saved with what the command writes.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -47,6 +48,7 @@ FLOW_IMPORTS = (
     "segops.train.run",  # torch, torchvision, the model zoo
     "segops.evaluate.report",
 )
+DB_STORE = ("mlflow.store.tracking.sqlalchemy_store",)  # a SQLite or PostgreSQL tracking store
 INSTANCES_HELP = (
     "none; folder (masks/ = instance ids + instances.csv: data.format=folder_instance); "
     "coco (annotations/instances_<split>.json: data.format=coco data.coco_image_dir=images)"
@@ -234,7 +236,9 @@ def run(
     echo(lifecycle.prefect_api_line())
     retrain = importlib.import_module("flows.retrain").retrain
     # What the flow's tasks import anyway, imported while the temporary API starts (if any).
-    lifecycle.freeze_heap(FLOW_IMPORTS, importlib.import_module("flows.runtime").temporary_api())
+    store = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri
+    imports = FLOW_IMPORTS + (() if store.startswith(("http:", "https:")) else DB_STORE)
+    lifecycle.freeze_heap(imports, importlib.import_module("flows.runtime").temporary_api())
     path = str(params) if params.exists() or params != Path("params.yaml") else None
     try:
         result = retrain(
