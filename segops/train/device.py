@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from segops.config import TrainConfig
 from segops.errors import ConfigError
-from segops.train.threads import CpuFacts, ThreadChoice, decide_threads, read_cpu_facts
+from segops.train.threads import ThreadChoice, decide_threads
 
 _interop_set = False  # torch allows setting the inter-op pool once, before it is used
 
@@ -75,9 +75,7 @@ def set_threads(count: int) -> None:
 def apply_thread_policy(setting: str | int, key: str = "train.threads") -> ThreadChoice:
     """Set torch's thread pools as `setting` (`auto` or a count, read from config `key`)
     decides (segops.train.threads); returns the choice and its reason."""
-    # only `auto` reads the machine (its busy sample sleeps 0.1 s)
-    facts = read_cpu_facts() if setting == "auto" else CpuFacts(1, None, 1, 0.0)
-    choice = decide_threads(setting, facts, key)
+    choice = decide_threads(setting, key=key)  # only `auto` reads the machine (0.1 s sample)
     set_threads(choice.threads)
     return choice
 

@@ -71,11 +71,14 @@ def usable_cores(facts: CpuFacts) -> int:
     return max(1, cores // max(1, facts.local_world))
 
 
-def decide_threads(setting: str | int, facts: CpuFacts, key: str = "train.threads") -> ThreadChoice:
+def decide_threads(
+    setting: str | int, facts: CpuFacts | None = None, key: str = "train.threads"
+) -> ThreadChoice:
     """The torch thread count for config `key` (`train.threads`, `predict.threads`) =
-    `setting` (see the module docstring)."""
+    `setting` (see the module docstring); `auto` reads this machine's `facts` when not given."""
     if setting != "auto":
         return ThreadChoice(int(setting), f"{key}={setting}")
+    facts = facts or read_cpu_facts()
     if facts.omp is not None:
         return ThreadChoice(facts.omp, f"OMP_NUM_THREADS={facts.omp}")
     usable = usable_cores(facts)
