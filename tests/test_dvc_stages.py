@@ -4,13 +4,12 @@ in a temporary git + DVC copy of the project's stage file with a tiny dataset an
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from servers import bin_on_path
 
 from segops.config import load_config, save_config
 from segops.data.shapes import generate_shapes
@@ -20,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def sh(*args: str, cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = bin_on_path()  # dvc runs `segops` by name from dvc.yaml
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{args} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
