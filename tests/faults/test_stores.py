@@ -49,13 +49,20 @@ def test_reachable_stores_pass_and_are_listed(ws):
     assert str(ws.parent / "remote") in lines[1]
 
 
-def test_unreachable_mlflow_server_is_named_in_seconds(ws, monkeypatch):
-    url = f"http://127.0.0.1:{free_port()}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+@pytest.mark.parametrize(
+    ("store", "variable", "path", "fix"),
+    [
+        ("mlflow", "MLFLOW_TRACKING_URI", "", "MLFLOW_TRACKING_URI"),
+        ("prefect", "PREFECT_API_URL", "/api", "prefect server start"),
+    ],
+)
+def test_an_unreachable_server_is_named_in_seconds(ws, monkeypatch, store, variable, path, fix):
+    url = f"http://127.0.0.1:{free_port()}{path}"
+    monkeypatch.setenv(variable, url)
     problems, took = _problems(load_config(), ws)
     assert took < 10
     (line,) = problems
-    assert line.startswith(f"mlflow {url}: unreachable") and "MLFLOW_TRACKING_URI" in line
+    assert line.startswith(f"{store} {url}: unreachable") and fix in line
 
 
 def test_a_server_that_never_answers_is_named_after_the_timeout(ws, monkeypatch):
@@ -68,15 +75,6 @@ def test_a_server_that_never_answers_is_named_after_the_timeout(ws, monkeypatch)
         with pytest.raises(StoreUnreachable, match="timed out") as caught:
             check_stores(load_config(), ws, timeout=1.0)
     assert time.monotonic() - start < 5 and url in str(caught.value)
-
-
-def test_unreachable_prefect_api_is_named(ws, monkeypatch):
-    url = f"http://127.0.0.1:{free_port()}/api"
-    monkeypatch.setenv("PREFECT_API_URL", url)
-    problems, took = _problems(load_config(), ws)
-    assert took < 10
-    (line,) = problems
-    assert line.startswith(f"prefect {url}: unreachable") and "prefect server start" in line
 
 
 @pytest.mark.parametrize("where", ["remote_url", "dvc_config"])
