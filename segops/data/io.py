@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from segops.data import decode_cache
 from segops.data.problems import symlink_problem
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -50,24 +52,45 @@ class Part:
 
 
 def read_file(path: Path, decode: Callable[[Path], np.ndarray]) -> Part:
-    """The Part for the file at `path`: sha256 of its bytes and `decode(path)`. A symlink is
-    refused unread (see segops.data.problems); the problem starts with a short reason:
-    `missing`, `0 bytes`, `not an image`, `truncated PNG`, `symlink`, ..."""
+    """The Part for the file at `path`: sha256 of its bytes and `decode(path)`, decoded once
+    per content and process while it fits `segops.data.decode_cache`'s budget (a fresh copy
+    each call). A symlink is refused unread (see segops.data.problems); the problem starts
+    with a short reason: `missing`, `0 bytes`, `not an image`, `truncated PNG`, `symlink`..."""
     if path.is_symlink():
         return Part("", None, symlink_problem(path).removeprefix(f"{path}: "))
     if not path.is_file():
         return Part("", None, NOT_A_FILE if path.exists() else MISSING)
     try:
-        data = path.read_bytes()
+        read_ns, sig = time.time_ns(), decode_cache.signature(path)
+        digest = decode_cache.known_digest(path, sig)
+        if digest is None:
+            data = path.read_bytes()
+            if not data:
+                return Part("", None, ZERO_BYTES)
+            digest = hashlib.sha256(data).hexdigest()
+            decode_cache.remember_digest(path, sig, digest, read_ns)
     except OSError as exc:
         return Part("", None, f"cannot be read ({exc.strerror})")
-    if not data:
-        return Part("", None, ZERO_BYTES)
-    digest = hashlib.sha256(data).hexdigest()
+    how = (decode, MAX_PIXELS)  # what the bytes decode to depends on the limit too
+    found = decode_cache.decoded(digest, how)
+    if found is not None:
+        return Part(digest, *found)
     try:
-        return Part(digest, decode(path), None)
+        array, problem = decode(path), None
     except ReadError as exc:
-        return Part(digest, None, str(exc))
+        array, problem = None, str(exc)
+    # Kept only if the file did not change meanwhile (a rewrite of the same size within one
+    # timestamp tick between hashing and decoding is not seen: a window of microseconds).
+    if _unchanged(path, sig):
+        decode_cache.keep_decoded(digest, how, array, problem)
+    return Part(digest, array, problem)
+
+
+def _unchanged(path: Path, sig: decode_cache.Signature) -> bool:
+    try:
+        return decode_cache.signature(path) == sig
+    except OSError:
+        return False
 
 
 def array_sha256(array: np.ndarray) -> str:

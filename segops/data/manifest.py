@@ -20,12 +20,12 @@ import numpy as np
 import pandas as pd
 
 from segops.config import IGNORE_INDEX, DataConfig
+from segops.data.facts import sample_facts
 from segops.data.formats import (
     SPLITS,
     Layout,
     SampleRef,
     read_layout,
-    read_sample,
     reader_columns,
 )
 from segops.data.io import MISSING
@@ -76,23 +76,23 @@ FLAG_COLUMNS = [
 def scan_one(root: Path, ref: SampleRef, num_classes: int) -> tuple[dict, list[str]]:
     """Row for one sample (always, with flag columns saying what is wrong) and its problems."""
     image_path, mask_path = root / ref.image, root / ref.mask
-    image_part, mask_part = read_sample(root, ref)
-    image_sha, image, image_err = image_part.sha256, image_part.array, image_part.problem
-    mask_sha, mask, mask_err = mask_part.sha256, mask_part.array, mask_part.problem
+    facts = sample_facts(root, ref)  # decoded once per content and process (decode_cache)
+    image_err, mask_err = facts.image_problem, facts.mask_problem
+    image_shape, mask_shape = facts.image_shape, facts.mask_shape
     problems = [f"{image_path}: {image_err}"] if image_err else []
     if mask_err in (MISSING, "file does not exist"):  # nifti, coco, ... say the latter
         problems.append(f"{mask_path}: missing mask for image {image_path.name}")
     elif mask_err:
         problems.append(f"{mask_path}: {mask_err}")
-    shape = mask.shape if mask is not None else image.shape[:2] if image is not None else (0, 0)
-    size_match = image is not None and mask is not None and image.shape[:2] == mask.shape
-    if image is not None and mask is not None and not size_match:
-        h, w = image.shape[:2]
+    shape = mask_shape or image_shape or (0, 0)
+    size_match = image_shape is not None and mask_shape is not None and image_shape == mask_shape
+    if image_shape is not None and mask_shape is not None and not size_match:
+        h, w = image_shape
         problems.append(
-            f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but image {image_path.name} "
+            f"{mask_path}: mask is {mask_shape[1]}x{mask_shape[0]} but image {image_path.name} "
             f"is {w}x{h}; they must have the same size"
         )
-    counts = np.bincount(mask.ravel(), minlength=256) if mask is not None else np.zeros(256, int)
+    counts = facts.counts if facts.counts is not None else np.zeros(256, int)
     used = [int(v) for v in np.flatnonzero(counts) if v != IGNORE_INDEX]
     bad = [v for v in used if v >= num_classes]
     if bad and num_classes:
@@ -107,16 +107,16 @@ def scan_one(root: Path, ref: SampleRef, num_classes: int) -> tuple[dict, list[s
         "mask": ref.mask.as_posix(),
         "height": shape[0],
         "width": shape[1],
-        "image_sha256": image_sha,
-        "mask_sha256": mask_sha,
+        "image_sha256": facts.image_sha256,
+        "mask_sha256": facts.mask_sha256,
         **{f"px_{i}": int(counts[i]) for i in range(num_classes)},
         "px_ignore": int(counts[IGNORE_INDEX]),
-        "image_readable": image is not None,
-        "mask_readable": mask is not None,
+        "image_readable": image_shape is not None,
+        "mask_readable": mask_shape is not None,
         "size_match": size_match,
         "invalid_values": len(bad),
         "max_value": max(used, default=0),
-        "image_constant": bool(image is not None and image.min() == image.max()),
+        "image_constant": facts.image_constant,
         **reader_columns(ref),
     }
     return row, problems
