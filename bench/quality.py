@@ -7,7 +7,8 @@ size and resize factor (`data.scale`), network, batch and normalisation, and its
 the wall time segops took (its timing probe). All three are scored the same way: every
 pixel of the held-out `test` split at its original resolution, through
 `segops.inference.predict_image` (a sliding window of the crop size, on the image resized by
-`data.scale` when the plan sets one). The plain loop is the
+`data.scale` when the plan sets one: `predict.max_tile=0`, the protocol of the figures in
+bench/RESULTS.md, measured before whole-image tiles became the default). The plain loop is the
 60-line recipe people write by hand: AdamW, cosine schedule, cross-entropy, random crops and
 flips; its final weights are scored. segops uses its defaults (cross-entropy + Dice, warm-up,
 best epoch on `val`).
@@ -52,6 +53,7 @@ def base_config(root: Path, out: Path, args: argparse.Namespace, *extra: str) ->
             "train.batch_size=8",
             f"train.seed={args.seed}",
             f"train.out_dir={out}",
+            "predict.max_tile=0",  # windows of the input size, as the recorded figures
             *extra,
         ],
     )
@@ -107,7 +109,7 @@ def planned(cfg: Config, out: Path, budget_seconds: float) -> Config:
     path = write_plan(plan, out / "plan.yaml")
     print(path.read_text(), flush=True)
     keep = [f"train.out_dir={out / 'plan'}", f"train.seed={cfg.train.seed}"]
-    keep += ["data.val_fraction=0.15", "data.test_fraction=0.15"]
+    keep += ["data.val_fraction=0.15", "data.test_fraction=0.15", "predict.max_tile=0"]
     return load_config(None, [*plan_overrides(path), *keep])
 
 
