@@ -21,7 +21,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from segops.data.formats import SampleRef, ref_from_row
-from segops.data.io import read_image
+from segops.data.io import load_image
 from segops.data.registry import FormatEntry, format_info, format_names
 
 
@@ -87,7 +87,7 @@ class InstanceDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         ref = self.refs[index]
-        image = read_image(self.root / ref.image)
+        image = load_image(self.root / ref.image)  # decoded once (segops.data.decode_cache)
         raw = read_targets(self.root, ref)
         height, width = image.shape[:2]
         img = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1).contiguous())

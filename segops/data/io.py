@@ -86,6 +86,15 @@ def read_file(path: Path, decode: Callable[[Path], np.ndarray]) -> Part:
     return Part(digest, array, problem)
 
 
+def load_image(path: str | Path) -> np.ndarray:
+    """`read_image` of a dataset file through `read_file`: decoded once per content and
+    process (a fresh copy each call), nothing read through a symlink; ReadError naming it."""
+    part = read_file(Path(path), read_image)
+    if part.array is None:
+        raise ReadError(f"{path}: {part.problem}")
+    return part.array
+
+
 def _unchanged(path: Path, sig: decode_cache.Signature) -> bool:
     try:
         return decode_cache.signature(path) == sig

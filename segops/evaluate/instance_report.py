@@ -18,7 +18,7 @@ import torch
 
 from segops.config import Config
 from segops.data.instance_dataset import InstanceDataset
-from segops.data.io import read_image
+from segops.data.io import load_image
 from segops.data.manifest import DatasetInfo
 from segops.evaluate.outputs import Progress, Scored
 from segops.inference import TrainedModel
@@ -45,7 +45,7 @@ def _worst(info: DatasetInfo, ds: InstanceDataset, scores: pd.DataFrame, maps: t
     return [
         {
             "id": ds.refs[i].id,
-            "image": read_image(info.root / ds.refs[i].image),
+            "image": load_image(info.root / ds.refs[i].image),
             "truth": maps[1][i].astype(np.uint8),
             "pred": maps[0][i].astype(np.uint8),
             "iou": float(scores.loc[i, "ap"]),
