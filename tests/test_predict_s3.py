@@ -150,3 +150,36 @@ def test_the_score_steps_record_a_scoring_of_prefixes(source, images, fs, own_ml
     assert run.data.metrics["scored"] == N and run.data.metrics["errors"] == 1
     logged = client.download_artifacts(recorded, "scoring/summary.csv", str(tmp_path))
     assert Path(logged).read_bytes() == fs.cat_file("scoring/flow/summary.csv")
+
+
+def test_a_prefix_probes_its_endpoint_once_and_still_lists_fresh(s3, fs, monkeypatch):
+    """`S3Prefix.listing` probes the endpoint on its first call only (a resume lists the output
+    again, a job lists input and output: one probe each); listings stay fresh; an unreachable
+    endpoint is still a clear error, on every call (a failed probe is not remembered)."""
+    import pickle
+
+    from segops.data import location
+
+    probed: list[str] = []
+    probe = location.probe_endpoint
+
+    def counting(url: str, *args, **kwargs) -> None:
+        probed.append(url)
+        probe(url, *args, **kwargs)
+
+    monkeypatch.setattr(location, "probe_endpoint", counting)
+    fs.pipe_file("scoring/probed/a.png", b"a")
+    prefix = location.S3Prefix("s3://scoring/probed")
+    assert [row[0] for row in prefix.listing()] == ["a.png"]
+    fs.pipe_file("scoring/probed/b.png", b"b")
+    assert prefix.names() == {"a.png", "b.png"}  # no listing cache: the new object is seen
+    prefix.prepare()
+    assert probed == ["s3://scoring/probed"]
+    copy = pickle.loads(pickle.dumps(prefix))  # as a Ray actor gets it: probes once itself
+    assert copy.names() == {"a.png", "b.png"} and len(probed) == 2
+
+    dead = location.S3Prefix("s3://scoring/probed", f"http://127.0.0.1:{free_port()}")
+    for _ in range(2):
+        with pytest.raises(DatasetError, match=r"S3 endpoint http://127.0.0.1:\d+ unreachable"):
+            dead.listing()
+    assert len(probed) == 4

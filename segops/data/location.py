@@ -4,7 +4,8 @@ Both are flat: the files directly inside the folder or prefix, by name. A file i
 half-written: it is written to a local temporary file first, then renamed beside its final
 name (folder) or uploaded under its final key (S3: an object appears whole or not at all).
 Listings are fresh every time (`segops.data.fetch.s3_filesystem`: no listing cache), so a
-rerun sees what an earlier run uploaded.
+rerun sees what an earlier run uploaded; the endpoint is probed once per prefix object, on its
+first listing (an unreachable one fails in seconds, on every call, until it answers).
 
 A location pickles as its URL and endpoint only (it travels to Ray actors); each process opens
 its own filesystem on first use, with the credentials of its own environment.
@@ -88,6 +89,7 @@ class S3Prefix:
         self.bucket = self.key.split("/")[0]
         self.endpoint = endpoint or endpoint_url()
         self._fs: Any = None
+        self._probed = False  # the endpoint answered once: later listings skip the probe
         if not self.bucket:
             raise DatasetError(f"{url}: give s3://bucket/prefix")
 
@@ -109,7 +111,9 @@ class S3Prefix:
     def listing(self) -> list[list[Any]]:
         """[name, size, ETag] of each object directly under the prefix, sorted; [] when the
         prefix holds nothing. DatasetError for an unreachable endpoint or a missing bucket."""
-        probe_endpoint(self.url, self.endpoint, "prefix")
+        if not self._probed:
+            probe_endpoint(self.url, self.endpoint, "prefix")
+            self._probed = True
         self.fs.invalidate_cache()
         try:
             entries = self.fs.ls(self.key, detail=True)
