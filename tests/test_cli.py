@@ -98,3 +98,37 @@ def test_user_errors_exit_2_with_a_clear_message(tmp_path):
     assert proc.returncode == 2
     assert "no checkpoint at runs/latest/checkpoints/best.pt" in proc.stderr
     assert "segops evaluate models:/NAME@champion" in proc.stderr
+
+
+def test_history_table_names_each_data_identity_and_its_kind(monkeypatch):
+    """`segops models history`: a registration's data is a DVC md5, a scoring's a listing
+    hash; the column says which, not "data md5" for both."""
+    import io
+
+    from rich.console import Console
+
+    from segops.cli import report
+
+    shown = Console(width=250, record=True, file=io.StringIO())
+    monkeypatch.setattr(report, "console", shown)
+    events = [
+        {"at": "2026-12-02T10:00:00.000+00:00", "version": "1", "event": "registered",
+         "data": "0123456789abcdef.dir", "data_kind": "md5", "mean_iou": "0.5",
+         "flow_run": "f1", "detail": "run r1"},
+        {"at": "2026-12-02T11:00:00.000+00:00", "version": "1", "event": "scored",
+         "data": "fedcba9876543210ffff", "data_kind": "s3-listing", "flow_run": "f2",
+         "detail": "11 images of s3://b/in"},
+        {"at": "2026-12-02T12:00:00.000+00:00", "version": "1", "event": "scored",
+         "data": "aaaabbbbccccdddd", "data_kind": "listing", "flow_run": "f3",
+         "detail": "3 images of /data/in"},
+    ]  # fmt: skip
+    report.print_history("m", events)
+    text = shown.export_text()
+    assert "data identity" in text and "data md5" not in text
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in text.splitlines()]
+    data = {row[-1]: row[3] for row in rows if len(row) == 7 and row[1] == "1"}
+    assert data == {
+        "run r1": "md5 0123456789ab",
+        "11 images of s3://b/in": "s3-listing fedcba987654",
+        "3 images of /data/in": "listing aaaabbbbcccc",
+    }

@@ -163,18 +163,29 @@ def _fixed(text: str, digits: int = 4) -> str:
         return text
 
 
+def _identity(event: dict) -> str:
+    """An event's data identity with its kind: `md5 0123456789ab` (a registration's DVC md5),
+    `listing ...` (a scored folder) or `s3-listing ...` (a scored prefix); '' when none."""
+    data = event.get("data", "")[:12]
+    kind = event.get("data_kind") or ("md5" if event["event"] == "registered" else "listing")
+    return f"{kind} {data}" if data else ""
+
+
 def print_history(name: str, events: list[dict]) -> None:
-    """The events of `segops.lineage.history.build_history` as a table."""
+    """The events of `segops.lineage.history.build_history` as a table; the data identity
+    column names its kind (a registration's md5, a scoring's listing hash)."""
     if not events:
         console.print(f"no registered versions of {name!r}")
         return
-    table = Table("time (UTC)", "version", "event", "data md5", "mean IoU", "flow run", "detail")
+    table = Table(
+        "time (UTC)", "version", "event", "data identity", "mean IoU", "flow run", "detail"
+    )
     for e in events:
         table.add_row(
             e["at"][:19].replace("T", " "),
             e["version"],
             e["event"],
-            e.get("data", "")[:12],
+            _identity(e),
             _fixed(e.get("mean_iou", "")),
             e.get("flow_run", "")[:8],
             e["detail"][:90],

@@ -32,6 +32,7 @@ def _registered(v: dict[str, Any]) -> dict[str, Any]:
         "version": v["version"],
         "event": "registered",
         "data": tags.get(TAGS["data_md5"], ""),
+        "data_kind": "md5" if tags.get(TAGS["data_md5"]) else "",  # DVC's md5 of the data
         "mean_iou": tags.get("metrics.mean_iou", ""),
         "flow_run": tags.get(TAGS["flow_run_id"], ""),
         "detail": f"run {v['run_id']}",
@@ -63,6 +64,7 @@ def _scored(run: dict[str, Any]) -> dict[str, Any]:
         "version": tags[SCORE_TAGS["model_version"]],
         "event": "scored",
         "data": tags.get(SCORE_TAGS["input_hash"], ""),
+        "data_kind": tags.get(SCORE_TAGS["input_kind"], "listing"),  # listing | s3-listing
         "flow_run": tags.get(SCORE_TAGS["flow_run_id"], ""),
         "detail": (
             f"{int(metrics.get('scored', 0))} images of {tags.get(SCORE_TAGS['input'], '?')}, "
@@ -78,8 +80,9 @@ def build_history(
     each scoring (its data: the input's listing hash).
 
     `versions` as from `registry.list_versions`, `moves` as from `registry.history`, `scorings`
-    as from `tracking.scoring.score_runs`. Each event: at (ISO), version, event, detail, and for
-    registrations data md5, mean IoU and flow run.
+    as from `tracking.scoring.score_runs`. Each event: at (ISO), version, event, detail; for
+    registrations data (its md5), mean IoU and flow run; for scorings data (the listing hash),
+    flow run. `data_kind` says what `data` is: md5, listing (a folder) or s3-listing.
     """
     events = [_registered(v) for v in versions]
     events += [_decided(v) for v in versions if "promotion.promote" in v["tags"]]
