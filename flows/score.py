@@ -1,4 +1,4 @@
-"""The `score` flow: pin the champion -> identify the input -> score it -> record the run.
+"""The `score` flow: check and identify the input -> pin the champion -> score -> record the run.
 
 Every task calls one `segops.scoring.steps` function; they take the frozen `Config` (validated
 once, here) and pass small frozen records as they are (`segops.scoring.records`: `Pinned`,
@@ -35,9 +35,9 @@ from segops.scoring.records import (  # noqa: E402
 )
 
 
-@task(name="identify-input", cache_policy=NO_CACHE)
-def identify_input(src: str) -> InputIdentity:
-    return steps.input_identity(src)
+@task(name="check-input", cache_policy=NO_CACHE)
+def check_input(src: str, engine: str, address: str | None) -> InputIdentity:
+    return steps.check_step(src, engine, address)
 
 
 @task(name="pin-model", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -73,7 +73,9 @@ def score(
     champion, pinned to its version) and record an MLflow run linked to that version.
     Returns the pinned version, the input's identity, the summary and the run id."""
     config = load_config(params, overrides)
-    identity = identify_input(src)  # an empty or missing folder stops here, before any work
+    # An unknown engine, a Ray address that does not answer, an empty or missing folder or
+    # prefix stop here, first thing: before the pin, with nothing written and no MLflow run.
+    identity = check_input(src, engine, address)
     pinned = pin_model(config, model)  # a name with no champion stops here
     if warning := pinned.warning():
         print(f"warning: {warning}")

@@ -154,7 +154,9 @@ def test_score_flow_from_and_to_s3_prefixes_records_and_resumes(
     assert shown.exit_code == 0, shown.output
     events = [json.loads(line) for line in shown.output.splitlines()]
     scored = [e for e in events if e["event"] == "scored"]
-    assert [(e["version"], e["data"]) for e in scored] == [("1", identity.hash)] * 2
+    assert [(e["version"], e["data"], e["data_kind"]) for e in scored] == [
+        ("1", identity.hash, "s3-listing")
+    ] * 2
     assert [e["flow_run"] for e in scored] == [
         client.get_run(r["run_id"]).data.tags[SCORE_TAGS["flow_run_id"]] for r in (first, second)
     ]
@@ -170,3 +172,24 @@ def test_score_flow_from_and_to_s3_prefixes_records_and_resumes(
         score(src, "s3://scoring/none", NAME, "ray", f"127.0.0.1:{free_port()}", None, overrides)
     assert not fs.find("scoring/none")
     assert len([e for e in model_history(NAME) if e["event"] == "scored"]) == 2
+
+
+def test_the_flow_refuses_a_bad_engine_or_ray_address_before_pinning(tmp_path, own_mlflow, harness):
+    """Engine and Ray address are checked first thing, with the input: asked for a model with
+    no champion, the flow fails on the engine, not on the registry (the pin never ran); no
+    output, no MLflow run."""
+    from flows.score import score
+    from segops.errors import ConfigError
+    from segops.scoring.checks import EngineError
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src / "a.png")
+    with pytest.raises(ConfigError, match="engine 'spark': give one of local, ray"):
+        score(str(src), str(out), "nobody", "spark", params=None)
+    with pytest.raises(EngineError, match=r"Ray cluster at 127.0.0.1:\d+ does not answer"):
+        score(str(src), str(out), "nobody", "ray", f"127.0.0.1:{free_port()}", params=None)
+    with pytest.raises(RegistryError, match="nobody@champion"):  # good engine: the pin says
+        score(str(src), str(out), "nobody", "ray", None, params=None)
+    assert not out.exists()
+    assert not mlflow.search_runs(search_all_experiments=True, output_format="list")

@@ -7,10 +7,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from segops.data.location import Location, source_images
-from segops.errors import SegopsError
+from segops.errors import ConfigError, SegopsError
 
 # lazy imports: Ray (~1 s) loads only to check a requested dashboard, never when the CLI starts.
 
+ENGINES = ("local", "ray")
 RAY_CONNECT_TIMEOUT_S = 3.0
 RAY_DEFAULT_PORT = 6379  # the GCS port `ray start --head` listens on
 
@@ -23,6 +24,18 @@ def check_source_folder(src: str | Path) -> tuple[Location, list[str]]:
     """(location, image names) to score; DatasetError for a missing folder or bucket, an
     empty folder or prefix, or an unreachable S3 endpoint (`segops.data.location`)."""
     return source_images(src)
+
+
+def check_engine(engine: str, address: str | None = None, dashboard: bool = False) -> None:
+    """ConfigError for an unknown engine; on the ray engine, EngineError for an address that
+    does not answer (`check_ray_address`) or, without one, for a requested dashboard whose
+    packages are missing (`check_ray_dashboard`)."""
+    if engine not in ENGINES:
+        raise ConfigError(f"engine {engine!r}: give one of {', '.join(ENGINES)}")
+    if engine == "ray" and address:
+        check_ray_address(address)
+    elif engine == "ray" and dashboard:
+        check_ray_dashboard()
 
 
 def ray_endpoint(address: str) -> tuple[str, int]:

@@ -1,9 +1,10 @@
 """The `score` flow's steps (`flows/score.py`), one function each, over small frozen records.
 
-pin the model (`models:/NAME@champion` to a version number: `Pinned`) -> identify the input (a
-hash of its listing: `InputIdentity`) -> score it (`segops.scoring.job.predict_job`:
-`ScoreSummary`) -> record an MLflow run linked to the version that scored. The steps take the
-frozen `Config` validated once by the flow; the records are in `segops.scoring.records`.
+check the engine, the Ray address and the input, and identify the input (a hash of its
+listing: `InputIdentity`) -> pin the model (`models:/NAME@champion` to a version number:
+`Pinned`) -> score it (`segops.scoring.job.predict_job`: `ScoreSummary`) -> record an MLflow
+run linked to the version that scored. The steps take the frozen `Config` validated once by
+the flow; the records are in `segops.scoring.records`.
 Scoring with a version that is no longer champion is allowed: the run says which version was
 champion then (`segops.score.champion`, `.champion_version`).
 """
@@ -50,6 +51,17 @@ def input_identity(src: str | Path) -> InputIdentity:
         hash=digest,
         images=len(names),
     )
+
+
+def check_step(src: str | Path, engine: str = "local", address: str | None = None) -> InputIdentity:
+    """Bad input refused first thing, before the model is pinned or anything is written:
+    ConfigError for an unknown engine, EngineError for a Ray address that does not answer
+    (`segops.scoring.checks.check_engine`), DatasetError for an empty or missing folder or
+    prefix or an unreachable endpoint. Returns the input's identity (`input_identity`)."""
+    from segops.scoring.checks import check_engine
+
+    check_engine(engine, address)
+    return input_identity(src)
 
 
 def pin_step(config: Config, model: str | None = None) -> Pinned:
