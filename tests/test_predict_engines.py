@@ -124,3 +124,42 @@ def test_the_command_refuses_an_empty_folder_before_loading_a_model(tmp_path):
     )
     assert proc.returncode != 0 and "no images" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_the_bar_rate_counts_from_when_scoring_starts(source, tmp_path, monkeypatch):
+    """`segops predict`'s images/s is the rate of scoring: the bar's task (whose elapsed time
+    the figure divides by) starts once the model is loaded, not when the bar appears."""
+    import rich.progress
+    from typer.testing import CliRunner
+
+    from segops.cli.main import app
+    from segops.scoring import job
+
+    events: list[str] = []
+    rates: list[str] = []
+    load, start = job.load_source, rich.progress.Progress.start_task
+    update = rich.progress.Progress.update
+
+    def loading(*args, **kwargs):
+        events.append("model loaded")
+        return load(*args, **kwargs)
+
+    def starting(self, task_id):
+        events.append("bar started")
+        return start(self, task_id)
+
+    def updating(self, task_id, **fields):
+        rates.append(fields.get("rate", ""))
+        return update(self, task_id, **fields)
+
+    monkeypatch.setattr(job, "load_source", loading)
+    monkeypatch.setattr(rich.progress.Progress, "start_task", starting)
+    monkeypatch.setattr(rich.progress.Progress, "update", updating)
+    monkeypatch.chdir(tmp_path)
+    scoring_images(tmp_path, 6, 3)
+    args = ["predict", ".", "out", "--checkpoint", source["checkpoint"], "--batch-size", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert events == ["model loaded", "bar started"]
+    assert rates[-1].endswith(" images/s") and float(rates[-1].split()[0]) > 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -185,19 +184,24 @@ def _dashboard(url: str) -> None:
 
 @contextmanager
 def _rate_bar(description: str) -> Iterator[Callable[[int, int], None]]:
-    """One progress bar with images/s; yields `update(done, total)`."""
+    """One progress bar with images/s; yields `update(done, total)`. The bar's task starts at
+    the first update (the job's `progress(0, total)` once the model is loaded and the engine
+    up), so its elapsed time and images/s are those of scoring, not of loading."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from segops.cli.progress import console
 
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn()]
     columns += [TextColumn("{task.fields[rate]}"), TimeElapsedColumn()]
-    start = time.perf_counter()
     with Progress(*columns, console=console) as bar:
-        task = bar.add_task(description, total=None, rate="")
+        task = bar.add_task(description, start=False, total=None, rate="")
 
         def update(done: int, total: int) -> None:
-            rate = done / max(time.perf_counter() - start, 1e-9)
-            bar.update(task, completed=done, total=total, rate=f"{rate:.1f} images/s")
+            (state,) = bar.tasks  # this bar's one task
+            if not state.started:
+                bar.start_task(task)
+            elapsed = state.elapsed or 0.0
+            rate = f"{done / elapsed:.1f} images/s" if done and elapsed > 0 else ""
+            bar.update(task, completed=done, total=total, rate=rate)
 
         yield update

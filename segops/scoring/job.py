@@ -15,13 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from segops.data.location import Location, open_location
-from segops.errors import ConfigError
 from segops.predict import PredictSummary, finish, plan, score_chunks
-from segops.scoring.checks import check_ray_address, check_ray_dashboard, check_source_folder
+from segops.scoring.checks import check_engine, check_source_folder
 from segops.scoring.ray_engine import ray_session, score_on_ray
 from segops.scoring.source import load_source
 
-ENGINES = ("local", "ray")
 Progress = Callable[[int, int], None]
 
 
@@ -47,15 +45,11 @@ def predict_job(
     """Predict every image of `src` into `out` with the model `source` names (see
     `segops.scoring.source`); `src` and `out` are folders or `s3://` prefixes (endpoint and
     credentials from the environment, as for datasets); returns what was done.
-    `progress(done, total)` as images finish; `on_dashboard(url)` when a local Ray cluster
-    with a dashboard is started."""
-    if options.engine not in ENGINES:
-        raise ConfigError(f"engine {options.engine!r}: give one of {', '.join(ENGINES)}")
+    `progress(done, total)` as images finish, first `progress(0, total)` when scoring starts
+    (the model loaded, the Ray cluster up: a bar's images/s counts from then);
+    `on_dashboard(url)` when a local Ray cluster with a dashboard is started."""
+    check_engine(options.engine, options.address, options.dashboard)
     location, names = check_source_folder(src)
-    if options.engine == "ray" and options.address:
-        check_ray_address(options.address)
-    elif options.engine == "ray" and options.dashboard:
-        check_ray_dashboard()
     target = open_location(out)
     target.prepare()
     # On the ray engine the driver's copy only gives config, classes and summary rows.
@@ -64,6 +58,8 @@ def predict_job(
     chunks, skipped = plan(names, target, size, options.overlays, options.overwrite)
     start = time.perf_counter()
     if options.engine == "local":
+        if progress and chunks:
+            progress(0, sum(map(len, chunks)))  # scoring starts: the model is loaded
         rows = score_chunks(trained, location, chunks, target, options.overlays, size, progress)
     else:
         rows = _on_ray(source, location, chunks, target, size, options, progress, on_dashboard)

@@ -130,6 +130,8 @@ def score_on_ray(
     )
     rows: list[dict[str, Any]] = []
     total = sum(map(len, chunks))
+    if progress:
+        progress(0, total)  # scoring starts (the actors load their models as it does)
     for batch in scored.iter_batches(batch_size=1, batch_format="numpy"):
         for text in batch["rows"]:
             rows += json.loads(text)
