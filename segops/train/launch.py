@@ -190,6 +190,13 @@ def _run(cmd: list[str], env: dict[str, str], callbacks: Callback) -> tuple[int,
         raise
 
 
+def _config_name(cfg: Config) -> str:
+    """The file the ranks of this node read: one per node, since the nodes of a run share
+    `train.out_dir` and write their configs (which differ in `node_rank`) at the same time."""
+    dist = cfg.train.distributed
+    return "config.yaml" if dist.nnodes == 1 else f"config-node{dist.node_rank}.yaml"
+
+
 def launch(
     cfg: Config, *, resume: bool = False, callbacks: list[Callback] | tuple = ()
 ) -> TrainResult:
@@ -200,13 +207,14 @@ def launch(
         check_endpoint(cfg.train.distributed.rdzv_endpoint)
     work = Path(cfg.train.out_dir) / "distributed"
     work.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, work / "config.yaml")
+    config = work / _config_name(cfg)
+    save_config(cfg, config)
     result_file = work / "result.json"
     result_file.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.setdefault("OMP_NUM_THREADS", "1")
     cbs = CallbackList(list(callbacks))
-    rc, tail = _run(torchrun_command(cfg, plan, work / "config.yaml", resume), env, cbs)
+    rc, tail = _run(torchrun_command(cfg, plan, config, resume), env, cbs)
     if rc != 0 or not result_file.is_file():
         where = "" if rc else f"; no {result_file} (rank 0 ran on another node?)"
         raise DistributedError(
