@@ -148,10 +148,13 @@ def _same_runtime(cfg, tags: dict[str, str]):
 
 
 def _same_world(cfg, world: int, uri: str):
-    """`cfg` retrained by `world` processes on this machine; ReproduceError when it cannot."""
+    """`cfg` retrained by `world` processes on this machine (one node; `nproc_per_node: auto`
+    too is pinned to the recorded count, whatever this machine's GPUs would make of it);
+    ReproduceError naming the world size when this machine cannot run them."""
 
-    if world > 1:
-        dist = cfg.train.distributed.model_copy(
+    dist = cfg.train.distributed
+    if world > 1 or dist.nproc_per_node == "auto":
+        dist = dist.model_copy(
             update={"nproc_per_node": world, "nnodes": 1, "node_rank": 0, "rdzv_endpoint": None}
         )
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"distributed": dist})})
@@ -159,10 +162,26 @@ def _same_world(cfg, world: int, uri: str):
         plan_launch(cfg)
     except ConfigError as exc:
         raise ReproduceError(
-            f"{uri} was trained by {world} processes (segops.train.world_size); this machine "
-            f"cannot run as many, so it cannot be reproduced here: {exc}"
+            f"{uri} was trained by {world} processes (segops.train.world_size={world}); this "
+            f"machine cannot run as many, so it cannot be reproduced here ({exc}). Run `segops "
+            f"reproduce` on a machine that can: for a CUDA/NCCL run, one with at least {world} "
+            "visible GPUs (a CPU rerun would not give the same weights anyway)"
         ) from None
     return cfg
+
+
+def retrain_config(
+    raw: dict[str, Any], data_root: Path, out: Path, tags: dict[str, str], uri: str
+) -> tuple[Any, str]:
+    """(the config that retrains the run, the config hash its recorded config has). The hash is
+    taken before the recorded world and runtime choices are pinned: a run recorded with
+    `nproc_per_node: auto` hashes as `auto` (README), and reproduce retrains it with the world
+    size of its tag `segops.train.world_size`."""
+
+    cfg = _rebuild_config(raw, data_root, out)
+    recorded_hash = config_hash(cfg)
+    world = int(tags.get(WORLD_TAGS["world_size"], "1"))
+    return _same_runtime(_same_world(cfg, world, uri), tags), recorded_hash
 
 
 def compare_weights(a: dict, b: dict) -> tuple[bool, float, tuple[str, ...]]:
@@ -206,10 +225,7 @@ def reproduce(model_uri: str, out_dir: str | Path, callbacks: Sequence = ()) -> 
     restore_dataset(dvc_text, tags[TAGS["remote_url"]], data_dir)
     own = tags.get(TAGS["dataset_md5"])
     own_match = None if own is None else dir_md5(data_dir / subdir) == own
-    world = int(tags.get(WORLD_TAGS["world_size"], "1"))
-    cfg = _same_world(_rebuild_config(raw, data_dir / subdir, out), world, ref.uri)
-    recorded_hash = config_hash(cfg)
-    cfg = _same_runtime(cfg, tags)
+    cfg, recorded_hash = retrain_config(raw, data_dir / subdir, out, tags, ref.uri)
     result = train_configured(cfg, resume=False, callbacks=list(callbacks))
     report = evaluate_checkpoint(cfg, result.best_checkpoint, out_dir=out / "eval")
     model_dir = tracking.download_model(ref.uri, out / "registered")
@@ -232,7 +248,7 @@ def reproduce(model_uri: str, out_dir: str | Path, callbacks: Sequence = ()) -> 
         max_weight_diff=largest,
         tensors_differing=differing,
         metrics=_metric_diffs(run["metrics"], reproduced),
-        world_size=world,
+        world_size=int(tags.get(WORLD_TAGS["world_size"], "1")),
     )
     found.write()
     return found
