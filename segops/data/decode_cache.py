@@ -100,10 +100,15 @@ class Store:
             self.counts.hits += 1
             return found[0]
 
+    def accepts(self, cost: int) -> bool:
+        """Whether `put` would keep a value of `cost` bytes: not over the whole budget, and
+        not in a forked child."""
+        return cost <= self.budget and os.getpid() == self._owner
+
     def put(self, key: Hashable, value: Any, cost: int) -> None:
-        """Keep `value` under `key`, evicting the least recently used beyond the budget; a
-        value over the whole budget, or a put in a forked child, keeps nothing."""
-        if cost > self.budget or os.getpid() != self._owner:
+        """Keep `value` under `key`, evicting the least recently used beyond the budget
+        (unless it `accepts` nothing of that cost)."""
+        if not self.accepts(cost):
             return
         with self._lock:
             old = self._entries.pop(key, None)
@@ -131,7 +136,14 @@ class Store:
 DECODED = Store(default_budget())
 FACTS = Store(min(DECODED.budget // 8, 512 << 20))
 DIGESTS = Store(FACTS.budget)
-os.register_at_fork(after_in_child=lambda: [s._after_fork() for s in (DECODED, FACTS, DIGESTS)])
+
+
+def _after_fork() -> None:
+    for store in (DECODED, FACTS, DIGESTS):
+        store._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def configure(budget: int) -> None:
@@ -180,11 +192,13 @@ def decoded(sha: str, how: Hashable) -> tuple[np.ndarray | None, str | None] | N
 
 def keep_decoded(sha: str, how: Hashable, array: np.ndarray | None, problem: str | None) -> None:
     """Keep what decoding `how` made of bytes hashing to `sha` (a read-only copy of `array`)."""
+    cost = 256 + (array.nbytes if array is not None else len(problem or ""))
+    if not DECODED.accepts(cost):
+        return
     kept = None
     if array is not None:
         kept = array.copy()
         kept.flags.writeable = False
-    cost = 256 + (kept.nbytes if kept is not None else len(problem or ""))
     DECODED.put((sha, how), (kept, problem), cost)
 
 
