@@ -27,6 +27,7 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
 from flows import promotion_lock  # noqa: E402
+from flows.errors import ONLY_TRANSIENT, quiet_user_errors  # noqa: E402
 from segops.config import Config, load_config  # noqa: E402
 from segops.data.fetch import is_remote  # noqa: E402
 from segops.errors import SegopsError  # noqa: E402
@@ -51,6 +52,8 @@ if TYPE_CHECKING:  # MLflow and DVC load when a step runs, not when the flow is 
     from segops.promotion.registry import ModelRef
     from segops.versioning import DataVersion
 
+quiet_user_errors()  # a SegopsError is logged by Prefect as its message, not a traceback
+
 
 class ValidationFailed(SegopsError):
     """The dataset failed its Great Expectations suite; nothing was trained or registered."""
@@ -66,7 +69,7 @@ def check_registry(cfg: Config) -> Contract:
     return setup.registry_step(cfg)
 
 
-@task(name="fetch-data", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(name="fetch-data", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, **ONLY_TRANSIENT)
 def fetch_data(url: str, staging: str) -> str:
     return data_steps.fetch_step(url, staging)
 
@@ -81,7 +84,9 @@ def validate_data(cfg: Config) -> Validated:
     return data_steps.validate_step(cfg)
 
 
-@task(name="version-data", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(
+    name="version-data", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, **ONLY_TRANSIENT
+)
 def version_data(cfg: Config, workspace: str) -> DataVersion:
     return data_steps.version_step(cfg, workspace)
 
@@ -96,12 +101,12 @@ def choose_attempt(cfg: Config, data: DataVersion, key: str) -> Attempt:
     return attempt.choose_attempt_step(cfg, data, key)
 
 
-@task(name="train", retries=1, retry_delay_seconds=1, cache_policy=NO_CACHE)
+@task(name="train", retries=1, retry_delay_seconds=1, cache_policy=NO_CACHE, **ONLY_TRANSIENT)
 def train_model(cfg: Config, attempt_key: str, tags: dict, artifacts: dict) -> Trained:
     return training.train_step(cfg, attempt_key, tags, artifacts)
 
 
-@task(name="evaluate", retries=1, cache_policy=NO_CACHE)
+@task(name="evaluate", retries=1, cache_policy=NO_CACHE, **ONLY_TRANSIENT)
 def evaluate_model(cfg: Config, run_id: str, checkpoint: str) -> Evaluated:
     return evaluation.evaluate_step(cfg, run_id, checkpoint)
 
@@ -111,12 +116,12 @@ def export_model(cfg: Config, run_id: str, checkpoint: str, ref: ModelRef) -> Ex
     return evaluation.export_step(cfg, run_id, checkpoint, ref)
 
 
-@task(name="register", retries=1, cache_policy=NO_CACHE)
+@task(name="register", retries=1, cache_policy=NO_CACHE, **ONLY_TRANSIENT)
 def register_model(cfg: Config, run_id: str, checkpoint: str, attempt_key: str) -> ModelRef:
     return registration.register_step(cfg, run_id, checkpoint, attempt_key)
 
 
-@task(name="promote", retries=1, cache_policy=NO_CACHE)
+@task(name="promote", retries=1, cache_policy=NO_CACHE, **ONLY_TRANSIENT)
 def promote_model(cfg: Config, ref: ModelRef, file_lock: bool = True) -> PromotionDecision:
     return registration.promote_step(cfg, ref, file_lock)
 
@@ -130,7 +135,7 @@ def promote_serialised(cfg: Config, ref: ModelRef) -> PromotionDecision:
         return promote_model(cfg, ref, file_lock=False)
 
 
-@task(name="model-report", retries=1, cache_policy=NO_CACHE)
+@task(name="model-report", retries=1, cache_policy=NO_CACHE, **ONLY_TRANSIENT)
 def model_report(cfg: Config, ref: ModelRef, checkpoint: str) -> ModelReport:
     return report.report_step(cfg, ref, checkpoint)
 

@@ -25,6 +25,7 @@ from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
+from flows.errors import ONLY_TRANSIENT, quiet_user_errors  # noqa: E402
 from segops.config import Config, load_config  # noqa: E402
 from segops.scoring import steps  # noqa: E402
 from segops.scoring.records import (  # noqa: E402
@@ -34,13 +35,15 @@ from segops.scoring.records import (  # noqa: E402
     score_result,
 )
 
+quiet_user_errors()  # a SegopsError is logged by Prefect as its message, not a traceback
+
 
 @task(name="check-input", cache_policy=NO_CACHE)
 def check_input(src: str, engine: str, address: str | None) -> InputIdentity:
     return steps.check_step(src, engine, address)
 
 
-@task(name="pin-model", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(name="pin-model", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, **ONLY_TRANSIENT)
 def pin_model(config: Config, model: str | None) -> Pinned:
     return steps.pin_step(config, model)
 
@@ -52,7 +55,7 @@ def score_input(
     return steps.score_step(config, pinned, src, out, engine, address)
 
 
-@task(name="record-run", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(name="record-run", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, **ONLY_TRANSIENT)
 def record_run(
     config: Config, pinned: Pinned, identity: InputIdentity, summary: ScoreSummary, run_id: str
 ) -> str:

@@ -99,11 +99,8 @@ def ensure_workspace(workspace: str | Path) -> Path:
 
 
 def configure_remote(workspace: str | Path, name: str, url: str) -> None:
-    """Add remote `name` (or change its URL, keeping its other options) and make it the default.
-
-    A relative local path is resolved against the workspace and written absolute: DVC would
-    otherwise read it relative to `.dvc/`.
-    """
+    """Add remote `name` (or change its URL, keeping its other options), made the default; a
+    relative local path is written absolute (DVC would read it relative to `.dvc/`)."""
     root = find_workspace(workspace)
     with _locked(root):
         _set_remote(root, name, url)
@@ -118,8 +115,7 @@ def version_dataset(
     the new manifest (`DataVersion.dataset_md5`). A tree holding symbolic links is refused
     before DVC reads it: a link could send a file from outside the dataset to the remote.
     All or nothing: if the add or the push fails, the previous `.dvc` text is put back (or the new
-    file removed) and a VersioningError names the step, the path and the fix.
-    """
+    file removed) and a one-line VersioningError names the step, the path, the dataset, the fix."""
     root = find_workspace(workspace)
     rel = _relative(root, cfg.path)
     sub = _dataset_subdir(root, rel, dataset)
@@ -128,7 +124,8 @@ def version_dataset(
     with _locked(root), _remote_for_call(root, cfg.remote, remote_url_for(cfg.remote_url)):
         previous = dvc_file.read_text() if dvc_file.is_file() else None
         with _open_repo(root) as repo:
-            _step("add", rel, dvc_file, previous, lambda: repo.add(str(root / rel)))
+            named = f" (dataset {rel}/{sub})" if sub else ""  # the folder trained on
+            _step("add", rel, dvc_file, previous, lambda: repo.add(str(root / rel)), named)
             md5 = _dvc_md5(dvc_file.read_text(), str(dvc_file))
             own = _own_md5(repo, md5, rel, sub)
             if not cfg.push:
@@ -141,11 +138,8 @@ def version_dataset(
 
 
 def read_version(workspace: str | Path, path: str = "data") -> DataVersion:
-    """Return the version in `<path>.dvc` without running DVC (pushed=0).
-
-    `remote`/`remote_url` are the workspace's default remote: where a push would go, not proof
-    that it went there (ask `remote_has`).
-    """
+    """Return the version in `<path>.dvc` without running DVC (pushed=0). `remote`/`remote_url`
+    are the default remote: where a push would go, not proof that it went (ask `remote_has`)."""
     from dvc.config import Config
 
     root = find_workspace(workspace)
@@ -212,8 +206,7 @@ def _set_remote(root: Path, name: str, url: str, level: str = "repo") -> None:
 def _step(
     step: str, rel: str, dvc_file: Path, previous: str | None, action: Callable[[], Any], at=""
 ) -> Any:
-    """Run `action`; on failure put `dvc_file` back to `previous` and raise VersioningError
-    naming the step, the path and `at` (" to remote 'NAME' (URL)" for a push)."""
+    """Run `action`; if it fails, put `dvc_file` back to `previous`, raise a one-line error."""
     try:
         return action()
     except Exception as exc:
@@ -221,17 +214,24 @@ def _step(
             dvc_file.unlink(missing_ok=True)
         else:
             dvc_file.write_text(previous)
-        fix = (
-            f"Check that {rel}/ exists and is not tracked by git (`git rm -r --cached {rel}`)"
-            if step == "add"
-            else "Check that the remote is up and reachable from here (versioning.remote/"
-            "remote_url, `dvc remote list`), its credentials and free space"
-        )
         kept = "left unchanged" if previous is not None else "not written"
+        why = " ".join(str(exc).split())  # one line: DVC's own messages span several
+        fix = _FIXES.get(type(exc).__name__, _FIXES[step]).format(rel=rel)
         raise VersioningError(
-            f"dvc {step} of {rel}{at} failed: {type(exc).__name__}: {exc}. {rel}.dvc was "
+            f"dvc {step} of {rel}{at} failed: {type(exc).__name__}: {why}. {rel}.dvc was "
             f"{kept}. {fix}, then run again."
         ) from exc
+
+
+_FIXES = {  # what to do when a DVC step fails: by DVC's exception, else by step
+    "OutputAlreadyTrackedError": "Git tracks files in {rel}/, which DVC versions: untrack them "
+    "(`git rm -r --cached {rel}`, then commit)",
+    "OverlappingOutputPathsError": "A .dvc file or dvc.yaml stage tracks part of {rel}/: "
+    "`dvc remove` it as DVC says, so that {rel}/ is versioned as one tree",
+    "add": "Check that {rel}/ exists and that every file in it can be read",
+    "push": "Check that the remote is up and reachable from here (versioning.remote/remote_url, "
+    "`dvc remote list`), its credentials and free space",
+}
 
 
 def _push(repo: Repo, dvc_file: Path, remote: str, md5: str) -> int:
