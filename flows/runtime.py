@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
-# lazy imports: prefect.server.api.server (1-2 s) only when this run starts the temporary API
+# lazy imports: prefect.server.api.server (1-2 s) only when this run starts the temporary API;
+# the workers drained at the end, loaded by then
 
 
 def temporary_api() -> Callable[[], None] | None:
@@ -25,3 +26,17 @@ def temporary_api() -> Callable[[], None] | None:
     from prefect.server.api.server import SubprocessASGIServer
 
     return SubprocessASGIServer().start
+
+
+def drain() -> None:
+    """Deliver the run's pending logs and events while the API still answers.
+
+    `segops run` ends with `os._exit` after the exit handlers (`segops.cli.lifecycle.leave`);
+    Prefect drains its log and event workers from threading's exit hooks, which the interpreter
+    runs before the exit handlers but `os._exit` skips. Left to the exit handlers, the
+    temporary API was stopped first and the workers retried against it for ~5 s."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=5)
+    EventsWorker.drain_all(timeout=5)

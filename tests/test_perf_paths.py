@@ -138,6 +138,62 @@ def test_the_command_starts_the_temporary_api_only_without_a_server():
     assert out.stdout.strip() == "SubprocessASGIServer.start", out.stderr
 
 
+LOGGING_FLOW = """
+    import sys
+    from segops.quiet import quiet_defaults
+    quiet_defaults()
+    from prefect import flow, get_run_logger
+    from prefect.runtime import flow_run
+    from segops.cli.lifecycle import arm_fast_exit, leave, own_process
+    import flows.runtime
+
+    own_process()
+
+    @flow
+    def talk() -> str:
+        for i in range(100):
+            get_run_logger().info("line %d", i)
+        return flow_run.id
+
+    print(talk())
+    if sys.argv[1] == "drain":
+        flows.runtime.drain()
+    arm_fast_exit()
+    leave(0)  # what `segops run` does once the flow has returned
+"""
+
+READ_LOGS = """
+    import sys
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        runs = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[sys.argv[1]]))
+        logs = client.read_logs(runs, limit=200, offset=0)
+    print(sum(log.message.startswith("line ") for log in logs))
+"""
+
+
+@pytest.mark.slow
+def test_the_fast_exit_delivers_the_runs_logs_to_the_api_first(tmp_path):
+    # os._exit skips threading's exit hooks, where Prefect drains its log and event workers;
+    # `segops run` drains them (flows.runtime.drain) while the temporary API still answers.
+    env = {
+        "PREFECT_API_URL": "",
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_LOGGING_LEVEL": "INFO",
+    }
+    code = "import sys; sys.argv = ['x', 'drain']\n" + textwrap.dedent(LOGGING_FLOW)
+    ran = run_python(code, **env)
+    assert ran.returncode == 0, ran.stderr
+    assert "retryable exception" not in ran.stderr and "Traceback" not in ran.stderr
+    run_id = ran.stdout.split()[-1]
+    code = f"import sys; sys.argv = ['x', {run_id!r}]\n" + textwrap.dedent(READ_LOGS)
+    read = run_python(code, **env)  # a new temporary API on the same database
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.split()[-1] == "100"
+
+
 WARM_START = """
     import sys, threading, time
     sys.path.insert(0, sys.argv[1])

@@ -249,6 +249,7 @@ def run(
             force=force,
         )
     finally:
+        importlib.import_module("flows.runtime").drain()  # logs and events, API still up
         lifecycle.arm_fast_exit()  # the flow ended, its files are written: skip the teardown
     print_run_result(result)
 
