@@ -2,8 +2,10 @@
 not retried, and Prefect logs it as its message, without a traceback. Any other exception
 keeps Prefect's retries and its traceback in the log.
 
-A SegopsError raised from a dropped connection or a timeout (a push to a remote that is down)
-is transient: retried like any other failure. Nothing here imports Prefect: the retry
+A SegopsError raised while handling a dropped connection or a timeout (a push to a remote
+that is down: botocore's, requests', urllib3's, httpx's, aiohttp's or DVC's transfer errors,
+found down the exception's chain), or one marked `transient` (a crashed torchrun group), is
+retried like any other failure. Nothing here imports Prefect: the retry
 condition receives Prefect's objects, the filter sits on the standard `logging` loggers.
 """
 
@@ -19,12 +21,45 @@ from segops.errors import SegopsError
 RUN_LOGGERS = ("prefect.task_runs", "prefect.flow_runs")
 
 
+# A failure in any of these classes (or their subclasses) means a service was unreachable or
+# slow: the libraries raise their own classes, not Python's ConnectionError/TimeoutError
+# (botocore's EndpointConnectionError is an Exception, DVC's UploadError a DvcException).
+# Matched by module and class name along each class's MRO, so nothing is imported here.
+TRANSIENT_CLASSES = frozenset(
+    {
+        ("builtins", "ConnectionError"),
+        ("builtins", "TimeoutError"),
+        ("botocore.exceptions", "ConnectionError"),  # EndpointConnectionError, read timeouts
+        ("botocore.exceptions", "HTTPClientError"),
+        ("requests.exceptions", "ConnectionError"),  # MLflow over HTTP
+        ("requests.exceptions", "Timeout"),
+        ("urllib3.exceptions", "HTTPError"),  # MaxRetryError, NewConnectionError, ...
+        ("httpx", "TransportError"),  # Prefect's client
+        ("aiohttp.client_exceptions", "ClientConnectionError"),  # s3fs
+        ("dvc.exceptions", "FileTransferError"),  # UploadError, DownloadError
+    }
+)
+
+
+def _transient_class(exc: BaseException) -> bool:
+    return any((c.__module__, c.__qualname__) in TRANSIENT_CLASSES for c in type(exc).__mro__)
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Whether running again may succeed: anything but a user's error, unless that error was
-    raised from a connection error or a timeout."""
+    """Whether running again may succeed: anything but a user's error, unless that error says
+    it is (`transient = True`, e.g. a crashed torchrun group) or was raised while handling a
+    dropped connection or a timeout, anywhere down its chain (`__cause__`, or the
+    `__context__` that `raise ... from None` only hides from the printout)."""
     if not isinstance(exc, SegopsError):
         return True
-    return isinstance(exc.__cause__, ConnectionError | TimeoutError)
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if getattr(link, "transient", False) or _transient_class(link):
+            return True
+        link = link.__cause__ or link.__context__
+    return False
 
 
 def retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 
 class SegopsError(Exception):
-    """Base class: the CLI prints these without a traceback."""
+    """Base class: the CLI prints these without a traceback. A flow does not retry them
+    (the same input fails the same way) unless `transient` says a rerun may pass."""
+
+    transient = False
 
 
 class ConfigError(SegopsError):

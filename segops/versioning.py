@@ -243,10 +243,10 @@ def _push(repo: Repo, dvc_file: Path, remote: str, md5: str) -> int:
     # `dvc push` trusts a remote holding the .dir manifest to hold all its files, so objects
     # deleted from the remote are never sent again: check each one and send what is missing.
     odb = repo.cloud.get_remote_odb(remote)
-    if missing_objects(odb, md5):
+    if missing_objects(odb, md5):  # a failed upload is a ConnectionError: flows retry it
         result = transfer(repo.cache.repo, odb, [HashInfo("md5", md5)], shallow=False)
         if result.failed:
-            raise OSError(f"could not upload {len(result.failed)} object(s) of {md5}")
+            raise ConnectionError(f"could not upload {len(result.failed)} object(s) of {md5}")
         pushed += len(result.transferred)
     return pushed
 

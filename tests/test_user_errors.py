@@ -51,6 +51,57 @@ def test_only_transient_failures_are_retried(exc, retried):
     assert retry_unless_user_error(None, None, Failed(data=exc)) is retried
 
 
+def wrapped_while_handling(cause: Exception, hide: bool) -> Exception:
+    """What segops' code does: a user-facing error raised in the `except` block of a library's
+    error (`from exc`, or `from None`, which hides the cause only from the printout)."""
+    try:
+        try:
+            raise cause
+        except Exception as exc:
+            if hide:
+                raise DatasetError("dataset s3://b/p: S3 endpoint unreachable") from None
+            raise VersioningError("dvc push of data to remote 'store' failed") from exc
+    except Exception as outer:
+        return outer
+
+
+def library_errors() -> list[Exception]:
+    """Real exceptions of the libraries segops talks to the network through, none of them a
+    subclass of Python's ConnectionError or TimeoutError."""
+    import botocore.exceptions
+    import requests
+    import urllib3
+    from dvc.exceptions import UploadError
+
+    return [
+        botocore.exceptions.EndpointConnectionError(endpoint_url="http://127.0.0.1:1"),
+        requests.exceptions.ConnectionError("Max retries exceeded"),
+        urllib3.exceptions.MaxRetryError(None, "/api/2.0/mlflow/runs/get", "refused"),
+        httpx.ConnectError("All connection attempts failed"),
+        UploadError(3),
+        ConnectionRefusedError(111, "Connection refused"),  # the endpoint probe's OSError
+    ]
+
+
+@pytest.mark.parametrize("hide", [False, True])
+def test_a_user_error_raised_over_a_network_failure_is_retried(hide):
+    for cause in library_errors():
+        exc = wrapped_while_handling(cause, hide)
+        assert is_transient(exc), (type(cause), hide)
+        # two levels down: a VersioningError re-wrapped (`.dvc/config.local` put back)
+        outer = wrapped_while_handling(exc, hide=False)
+        assert is_transient(outer), type(cause)
+    assert not is_transient(wrapped_while_handling(PermissionError("read-only"), hide))
+    assert not is_transient(wrapped_while_handling(ValueError("bad md5"), hide))
+
+
+def test_a_crashed_torchrun_group_is_retried_a_missing_result_is_not():
+    from segops.train.launch import DistributedCrash, DistributedError
+
+    assert is_transient(DistributedCrash("torchrun (world size 2, gloo) exited with status 1"))
+    assert not is_transient(DistributedError("exited with status 0; no result.json"))
+
+
 def logged(logger: logging.Logger, exc: Exception) -> str:
     """What `logger.exception` writes for `exc` through a plain formatter."""
     lines: list[str] = []

@@ -42,6 +42,13 @@ class DistributedError(SegopsError):
     """torchrun ended without a result (a rank failed and no restart was left)."""
 
 
+class DistributedCrash(DistributedError):
+    """A rank crashed (out of memory, a lost node, a collective timeout) after torchrun's own
+    restarts: the flow's retry of the train task resumes from `last.pt`."""
+
+    transient = True
+
+
 @dataclass(frozen=True)
 class LaunchPlan:
     nproc_per_node: int
@@ -217,7 +224,7 @@ def launch(
     rc, tail = _run(torchrun_command(cfg, plan, config, resume), env, cbs)
     if rc != 0 or not result_file.is_file():
         where = "" if rc else f"; no {result_file} (rank 0 ran on another node?)"
-        raise DistributedError(
+        raise (DistributedCrash if rc else DistributedError)(
             f"torchrun (world size {plan.world_size}, {plan.backend}) exited with status {rc}"
             f"{where}. Its last lines:\n{''.join(tail)}"
         )
