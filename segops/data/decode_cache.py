@@ -16,9 +16,10 @@ about seven times. Three stores, each a least-recently-used map under a byte bud
 - `FACTS`: per-sample facts of the manifest scan (`segops.data.facts`), by content too.
 
 The budget is `SEGOPS_DECODE_CACHE_MB` (0 turns caching off) or a quarter of the memory this
-process may use, at most 4 GiB; the facts and digests get an eighth of it. Beyond the budget
-the oldest entries go: a large dataset decodes again instead of running out of memory. A
-forked child (a DataLoader worker) reads what it inherited and adds nothing.
+process may use, at most 4 GiB, divided among a torchrun node's ranks; the facts and
+digests get an eighth of it. Beyond the budget the oldest entries go: a large dataset decodes
+again instead of running out of memory. A forked child (a DataLoader worker) reads what it
+inherited and adds nothing.
 """
 
 from __future__ import annotations
@@ -50,17 +51,23 @@ def memory_limit() -> int:
 
 
 def default_budget() -> int:
-    """The decoded-array budget in bytes: `SEGOPS_DECODE_CACHE_MB`, else min(RAM/4, 4 GiB)."""
+    """The decoded-array budget in bytes: `SEGOPS_DECODE_CACHE_MB`, else min(RAM/4, 4 GiB)
+    shared by the processes of one torchrun node (`LOCAL_WORLD_SIZE`): each rank caches the
+    whole dataset over its epochs, and 4 ranks with a quarter of the memory each would take
+    all of it."""
     text = os.environ.get(BUDGET_ENV, "").strip()
     try:
-        return (
-            max(0, int(float(text) * (1 << 20))) if text else min(memory_limit() // 4, MAX_DEFAULT)
-        )
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "") or 1))
+    except ValueError:
+        local = 1
+    default = min(memory_limit() // 4, MAX_DEFAULT) // local
+    try:
+        return max(0, int(float(text) * (1 << 20))) if text else default
     except ValueError:  # read when segops.data is imported: warn, never fail every command
         warnings.warn(
             f"{BUDGET_ENV}={text!r} is not a number of MiB; using the default", stacklevel=2
         )
-        return min(memory_limit() // 4, MAX_DEFAULT)
+        return default
 
 
 @dataclass

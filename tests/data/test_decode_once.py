@@ -204,8 +204,12 @@ def test_budget_setting(monkeypatch):
     monkeypatch.setenv(decode_cache.BUDGET_ENV, "0")
     assert decode_cache.default_budget() == 0
     monkeypatch.delenv(decode_cache.BUDGET_ENV)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     limit = decode_cache.memory_limit()
-    assert 0 < decode_cache.default_budget() == min(limit // 4, decode_cache.MAX_DEFAULT)
+    whole = min(limit // 4, decode_cache.MAX_DEFAULT)
+    assert 0 < decode_cache.default_budget() == whole
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # a torchrun rank: the node's share
+    assert decode_cache.default_budget() == whole // 4
 
 
 def test_a_forked_child_reads_what_it_inherited_and_keeps_nothing(decodes, folder_dataset):
