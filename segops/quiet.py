@@ -26,7 +26,8 @@ def quiet_defaults() -> None:
     """Set each of `QUIET_DEFAULTS` that the environment does not set already (the ephemeral
     API's settings only when no running server is named by PREFECT_API_URL).
 
-    A blank PREFECT_API_URL (`export PREFECT_API_URL=`, a `.env` line with no value) is removed:
+    A blank PREFECT_API_URL in the environment (`export PREFECT_API_URL=`) is removed (a blank
+    line in a `.env` file, which Prefect reads itself, is not seen here):
     Prefect then starts its temporary API, but its events worker reads the blank URL, stops,
     and logs an ERROR with a traceback for every task state (66 in one `segops run`)."""
     if not os.environ.get("PREFECT_API_URL", "x").strip():

@@ -249,7 +249,10 @@ def run(
             force=force,
         )
     finally:
-        importlib.import_module("flows.runtime").drain()  # logs and events, API still up
+        try:  # the run's logs and events, while the API still answers; never masks an error
+            importlib.import_module("flows.runtime").drain()
+        except Exception as exc:  # the flow's own outcome is what counts
+            echo(f"warning: Prefect's logs and events were not all delivered ({exc})")
         lifecycle.arm_fast_exit()  # the flow ended, its files are written: skip the teardown
     print_run_result(result)
 
