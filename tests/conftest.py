@@ -50,23 +50,24 @@ def shapes_root(tmp_path_factory) -> Path:
     return generate_shapes(tmp_path_factory.mktemp("shapes"), n=40, size=32, seed=3)
 
 
+def tiny_overrides(root: Path, out: Path) -> list[str]:
+    """`--set` values that train a small U-Net on `root` in a few seconds."""
+    return [
+        f"data.root={root}",
+        "data.image_size=32",
+        "data.val_fraction=0.25",
+        "model.options={width: 4, depth: 2}",
+        "train.epochs=2",
+        "train.batch_size=8",
+        "train.warmup_epochs=0.5",
+        f"train.out_dir={out}",
+        "evaluate.worst_k=3",
+    ]
+
+
 def tiny_config(root: Path, out: Path, *extra: str) -> Config:
     """A config that trains a small U-Net on `root` in a few seconds."""
-    return load_config(
-        None,
-        [
-            f"data.root={root}",
-            "data.image_size=32",
-            "data.val_fraction=0.25",
-            "model.options={width: 4, depth: 2}",
-            "train.epochs=2",
-            "train.batch_size=8",
-            "train.warmup_epochs=0.5",
-            f"train.out_dir={out}",
-            "evaluate.worst_k=3",
-            *extra,
-        ],
-    )
+    return load_config(None, [*tiny_overrides(root, out), *extra])
 
 
 def write_sample(root: Path, sid: str, image: np.ndarray, mask: np.ndarray | None) -> None:

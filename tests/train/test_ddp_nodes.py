@@ -13,6 +13,7 @@ import sys
 
 import pandas as pd
 import pytest
+from conftest import tiny_overrides
 from servers import free_port
 
 from segops.config import config_hash, load_config
@@ -24,16 +25,9 @@ pytestmark = pytest.mark.slow
 def test_two_segops_train_nodes_train_one_run_together(shapes_root, tmp_path):
     out, port = tmp_path / "run", free_port()
     sets = [
-        f"data.root={shapes_root}",
-        "data.image_size=32",
-        "data.val_fraction=0.25",
-        "model.options={width: 4, depth: 2}",
-        "train.epochs=2",
-        "train.batch_size=8",
-        "train.warmup_epochs=0.5",
+        *tiny_overrides(shapes_root, out),
         "train.device=cpu",
         "train.threads=1",
-        f"train.out_dir={out}",
         "train.distributed.nnodes=2",
         "train.distributed.nproc_per_node=1",
         f"train.distributed.rdzv_endpoint=127.0.0.1:{port}",
