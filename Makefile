@@ -4,6 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.segops-installed
 PARAMS ?= params.yaml
+# make test runs the suite on this many pytest-xdist workers, one test file each at a time
+# (--dist loadfile: a module's fixtures, such as its Prefect harness or S3 server, stay in one
+# worker); 1 runs it in a single process.
+TEST_WORKERS ?= 2
 export PYTHONUNBUFFERED := 1
 # Local, quiet defaults; PREFECT_API_URL / MLFLOW_TRACKING_URI set by you still win.
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
@@ -37,8 +41,8 @@ format: setup  ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint  ## lint, then the whole test suite (slow tests included)
-	$(PY) -m pytest
+test: lint  ## lint, then the whole test suite (slow tests included) on TEST_WORKERS workers
+	$(PY) -m pytest $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
 bench: setup  ## benchmarks; results go in bench/RESULTS.md
 	$(PY) bench/train_overhead.py

@@ -211,7 +211,8 @@ def test_bad_data_stops_the_flow_before_training(harness, workspace, breaker, ex
 def test_a_failing_step_leaves_champion_and_versions_untouched(harness, workspace):
     run_flow(workspace, "train.epochs=1")
     assert champion_version() == "1"
-    # The data validates and is versioned; training then fails (and its retry too).
+    # The data validates and is versioned; training then fails once: a config error is the
+    # user's to fix, so the train task does not retry it (flows.errors.ONLY_TRANSIENT).
     with pytest.raises(Exception, match="2 values but the dataset has 5 classes"):
         run_flow(workspace, "train.epochs=1", "train.class_weights=[1, 2]")
     client = MlflowClient()
@@ -220,7 +221,7 @@ def test_a_failing_step_leaves_champion_and_versions_untouched(harness, workspac
     failed = client.search_runs(
         [e.experiment_id for e in client.search_experiments()], "attributes.status = 'FAILED'"
     )
-    assert len(failed) == 1  # one run for the attempt (the retry reused it), marked failed
+    assert len(failed) == 1  # one run for the attempt, marked failed
 
 
 def test_retried_steps_reuse_their_run_and_version(harness, workspace, monkeypatch):
