@@ -48,6 +48,7 @@ bench: setup  ## benchmarks; results go in bench/RESULTS.md
 	$(PY) bench/train_overhead.py
 	$(PY) bench/threads.py
 	$(PY) bench/pipeline.py
+	$(PY) bench/import_floor.py
 	$(PY) bench/serving.py
 	$(PY) bench/quality.py
 	$(PY) bench/batch_predict.py
