@@ -27,7 +27,7 @@ from pydantic import Field
 
 from segops.config import IGNORE_INDEX
 from segops.data.formats import SPLITS, Layout, SampleRef
-from segops.data.io import Part, ReadError, array_sha256, read_file, read_image
+from segops.data.io import Part, ReadError, array_sha256, read_derived, read_file, read_image
 from segops.data.registry import FormatOptions, register_format
 
 # lazy imports: pycocotools is imported on first read: every format module loads when any format
@@ -176,13 +176,19 @@ def targets_from_masks(
 
 
 def read_sample(root: Path, ref: SampleRef) -> tuple[Part, Part]:
-    """(image, mask) Parts: the image file, and the semantic mask rasterised from the JSON."""
+    """(image, mask) Parts: the image file, and the semantic mask rasterised from the JSON
+    (once per content of the JSON and process: `segops.data.io.read_derived`)."""
+    path = root / ref.mask
+
+    def mask_part() -> Part:
+        try:
+            mask = semantic_mask(read_index(path), ref.index)
+        except ReadError as exc:
+            return Part("", None, str(exc))
+        return Part(array_sha256(mask), mask, None)
+
     image = read_file(root / ref.image, read_image)
-    try:
-        mask = semantic_mask(read_index(root / ref.mask), ref.index)
-    except ReadError as exc:
-        return image, Part("", None, str(exc))
-    return image, Part(array_sha256(mask), mask, None)
+    return image, read_derived(path, ("coco", ref.index), mask_part)
 
 
 def _split_of(path: Path) -> str | None:

@@ -15,6 +15,9 @@ about seven times. Three stores, each a least-recently-used map under a byte bud
   cached array never changes.
 - `FACTS`: per-sample facts of the manifest scan (`segops.data.facts`), by content too.
 
+`DECODED` also keeps arrays derived from a file that many samples share (`segops.data.io.
+read_derived`: a NIfTI slice, a COCO mask), under that file's sha256 and what was derived.
+
 The budget is `SEGOPS_DECODE_CACHE_MB` (0 turns caching off) or a quarter of the memory this
 process may use, at most 4 GiB, divided among a torchrun node's ranks; the facts and
 digests get an eighth of it. Beyond the budget the oldest entries go: a large dataset decodes
@@ -199,14 +202,38 @@ def decoded(sha: str, how: Hashable) -> tuple[np.ndarray | None, str | None] | N
 
 def keep_decoded(sha: str, how: Hashable, array: np.ndarray | None, problem: str | None) -> None:
     """Keep what decoding `how` made of bytes hashing to `sha` (a read-only copy of `array`)."""
-    cost = 256 + (array.nbytes if array is not None else len(problem or ""))
-    if not DECODED.accepts(cost):
-        return
-    kept = None
-    if array is not None:
-        kept = array.copy()
-        kept.flags.writeable = False
-    DECODED.put((sha, how), (kept, problem), cost)
+    cost = _cost(array, problem)
+    if DECODED.accepts(cost):
+        DECODED.put((sha, how), (_read_only_copy(array), problem), cost)
+
+
+def _cost(array: np.ndarray | None, problem: str | None) -> int:
+    return 256 + (array.nbytes if array is not None else len(problem or ""))
+
+
+def _read_only_copy(array: np.ndarray | None) -> np.ndarray | None:
+    if array is None:
+        return None
+    kept = array.copy()
+    kept.flags.writeable = False
+    return kept
+
+
+def derived(key: Hashable) -> tuple[str, np.ndarray | None, str | None] | None:
+    """(sha256, a copy of the array, problem) kept by `keep_derived` under `key`, or None."""
+    found = DECODED.get(("derived", key))
+    if found is None:
+        return None
+    sha, array, problem = found
+    return sha, (None if array is None else array.copy()), problem
+
+
+def keep_derived(key: Hashable, sha: str, array: np.ndarray | None, problem: str | None) -> None:
+    """Keep an array derived from a file's content (`segops.data.io.read_derived`): its
+    sha256, a read-only copy and its problem, under `key` (the file's sha256 and how)."""
+    cost = _cost(array, problem)
+    if DECODED.accepts(cost):
+        DECODED.put(("derived", key), (sha, _read_only_copy(array), problem), cost)
 
 
 def stats() -> dict[str, Any]:

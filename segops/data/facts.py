@@ -5,7 +5,8 @@ the ONNX check, the model report). Its per-sample facts (hashes, sizes, problems
 per mask value, a constant image) depend only on the two files' bytes for plain PNG pairs, so
 they are kept in `segops.data.decode_cache.FACTS` under those bytes' sha256: a later scan of
 the same, unchanged files decodes nothing. Other formats (masks derived from volumes, JSON or
-tables) compute their facts each time, from images the decode cache still serves once.
+tables) compute their facts each time, from parts the decode cache serves (`read_file` and
+`read_derived`), so a rescan decodes nothing either.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from PIL import Image
 from segops.config import IGNORE_INDEX
 from segops.data.coco import targets_from_masks
 from segops.data.formats import Layout, SampleRef, read_folder_layout
-from segops.data.io import Part, ReadError, read_file, read_image
+from segops.data.io import Part, ReadError, read_derived, read_file, read_image
 from segops.data.registry import FormatOptions, register_format
 
 TABLE = "instances.csv"
@@ -91,6 +91,22 @@ def read_instance_map(path: Path) -> np.ndarray:
     return arr.astype(np.int32)
 
 
+def _instance_map(path: Path) -> np.ndarray:
+    """`read_instance_map` once per content of the file and process (`read_derived`): every
+    epoch and scan after the first gets a copy; raises ReadError."""
+
+    def derive() -> Part:
+        try:
+            return Part("", read_instance_map(path), None)
+        except ReadError as exc:
+            return Part("", None, str(exc))
+
+    part = read_derived(path, ("instance-map",), derive)
+    if part.array is None:
+        raise ReadError(part.problem)
+    return part.array
+
+
 def _classes_of(instances: np.ndarray, classes: dict[int, int]) -> np.ndarray:
     """HxW uint8 class ids of an instance map; raises ReadError for unlisted instances."""
     ids = np.unique(instances)
@@ -104,7 +120,7 @@ def _classes_of(instances: np.ndarray, classes: dict[int, int]) -> np.ndarray:
 
 def semantic_mask(root: Path, ref: SampleRef) -> np.ndarray:
     """HxW uint8 class ids (0 background, 255 ignore) of a sample; raises ReadError."""
-    instances = read_instance_map(root / ref.mask)
+    instances = _instance_map(root / ref.mask)
     return _classes_of(instances, read_table(root).get(ref.id, {}))
 
 
@@ -113,7 +129,7 @@ def instance_targets(root: Path, ref: SampleRef) -> dict[str, np.ndarray]:
     left out: `boxes` float32 [N, 4] (x0, y0, x1, y1, tight around the mask, x1/y1
     exclusive), `labels` int64 [N] (class ids 1..K) and `masks` uint8 [N, H, W] (0/1).
     Raises ReadError."""
-    instances = read_instance_map(root / ref.mask)
+    instances = _instance_map(root / ref.mask)
     classes = read_table(root).get(ref.id, {})
     _classes_of(instances, classes)  # every instance must have a class
     kept = [

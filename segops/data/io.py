@@ -61,16 +61,11 @@ def read_file(path: Path, decode: Callable[[Path], np.ndarray]) -> Part:
     if not path.is_file():
         return Part("", None, NOT_A_FILE if path.exists() else MISSING)
     try:
-        read_ns, sig = time.time_ns(), decode_cache.signature(path)
-        digest = decode_cache.known_digest(path, sig)
-        if digest is None:
-            data = path.read_bytes()
-            if not data:
-                return Part("", None, ZERO_BYTES)
-            digest = hashlib.sha256(data).hexdigest()
-            decode_cache.remember_digest(path, sig, digest, read_ns)
+        sig, digest = _identity(path)
     except OSError as exc:
         return Part("", None, f"cannot be read ({exc.strerror})")
+    if digest is None:
+        return Part("", None, ZERO_BYTES)
     how = (decode, MAX_PIXELS)  # what the bytes decode to depends on the limit too
     found = decode_cache.decoded(digest, how)
     if found is not None:
@@ -84,6 +79,46 @@ def read_file(path: Path, decode: Callable[[Path], np.ndarray]) -> Part:
     if _unchanged(path, sig):
         decode_cache.keep_decoded(digest, how, array, problem)
     return Part(digest, array, problem)
+
+
+def _identity(path: Path) -> tuple[decode_cache.Signature, str | None]:
+    """The file's signature and the sha256 of its bytes (remembered by the decode cache when
+    it can be trusted; None for an empty file); OSError when it cannot be read."""
+    read_ns, sig = time.time_ns(), decode_cache.signature(path)
+    digest = decode_cache.known_digest(path, sig)
+    if digest is None:
+        data = path.read_bytes()
+        if not data:
+            return sig, None
+        digest = hashlib.sha256(data).hexdigest()
+        decode_cache.remember_digest(path, sig, digest, read_ns)
+    return sig, digest
+
+
+def read_derived(path: Path, how: tuple, derive: Callable[[], Part]) -> Part:
+    """`derive()`: a Part that depends on the file at `path` alone and on `how` (a slice of a
+    NIfTI volume, a mask rasterised from a COCO annotation file), kept per content of that
+    file and `how` like `read_file`'s decodes (a fresh copy each call). So a dataset whose
+    samples share one large file (a volume of many slices, one JSON for every image) reads
+    and decodes that file once per process, not once per sample and epoch; a changed file is
+    never served stale. `how` names what `derive` makes (format, index, options): hashable,
+    and stable from call to call. A path that is not a readable regular file is `derive`d
+    unkept (its reader says why)."""
+    try:
+        if path.is_symlink() or not path.is_file():
+            return derive()
+        sig, digest = _identity(path)
+    except OSError:
+        return derive()
+    if digest is None:
+        return derive()
+    key = (digest, how)
+    if (found := decode_cache.derived(key)) is not None:
+        return Part(*found)
+    part = derive()
+    if _unchanged(path, sig):
+        decode_cache.keep_derived(key, part.sha256, part.array, part.problem)
+    return part
 
 
 def load_image(path: str | Path) -> np.ndarray:

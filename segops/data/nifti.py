@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from segops.data.formats import SPLITS, Layout, SampleRef, _assign_splits, read_classes
-from segops.data.io import Part, ReadError, array_sha256
+from segops.data.io import Part, ReadError, array_sha256, read_derived
 from segops.data.registry import FormatOptions, register_format
 
 # lazy imports: nibabel (~0.1 s) is imported on first read: every format module loads when any
@@ -123,16 +123,29 @@ def _read_part(path: Path, index: int, decode) -> Part:
 
 
 def read_sample(root: Path, ref: SampleRef) -> tuple[Part, Part]:
-    """(image, mask) Parts of one slice: windowed RGB image and uint8 label (module docstring)."""
+    """(image, mask) Parts of one slice: windowed RGB image and uint8 label (module docstring).
+
+    Each slice is kept per content of its volume file (`segops.data.io.read_derived`): the
+    scan reads the volumes in order and every later read (a shuffled training epoch, which
+    would otherwise decompress a whole volume for each slice) finds its slices."""
     window = ref.window
 
     def image(values: np.ndarray, low: float, high: float) -> np.ndarray:
         level, width = window if window is not None else ((low + high) / 2, high - low)
         return window_to_rgb(values, level, width)
 
+    image_path, mask_path = root / ref.image, root / ref.mask
     return (
-        _read_part(root / ref.image, ref.index, image),
-        _read_part(root / ref.mask, ref.index, lambda values, *_: label_to_mask(values)),
+        read_derived(
+            image_path,
+            ("nifti-image", ref.index, window),
+            lambda: _read_part(image_path, ref.index, image),
+        ),
+        read_derived(
+            mask_path,
+            ("nifti-label", ref.index),
+            lambda: _read_part(mask_path, ref.index, lambda values, *_: label_to_mask(values)),
+        ),
     )
 
 
