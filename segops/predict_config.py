@@ -25,6 +25,12 @@ class PredictConfig(BaseModel):
         "predicted whole; 0: tiles of the model's input size (the protocol before issue 17)",
     )
     overlap: float = Field(0.5, ge=0.0, lt=1.0, description="tiles' overlap, share of a side")
+    onnx: bool = Field(
+        True,
+        description="the retrain flow exports each registered model to ONNX after the gate "
+        "(parity checked, ~3 s on a tiny run); false: skipped and tagged so, "
+        "`segops export` makes one when needed",
+    )
 
 
 TILE_ALIGN = 32  # tiles' sides and offsets: a multiple of every model's total stride

@@ -313,6 +313,23 @@ def _new_pairs(dest: Path, n: int) -> Path:
     return dest
 
 
+def test_onnx_off_skips_the_export_records_why_and_keeps_the_config_hash(harness, workspace):
+    from segops.config import config_hash, load_config
+
+    done = run_flow(workspace, "train.epochs=1", "predict.onnx=false")
+    uri = f"models:/{MODEL}/1"
+    assert done["onnx"]["segops.onnx.status"] == "skipped", done["onnx"]
+    assert f"`segops export {uri} model.onnx`" in done["onnx"]["segops.onnx.reason"]
+    client = MlflowClient()
+    tags = client.get_model_version(MODEL, "1").tags
+    assert tags["segops.onnx.status"] == "skipped" and "predict.onnx" in tags["segops.onnx.reason"]
+    assert client.list_artifacts(done["model"]["run_id"], "onnx") == []
+    assert champion_version() == "1"  # the gate and the registry do not depend on it
+    on, off = (load_config(None, [*base_overrides(workspace), f"predict.onnx={v}"]) for v in (1, 0))
+    assert on.predict.onnx is True and off.predict.onnx is False
+    assert config_hash(on) == config_hash(off)  # how a model is served, not what it is
+
+
 def test_unchanged_inputs_skip_training_and_new_data_retrains(harness, workspace, tmp_path):
     from segops.data.add import add_pairs
 

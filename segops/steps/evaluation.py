@@ -67,13 +67,20 @@ def export_step(cfg: Config, run_id: str, checkpoint: str, ref: ModelRef | None 
     "failed" with the error) to the run and, given `ref`, to that registered version (the flow
     exports after the gate: the registered pyfunc model never reads the ONNX file; a version
     registered after the export gets the tags copied from the run). A failed export is
-    recorded, not raised. Instance models are not exported (status "skipped", with the
-    reason)."""
+    recorded, not raised. Instance models are not exported, nor any model when
+    `predict.onnx` is false (status "skipped", with the reason)."""
     from segops import tracking
-    from segops.serving.onnx import export_and_check
     from segops.train.run import model_kind
 
     tracking.connect(cfg.tracking)
+    if not cfg.predict.onnx:
+        tags = {
+            LINEAGE + "onnx.status": "skipped",
+            LINEAGE + "onnx.reason": "predict.onnx is false: `segops export "
+            + (ref.uri if ref is not None else "MODEL")
+            + " model.onnx` exports it",
+        }
+        return _recorded(run_id, ref, tags)
     if model_kind(cfg) == "instance":
         tags = {
             LINEAGE + "onnx.status": "skipped",
@@ -81,6 +88,8 @@ def export_step(cfg: Config, run_id: str, checkpoint: str, ref: ModelRef | None 
             "pyfunc only: their detection post-processing is not exported",
         }
         return _recorded(run_id, ref, tags)
+    from segops.serving.onnx import export_and_check  # torch.onnx, onnxscript: ~0.7 s
+
     tags = export_and_check(checkpoint, Path(cfg.train.out_dir) / "onnx", cfg)
     path = tags.pop(LINEAGE + "onnx.path", "")
     if tags.get(LINEAGE + "onnx.status") == "ok" and path:
