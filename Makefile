@@ -6,7 +6,7 @@ STAMP := $(VENV)/.segops-installed
 PARAMS ?= params.yaml
 # make test runs the suite on this many pytest-xdist workers, one test file each at a time
 # (--dist loadfile: a module's fixtures, such as its Prefect harness or S3 server, stay in one
-# worker); 1 runs it in a single process.
+# worker; the team-stack modules go together, tests/conftest.py); 1 runs it in one process.
 TEST_WORKERS ?= 2
 export PYTHONUNBUFFERED := 1
 # Local, quiet defaults; PREFECT_API_URL / MLFLOW_TRACKING_URI set by you still win.

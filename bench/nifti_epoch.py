@@ -5,7 +5,8 @@ Writes `--cases` random int16 volumes of `--side`x`--side`x`--depth` (and uint8 
 .nii.gz into a temporary folder, scans them (`load_dataset`, as validation and training do),
 then times `SegmentationDataset.load` over every slice in a shuffled order. Rounds alternate
 the two sides; each side starts from an empty cache and scans first. Without the cache each
-slice read decompresses its whole volume once nibabel's 4-volume LRU no longer holds it.
+slice read decompresses its whole volume once segops' 4-volume LRU (`nifti._load`) no
+longer holds it.
 
     python bench/nifti_epoch.py [--cases 12] [--side 128] [--depth 40] [--rounds 3]
 """

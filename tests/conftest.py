@@ -30,6 +30,31 @@ os.environ.update(
 from segops.config import Config, load_config  # noqa: E402
 from segops.data.shapes import generate_shapes  # noqa: E402
 
+# Test modules that share package-scoped fixtures: the team stack (tests/integration/
+# conftest.py) starts once for them, so pytest-xdist must give them to one worker.
+TEAM_STACK_MODULES = {
+    f"tests/integration/{name}.py"
+    for name in ("test_team_stack", "test_team_stack_faults", "test_team_promotion")
+}
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: unknown without it
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` runs pytest-xdist with `--dist loadfile` (a module's fixtures and order stay
+    in one worker), except that the team-stack modules are one unit: one stack, not one per
+    worker. (`--dist loadgroup` with `xdist_group` marks would say it, but pytest-xdist 3.8
+    groups by renaming `item._nodeid`, which pytest 9.2 no longer reads.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class TeamStackTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = super()._split_scope(nodeid)
+            return "team-stack" if module in TEAM_STACK_MODULES else module
+
+    return TeamStackTogether(config, log)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def no_stray_mlruns():
@@ -60,6 +85,9 @@ def tiny_overrides(root: Path, out: Path) -> list[str]:
         "train.epochs=2",
         "train.batch_size=8",
         "train.warmup_epochs=0.5",
+        # One thread, not `auto`: two runs compared bit for bit must sum in the same order,
+        # and under `make test`'s two workers `auto` gives 1 or 2 threads with the load.
+        "train.threads=1",
         f"train.out_dir={out}",
         "evaluate.worst_k=3",
     ]

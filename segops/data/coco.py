@@ -26,6 +26,7 @@ import numpy as np
 from pydantic import Field
 
 from segops.config import IGNORE_INDEX
+from segops.data.decode_cache import signature
 from segops.data.formats import SPLITS, Layout, SampleRef
 from segops.data.io import Part, ReadError, array_sha256, read_derived, read_file, read_image
 from segops.data.registry import FormatOptions, register_format
@@ -70,8 +71,9 @@ def _parse(data: Any) -> CocoIndex:
 
 
 @functools.lru_cache(maxsize=4)
-def _load(path: str, stamp: tuple[int, int]) -> CocoIndex:
-    """The CocoIndex of the file at `path`; `stamp` (mtime, size) keys the cache."""
+def _load(path: str, stamp: tuple[int, ...]) -> CocoIndex:
+    """The CocoIndex of the file at `path`; `stamp` (the file's signature: device, inode,
+    size, mtime, ctime) keys the cache, so a rewrite that keeps size and mtime is seen."""
     try:
         return _parse(json.loads(Path(path).read_bytes()))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -83,10 +85,10 @@ def read_index(path: Path) -> CocoIndex:
     if path.is_symlink():  # never read through a link: it may point outside the dataset
         raise ReadError("symlink; replace it by the real file")
     try:
-        stat = path.stat()
+        stamp = signature(path)
     except FileNotFoundError:
         raise ReadError("file does not exist") from None
-    return _load(str(path), (stat.st_mtime_ns, stat.st_size))
+    return _load(str(path), stamp)
 
 
 def _rle(segm: Any, height: int, width: int) -> Any:

@@ -219,21 +219,26 @@ def _read_only_copy(array: np.ndarray | None) -> np.ndarray | None:
     return kept
 
 
-def derived(key: Hashable) -> tuple[str, np.ndarray | None, str | None] | None:
-    """(sha256, a copy of the array, problem) kept by `keep_derived` under `key`, or None."""
+def enabled() -> bool:
+    """Whether decoded arrays are kept at all (`SEGOPS_DECODE_CACHE_MB` is not 0)."""
+    return DECODED.budget > 0
+
+
+def derived(key: Hashable) -> tuple[str, np.ndarray, None] | None:
+    """(sha256, a copy of the array, no problem) kept by `keep_derived` under `key`, or None."""
     found = DECODED.get(("derived", key))
     if found is None:
         return None
-    sha, array, problem = found
-    return sha, (None if array is None else array.copy()), problem
+    sha, array = found
+    return sha, array.copy(), None
 
 
-def keep_derived(key: Hashable, sha: str, array: np.ndarray | None, problem: str | None) -> None:
+def keep_derived(key: Hashable, sha: str, array: np.ndarray) -> None:
     """Keep an array derived from a file's content (`segops.data.io.read_derived`): its
-    sha256, a read-only copy and its problem, under `key` (the file's sha256 and how)."""
-    cost = _cost(array, problem)
+    sha256 and a read-only copy, under `key` (the file's sha256 and how it was derived)."""
+    cost = _cost(array, None)
     if DECODED.accepts(cost):
-        DECODED.put(("derived", key), (sha, _read_only_copy(array), problem), cost)
+        DECODED.put(("derived", key), (sha, _read_only_copy(array)), cost)
 
 
 def stats() -> dict[str, Any]:

@@ -28,6 +28,7 @@ from PIL import Image
 
 from segops.config import IGNORE_INDEX
 from segops.data.coco import targets_from_masks
+from segops.data.decode_cache import signature
 from segops.data.formats import Layout, SampleRef, read_folder_layout
 from segops.data.io import Part, ReadError, read_derived, read_file, read_image
 from segops.data.registry import FormatOptions, register_format
@@ -57,8 +58,9 @@ def _parse_table(path: Path) -> dict[str, dict[int, int]]:
 
 
 @functools.lru_cache(maxsize=4)
-def _load(path: str, stamp: tuple[int, int]) -> dict[str, dict[int, int]]:
-    """The parsed table at `path`; `stamp` (mtime, size) keys the cache."""
+def _load(path: str, stamp: tuple[int, ...]) -> dict[str, dict[int, int]]:
+    """The parsed table at `path`; `stamp` (the file's signature: device, inode, size, mtime,
+    ctime) keys the cache."""
     return _parse_table(Path(path))
 
 
@@ -69,8 +71,7 @@ def read_table(root: Path) -> dict[str, dict[int, int]]:
     if path.is_symlink():  # never read through a link: it may point outside the dataset
         raise ReadError(f"{path}: symlink; replace it by the real file")
     try:
-        stat = path.stat()
-        return _load(str(path), (stat.st_mtime_ns, stat.st_size))
+        return _load(str(path), signature(path))
     except FileNotFoundError:
         raise ReadError(f"{path}: missing; list each instance's class there") from None
     except ReadError as exc:

@@ -103,7 +103,11 @@ def read_derived(path: Path, how: tuple, derive: Callable[[], Part]) -> Part:
     and decodes that file once per process, not once per sample and epoch; a changed file is
     never served stale. `how` names what `derive` makes (format, index, options): hashable,
     and stable from call to call. A path that is not a readable regular file is `derive`d
-    unkept (its reader says why)."""
+    unkept (its reader says why), and so is everything when the cache is off (no hashing of a
+    shared file per sample). Only arrays are kept: a problem is derived again each time, since
+    its text names the file it was read from, and another file may have the same bytes."""
+    if not decode_cache.enabled():
+        return derive()
     try:
         if path.is_symlink() or not path.is_file():
             return derive()
@@ -116,8 +120,8 @@ def read_derived(path: Path, how: tuple, derive: Callable[[], Part]) -> Part:
     if (found := decode_cache.derived(key)) is not None:
         return Part(*found)
     part = derive()
-    if _unchanged(path, sig):
-        decode_cache.keep_derived(key, part.sha256, part.array, part.problem)
+    if part.array is not None and _unchanged(path, sig):
+        decode_cache.keep_derived(key, part.sha256, part.array)
     return part
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field, model_validator
 
+from segops.data.decode_cache import signature
 from segops.data.formats import SPLITS, Layout, SampleRef, _assign_splits, read_classes
 from segops.data.io import Part, ReadError, array_sha256, read_derived
 from segops.data.registry import FormatOptions, register_format
@@ -58,8 +59,10 @@ def case_id(name: str) -> str | None:
 
 
 @functools.lru_cache(maxsize=4)
-def _load(path: str, stamp: tuple[int, int]) -> tuple[np.ndarray, float, float]:
-    """(voxels, min, max) of the volume at `path`; `stamp` (mtime, size) keys the cache."""
+def _load(path: str, stamp: tuple[int, ...]) -> tuple[np.ndarray, float, float]:
+    """(voxels, min, max) of the volume at `path`; `stamp` (the file's signature: device,
+    inode, size, mtime, ctime) keys the cache, so a file replaced by one of the same size and
+    mtime (`cp -p`, `rsync -a`, `tar x`) is read again: its ctime changed."""
     import nibabel as nib  # on first read: importing it takes a while
 
     try:
@@ -75,10 +78,10 @@ def read_volume(path: Path) -> tuple[np.ndarray, float, float]:
     """(voxels, min, max) of a NIfTI file, cached while the file is unchanged; raises
     ReadError (also when the file does not exist)."""
     try:
-        stat = path.stat()
+        stamp = signature(path)
     except FileNotFoundError:
         raise ReadError("file does not exist") from None
-    return _load(str(path), (stat.st_mtime_ns, stat.st_size))
+    return _load(str(path), stamp)
 
 
 def volume_slice(volume: np.ndarray, index: int) -> np.ndarray:
@@ -135,15 +138,16 @@ def read_sample(root: Path, ref: SampleRef) -> tuple[Part, Part]:
         return window_to_rgb(values, level, width)
 
     image_path, mask_path = root / ref.image, root / ref.mask
+    # nibabel picks the decompressor by the name: the same bytes read differently as .nii
     return (
         read_derived(
             image_path,
-            ("nifti-image", ref.index, window),
+            ("nifti-image", image_path.name.endswith(".gz"), ref.index, window),
             lambda: _read_part(image_path, ref.index, image),
         ),
         read_derived(
             mask_path,
-            ("nifti-label", ref.index),
+            ("nifti-label", mask_path.name.endswith(".gz"), ref.index),
             lambda: _read_part(mask_path, ref.index, lambda values, *_: label_to_mask(values)),
         ),
     )

@@ -1,11 +1,14 @@
 """Formats whose samples share one file decode it once per process (`segops.data.io.
 read_derived`): NIfTI slices of a volume, COCO masks of one annotation JSON, instance maps of
-folder_instance. After the manifest scan, a shuffled epoch reads nothing from disk; a
-changed file is read again, never served stale; arrays equal an uncached read."""
+folder_instance. After the manifest scan, a shuffled epoch decodes nothing again; a changed
+file is read again, never served stale (also when it keeps its size and mtime); arrays equal
+an uncached read; problems name their own file; with the cache off nothing is hashed."""
 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -23,9 +26,12 @@ from segops.data.shapes import generate_shapes
 CASES = 6  # more volumes than nifti's volume cache holds (4): a shuffled epoch used to reload
 
 
+BUDGET = 256 << 20  # whatever SEGOPS_DECODE_CACHE_MB says where the tests run
+
+
 @pytest.fixture(autouse=True)
 def fresh_cache():
-    decode_cache.configure(decode_cache.default_budget())
+    decode_cache.configure(BUDGET)
     yield
     decode_cache.configure(decode_cache.default_budget())
 
@@ -59,7 +65,7 @@ def uncached(dataset: SegmentationDataset) -> list[tuple[np.ndarray, np.ndarray]
     try:
         return [dataset.load(i) for i in range(len(dataset))]
     finally:
-        decode_cache.configure(decode_cache.default_budget())
+        decode_cache.configure(BUDGET)
 
 
 def same(a: list, b: list) -> bool:
@@ -130,3 +136,59 @@ def test_instance_maps_are_decoded_once(tmp_path, monkeypatch):
         assert len(folder_instance.instance_targets(root, ref_from_row(row))["labels"]) > 0
     assert len(calls) == 6
     assert same(first, uncached(dataset))
+
+
+def test_a_volume_replaced_with_its_old_size_and_mtime_gives_its_new_slices(tmp_path):
+    root = tmp_path / "ct"
+    for c in range(5):  # constant volumes: labels of 1s and of 2s compress to the same size
+        _save(root / "images" / f"case{c}.nii.gz", np.zeros((6, 5, 2), np.int16))
+        _save(root / "labels" / f"case{c}.nii.gz", np.ones((6, 5, 2), np.uint8))
+    (root / "classes.txt").write_text("background\nliver\ntumour\n")
+    config = DataConfig(root=root, format="nifti")
+    info = load_dataset(config)
+    assert (SegmentationDataset(root, info.manifest).load(0)[1] == 1).all()
+    label = root / info.manifest["mask"][0]
+    nifti.read_volume(label)  # the last volume read: segops keeps the last 4 parsed too
+    before = os.stat(label)
+    _save(label, np.full((6, 5, 2), 2, np.uint8))  # as `cp -p` or `rsync -a` would leave it
+    os.utime(label, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(label).st_size == before.st_size
+    assert (SegmentationDataset(root, load_dataset(config).manifest).load(0)[1] == 2).all()
+
+
+def test_each_window_of_one_volume_is_its_own(volumes):
+    images = {}
+    for window in (None, (40, 400), (0, 100)):
+        info = load_dataset(DataConfig(root=volumes, format="nifti", ct_window=window))
+        images[window] = SegmentationDataset(info.root, info.manifest).load(0)[0]
+        decode_cache.configure(0)
+        fresh = SegmentationDataset(info.root, info.manifest).load(0)[0]
+        decode_cache.configure(BUDGET)
+        assert np.array_equal(images[window], fresh), window
+    assert not np.array_equal(images[None], images[(40, 400)])
+    assert not np.array_equal(images[(40, 400)], images[(0, 100)])
+
+
+def test_a_problem_names_its_own_file_when_two_files_have_the_same_bytes(volumes):
+    from segops.data.formats import SampleRef
+
+    for name in ("case0", "case1"):  # the same bytes, not a volume (a saved error page)
+        (volumes / "labels" / f"{name}.nii.gz").write_bytes(b"<html>404</html>")
+    for name, other in (("case0", "case1"), ("case1", "case0")):
+        mask = Path("labels") / f"{name}.nii.gz"
+        ref = SampleRef(f"{name}_000", Path("images") / f"{name}.nii.gz", mask, reader="nifti")
+        _, part = nifti.read_sample(volumes, ref.__class__(**{**vars(ref), "index": 0}))
+        assert part.array is None and "not a readable NIfTI volume" in part.problem
+        assert other not in part.problem, part.problem
+
+
+def test_with_the_cache_off_a_shared_file_is_not_hashed_per_sample(volumes, monkeypatch):
+    from segops.data import io
+
+    hashed = []
+    real = io._identity
+    monkeypatch.setattr(io, "_identity", lambda path: hashed.append(path) or real(path))
+    decode_cache.configure(0)
+    info = load_dataset(DataConfig(root=volumes, format="nifti"))
+    SegmentationDataset(info.root, info.manifest).load(0)
+    assert hashed == []
