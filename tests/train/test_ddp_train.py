@@ -82,6 +82,7 @@ def ddp_config(root: Path, out: Path, *extra: str) -> Config:
             "train.warmup_epochs=0.5",
             "train.device=cpu",
             "train.deterministic=true",
+            "train.threads=1",  # runs compared bit for bit: not `auto`, which follows the load
             "augment.hflip=0",
             "augment.vflip=0",
             "augment.color_jitter=0",
