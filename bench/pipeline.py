@@ -18,6 +18,7 @@ the run's log. The time before the flow starts (interpreter, imports, checks) an
 last log line minus the same compute (what a process that has already imported pays).
 
     python bench/pipeline.py [--images 200] [--epochs 1] [--rounds 1] [--modes embedded,server]
+        [--set predict.onnx=false ...]
 """
 
 from __future__ import annotations
@@ -133,6 +134,7 @@ def task_times(log: str, day: datetime) -> tuple[dict[str, float], float, float]
 
 def run_once(ws: Path, env: dict[str, str], args, force: bool) -> dict[str, float]:
     cmd = [str(VENV_BIN / "segops"), "run", "--set", f"train.epochs={args.epochs}"]
+    cmd += [a for value in args.set for a in ("--set", value)]
     cmd += ["--force"] if force else []
     began = time.time()
     t0 = time.perf_counter()
@@ -197,6 +199,9 @@ def main() -> None:
     parser.add_argument("--runs", default="first,again", help="first (new data), again (--force)")
     parser.add_argument(
         "--warm", action="store_true", help="create the MLflow and Prefect databases untimed"
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], help="a config override for every run, repeatable"
     )
     args = parser.parse_args()
     modes = args.modes.split(",")
