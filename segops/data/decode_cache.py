@@ -224,13 +224,13 @@ def enabled() -> bool:
     return DECODED.budget > 0
 
 
-def derived(key: Hashable) -> tuple[str, np.ndarray, None] | None:
-    """(sha256, a copy of the array, no problem) kept by `keep_derived` under `key`, or None."""
+def derived(key: Hashable) -> tuple[str, np.ndarray] | None:
+    """(sha256, a copy of the array) kept by `keep_derived` under `key`, or None."""
     found = DECODED.get(("derived", key))
     if found is None:
         return None
     sha, array = found
-    return sha, array.copy(), None
+    return sha, array.copy()
 
 
 def keep_derived(key: Hashable, sha: str, array: np.ndarray) -> None:

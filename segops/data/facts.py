@@ -11,8 +11,6 @@ tables) compute their facts each time, from parts the decode cache serves (`read
 
 from __future__ import annotations
 
-import hashlib
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,21 +58,12 @@ def facts_of(image: Part, mask: Part) -> SampleFacts:
 
 
 def _digest(path: Path) -> str | None:
-    """sha256 of the regular, non-empty file at `path` (remembered by the decode cache when
-    it can be trusted), or None when it is not one."""
+    """sha256 of the regular, non-empty file at `path` (`io.file_digest`: remembered by the
+    decode cache when it can be trusted), or None when it is not one."""
     try:
-        sig = decode_cache.signature(path)
-        known = decode_cache.known_digest(path, sig)
-        if known is not None or not path.is_file():
-            return known
-        read_ns, data = time.time_ns(), path.read_bytes()
+        return io.file_digest(path)[1] if path.is_file() else None
     except OSError:
         return None
-    if not data:
-        return None
-    sha = hashlib.sha256(data).hexdigest()
-    decode_cache.remember_digest(path, sig, sha, read_ns)
-    return sha
 
 
 def _content_key(root: Path, ref: SampleRef) -> tuple | None:

@@ -61,7 +61,7 @@ def read_file(path: Path, decode: Callable[[Path], np.ndarray]) -> Part:
     if not path.is_file():
         return Part("", None, NOT_A_FILE if path.exists() else MISSING)
     try:
-        sig, digest = _identity(path)
+        sig, digest = file_digest(path)
     except OSError as exc:
         return Part("", None, f"cannot be read ({exc.strerror})")
     if digest is None:
@@ -81,9 +81,10 @@ def read_file(path: Path, decode: Callable[[Path], np.ndarray]) -> Part:
     return Part(digest, array, problem)
 
 
-def _identity(path: Path) -> tuple[decode_cache.Signature, str | None]:
-    """The file's signature and the sha256 of its bytes (remembered by the decode cache when
-    it can be trusted; None for an empty file); OSError when it cannot be read."""
+def file_digest(path: Path) -> tuple[decode_cache.Signature, str | None]:
+    """The signature of the file at `path` and the sha256 of its bytes (remembered by the
+    decode cache when it can be trusted; None for an empty file); OSError when it cannot be
+    read."""
     read_ns, sig = time.time_ns(), decode_cache.signature(path)
     digest = decode_cache.known_digest(path, sig)
     if digest is None:
@@ -111,14 +112,14 @@ def read_derived(path: Path, how: tuple, derive: Callable[[], Part]) -> Part:
     try:
         if path.is_symlink() or not path.is_file():
             return derive()
-        sig, digest = _identity(path)
+        sig, digest = file_digest(path)
     except OSError:
         return derive()
     if digest is None:
         return derive()
     key = (digest, how)
     if (found := decode_cache.derived(key)) is not None:
-        return Part(*found)
+        return Part(*found, None)
     part = derive()
     if part.array is not None and _unchanged(path, sig):
         decode_cache.keep_derived(key, part.sha256, part.array)

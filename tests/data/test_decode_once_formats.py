@@ -186,8 +186,8 @@ def test_with_the_cache_off_a_shared_file_is_not_hashed_per_sample(volumes, monk
     from segops.data import io
 
     hashed = []
-    real = io._identity
-    monkeypatch.setattr(io, "_identity", lambda path: hashed.append(path) or real(path))
+    real = io.file_digest
+    monkeypatch.setattr(io, "file_digest", lambda path: hashed.append(path) or real(path))
     decode_cache.configure(0)
     info = load_dataset(DataConfig(root=volumes, format="nifti"))
     SegmentationDataset(info.root, info.manifest).load(0)
